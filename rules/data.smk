@@ -1,0 +1,114 @@
+"""From the raw archive (downloaded, given, or synthesized) to split, model-ready data."""
+
+ARCHIVE = "data/raw/3Dircadb1.zip"
+DATA_CODE = ("data/archive.py",)
+
+
+if config["data"]["source"] == "synthetic":
+
+    rule synthesize:
+        output:
+            ARCHIVE,
+        params:
+            synthetic=config["synthetic"],
+            code=code_version(*DATA_CODE, "data/phantom.py", "data/synthetic.py"),
+        log:
+            "logs/data/synthesize.log",
+        benchmark:
+            "benchmarks/data/synthesize.tsv"
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        script:
+            "../scripts/synthesize.py"
+
+elif config["data"]["archive"]:
+
+    localrules:
+        link_archive,
+
+    rule link_archive:
+        output:
+            ARCHIVE,
+        params:
+            archive=config["data"]["archive"],
+            code=code_version(*DATA_CODE, "data/download.py"),
+        log:
+            "logs/data/link_archive.log",
+        script:
+            "../scripts/link_archive.py"
+
+else:
+
+    # Compute nodes often have no internet: the download runs where snakemake runs.
+    localrules:
+        download,
+
+    rule download:
+        output:
+            ARCHIVE,
+        params:
+            url=config["data"]["url"],
+            download=config["data"]["download"],
+            code=code_version(*DATA_CODE, "data/download.py"),
+        log:
+            "logs/data/download.log",
+        benchmark:
+            "benchmarks/data/download.tsv"
+        script:
+            "../scripts/download.py"
+
+
+rule convert:
+    input:
+        archive=ARCHIVE,
+    output:
+        ct="data/nifti/{case}/ct.nii.gz",
+        liver="data/nifti/{case}/liver.nii.gz",
+        meta="data/nifti/{case}/meta.json",
+    params:
+        code=code_version(*DATA_CODE, "data/convert.py"),
+    log:
+        "logs/data/convert/{case}.log",
+    benchmark:
+        "benchmarks/data/convert/{case}.tsv"
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    script:
+        "../scripts/convert.py"
+
+
+rule preprocess:
+    input:
+        ct="data/nifti/{case}/ct.nii.gz",
+        liver="data/nifti/{case}/liver.nii.gz",
+    output:
+        "data/preprocessed/{case}.npz",
+    params:
+        preprocess=config["preprocess"],
+        code=code_version("data/preprocess.py"),
+    log:
+        "logs/data/preprocess/{case}.log",
+    benchmark:
+        "benchmarks/data/preprocess/{case}.tsv"
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    script:
+        "../scripts/preprocess.py"
+
+
+rule split:
+    input:
+        meta=expand("data/nifti/{case}/meta.json", case=CASES),
+    output:
+        "data/splits.json",
+    params:
+        split=config["split"],
+        cases=CASES,
+        code=code_version("data/splits.py"),
+    log:
+        "logs/data/split.log",
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,9 @@
+"""Snakemake script: one IRCADb case from the archive to NIfTI. Logic: varprune.data.convert."""
+
+from pathlib import Path
+
+from varprune.data.convert import convert_case
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    convert_case(snakemake.input.archive, snakemake.wildcards.case, Path(snakemake.output.meta).parent)

@@ -1,0 +1,12 @@
+"""Snakemake script: download the IRCADb archive with resume. Logic: varprune.data.download."""
+
+from varprune.data.download import download_archive
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    download_archive(
+        snakemake.params.url,
+        snakemake.output[0],
+        retries=snakemake.params.download["retries"],
+        timeout=snakemake.params.download["timeout_s"],
+    )
