@@ -62,6 +62,27 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
 
 
+def canonical(value):
+    """`value` with dict keys sorted at every level.
+
+    Snakemake compares params by their text: without this, reordering keys in a config file
+    (or a YAML tool sorting them) would rerun jobs whose values did not change.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def cfg(dotted):
+    """A narrow, canonical slice of the config for a rule's params: cfg("data.download")."""
+    node = config
+    for key in dotted.split("."):
+        node = node[key]
+    return canonical(node)
+
+
 def code_version(*modules):
     """Fingerprint of the src/varprune modules a rule runs, passed as a param.
 

@@ -10,7 +10,7 @@ if config["data"]["source"] == "synthetic":
         output:
             ARCHIVE,
         params:
-            synthetic=config["synthetic"],
+            synthetic=cfg("synthetic"),
             code=code_version(*DATA_CODE, "data/phantom.py", "data/synthetic.py"),
         log:
             "logs/data/synthesize.log",
@@ -31,7 +31,7 @@ elif config["data"]["archive"]:
         output:
             ARCHIVE,
         params:
-            archive=config["data"]["archive"],
+            archive=cfg("data.archive"),
             code=code_version(*DATA_CODE, "data/download.py"),
         log:
             "logs/data/link_archive.log",
@@ -48,8 +48,8 @@ else:
         output:
             ARCHIVE,
         params:
-            url=config["data"]["url"],
-            download=config["data"]["download"],
+            url=cfg("data.url"),
+            download=cfg("data.download"),
             code=code_version(*DATA_CODE, "data/download.py"),
         log:
             "logs/data/download.log",
@@ -86,7 +86,7 @@ rule preprocess:
     output:
         "data/preprocessed/{case}.npz",
     params:
-        preprocess=config["preprocess"],
+        preprocess=cfg("preprocess"),
         code=code_version("data/preprocess.py"),
     log:
         "logs/data/preprocess/{case}.log",
@@ -105,7 +105,7 @@ rule split:
     output:
         "data/splits.json",
     params:
-        split=config["split"],
+        split=cfg("split"),
         cases=CASES,
         code=code_version("data/splits.py"),
     log:

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic archive in the IRCADb layout, and helpers to break it."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from varprune.data.synthetic import SyntheticSpec, write_synthetic_archive
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = SyntheticSpec(patients=3, size=64, slices_min=11, slices_max=13, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory) -> Path:
+    """Three 64x64 patients with 11-13 slices each (so image_10 ordering is exercised)."""
+    path = tmp_path_factory.mktemp("archive") / "3Dircadb1.zip"
+    write_synthetic_archive(path, TINY)
+    return path
+
+
+Members = dict[str, bytes]
+
+
+def rewrite_inner(
+    archive: Path, out: Path, patient: int, inner: str, change: Callable[[Members], Members | bytes]
+) -> Path:
+    """Copy `archive` to `out`, passing one inner zip's members (name -> bytes) through `change`.
+
+    `change` returns new members (re-zipped) or raw bytes that replace the inner zip as is.
+    """
+    target = f"3Dircadb1/3Dircadb1.{patient}/{inner}"
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == target:
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    members = {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+                changed = change(members)
+                if isinstance(changed, bytes):
+                    data = changed
+                else:
+                    buffer = io.BytesIO()
+                    with zipfile.ZipFile(buffer, "w") as zf:
+                        for name, content in changed.items():
+                            zf.writestr(name, content)
+                    data = buffer.getvalue()
+            dst.writestr(info, data)
+    return out
