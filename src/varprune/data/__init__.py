@@ -1,0 +1,1 @@
+"""The data layer: the IRCADb archive (real or synthetic), conversion, preprocessing, splits."""

@@ -1,0 +1,182 @@
+"""Convert one IRCADb patient from the archive into NIfTI volumes on the original CT grid.
+
+One job per case, so that a broken patient stops only itself (`snakemake --keep-going`).
+Everything is read and checked before anything is written, and each file is written under a
+temporary name: a failing case leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from varprune.atomic import atomic_path, write_json
+from varprune.data.archive import (
+    TUMOUR_FOLDER,
+    ArchiveError,
+    open_zip,
+    patient_of,
+    patient_prefix,
+    read_inner_zip,
+    safe_extract,
+    series_folders,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertedCase:
+    """A case read from the archive, before it is written."""
+
+    ct: sitk.Image  # int16 HU
+    liver: sitk.Image  # uint8 {0, 1}, CT geometry
+    tumour: sitk.Image | None  # union of the tumour folders, or None
+    meta: dict
+
+
+def check_dicom(path: Path, case: str, label: str) -> None:
+    """Fail with the case and file name unless `path` is a DICOM file."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return
+    reader = sitk.ImageFileReader()  # some old files have no preamble: ask GDCM
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file") from err
+
+
+def _z_position(path: Path) -> float:
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if not reader.HasMetaDataKey("0020|0032"):
+        return 0.0
+    return float(reader.GetMetaData("0020|0032").split("\\")[2])
+
+
+def read_series(files: list[Path], case: str, label: str) -> sitk.Image:
+    """Read checked slices in the given order into one volume (SimpleITK applies slope and intercept)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(p) for p in files])
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        raise ArchiveError(f"{case}: cannot read the series {label}: {err}") from err
+
+
+def read_mask(files: list[Path], ct: sitk.Image, ct_files: list[Path], case: str, label: str) -> sitk.Image:
+    """Read a mask series, match it to the CT slice by slice (file name), binarize, copy geometry."""
+    if len(files) != len(ct_files):
+        raise ArchiveError(
+            f"{case}: {label} has {len(files)} slices but PATIENT_DICOM has {len(ct_files)}"
+        )
+    by_name = {p.name: p for p in files}
+    missing = [p.name for p in ct_files if p.name not in by_name]
+    if missing:
+        raise ArchiveError(f"{case}: {label} has no slice {missing[0]} (the CT has one)")
+    ordered = [by_name[p.name] for p in ct_files]
+    for path in ordered:
+        check_dicom(path, case, label)
+    volume = read_series(ordered, case, label)
+    if volume.GetSize() != ct.GetSize():
+        raise ArchiveError(f"{case}: {label} is {volume.GetSize()} voxels, the CT {ct.GetSize()}")
+    binary = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(volume) > 0).astype(np.uint8))
+    binary.CopyInformation(ct)
+    return binary
+
+
+def read_case(archive_path: str | os.PathLike, case: str) -> ConvertedCase:
+    """Read one case's CT, liver and tumour masks from the archive and check them."""
+    patient = patient_of(case)
+    with open_zip(archive_path, case) as archive, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        prefix = patient_prefix(archive, patient)
+        safe_extract(read_inner_zip(archive, prefix, "PATIENT_DICOM.zip", case), tmp / "ct", case)
+        safe_extract(read_inner_zip(archive, prefix, "MASKS_DICOM.zip", case), tmp / "masks", case)
+        ct_groups = series_folders(tmp / "ct", "PATIENT_DICOM")
+        if len(ct_groups) != 1:
+            raise ArchiveError(
+                f"{case}: PATIENT_DICOM.zip should hold one series, found folders {sorted(ct_groups)}"
+            )
+        ct_files = next(iter(ct_groups.values()))
+        if not ct_files:
+            raise ArchiveError(f"{case}: PATIENT_DICOM.zip holds no slices")
+        for path in ct_files:
+            check_dicom(path, case, "PATIENT_DICOM")
+        # Natural file order; reversed when the positions run downwards, so that the volume's
+        # geometry is right. Masks follow the same permutation (slice k <-> image_k).
+        order = "natural"
+        if len(ct_files) > 1 and _z_position(ct_files[-1]) < _z_position(ct_files[0]):
+            ct_files = ct_files[::-1]
+            order = "natural, reversed to follow ImagePositionPatient"
+        ct = sitk.Cast(read_series(ct_files, case, "PATIENT_DICOM"), sitk.sitkInt16)
+
+        masks = series_folders(tmp / "masks", "MASKS_DICOM")
+        names = {name.lower(): name for name in masks}
+        if "liver" not in names:
+            raise ArchiveError(
+                f"{case}: MASKS_DICOM.zip has no 'liver' folder (found: {', '.join(sorted(masks))})"
+            )
+        liver = read_mask(masks[names["liver"]], ct, ct_files, case, f"MASKS_DICOM/{names['liver']}")
+        tumour_names = sorted(n for n in masks if TUMOUR_FOLDER.match(n))
+        tumour = None
+        for name in tumour_names:
+            one = read_mask(masks[name], ct, ct_files, case, f"MASKS_DICOM/{name}")
+            tumour = one if tumour is None else sitk.Or(tumour, one)
+
+        hu = sitk.GetArrayViewFromImage(ct)
+        liver_voxels = int(sitk.GetArrayViewFromImage(liver).sum())
+        voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+        meta = {
+            "case": case,
+            "patient": patient,
+            "archive": Path(archive_path).name,
+            "slices": ct.GetSize()[2],
+            "size": list(ct.GetSize()),
+            "spacing_mm": [round(s, 6) for s in ct.GetSpacing()],
+            "origin_mm": list(ct.GetOrigin()),
+            "direction": list(ct.GetDirection()),
+            "slice_order": order,
+            "hu_min": int(hu.min()),
+            "hu_max": int(hu.max()),
+            "structures": sorted(masks),
+            "tumour_folders": tumour_names,
+            "liver_voxels": liver_voxels,
+            "liver_volume_ml": round(liver_voxels * voxel_ml, 2),
+        }
+        if liver_voxels == 0:
+            raise ArchiveError(f"{case}: the liver mask MASKS_DICOM/{names['liver']} is empty")
+        return ConvertedCase(ct=ct, liver=liver, tumour=tumour, meta=meta)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a NIfTI (or any SimpleITK format) atomically."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def convert_case(archive_path: str | os.PathLike, case: str, out_dir: str | os.PathLike) -> dict:
+    """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta."""
+    converted = read_case(archive_path, case)
+    out = Path(out_dir)
+    write_image(converted.ct, out / "ct.nii.gz")
+    write_image(converted.liver, out / "liver.nii.gz")
+    if converted.tumour is not None:
+        write_image(converted.tumour, out / "tumor.nii.gz")
+    write_json(out / "meta.json", converted.meta)
+    log.info("%s: %d slices, spacing %s mm, liver %.1f ml", case, converted.meta["slices"],
+             converted.meta["spacing_mm"], converted.meta["liver_volume_ml"])
+    return converted.meta
