@@ -31,7 +31,7 @@ class _Incomplete(Exception):
 
 
 def validate_archive(path: str | os.PathLike) -> list[int]:
-    """Check that `path` is an IRCADb archive: a zip with PATIENT_DICOM.zip and MASKS_DICOM.zip per patient."""
+    """Check that `path` is an IRCADb archive: PATIENT_DICOM.zip and MASKS_DICOM.zip per patient."""
     with open_zip(path, "archive") as archive:
         patients = list_patients(archive)
         if not patients:

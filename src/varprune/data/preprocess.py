@@ -134,7 +134,8 @@ def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise PreprocessError(f"{what}: cannot read {path} ({err.args[0].splitlines()[0] if err.args else err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PreprocessError(f"{what}: cannot read {path} ({reason})") from err
 
 
 def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, case: str,
@@ -153,7 +154,8 @@ def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, c
     return arrays
 
 
-def to_original_grid(prediction: np.ndarray, grid: dict[str, np.ndarray], interpolate: bool = True) -> sitk.Image:
+def to_original_grid(prediction: np.ndarray, grid: dict[str, np.ndarray],
+                     interpolate: bool = True) -> sitk.Image:
     """Map a prediction on the model grid (S, H, W; probabilities or labels) onto the CT grid.
 
     With `interpolate`, probabilities are resampled linearly and thresholded at 0.5, which
