@@ -1,0 +1,109 @@
+"""What a model costs: parameters, MACs by two counters, and CPU latency.
+
+Which counter counts what:
+- `params`: every parameter tensor of the model, exactly (`count_parameters`). thop's own
+  parameter count misses `nn.Parameter`s used directly (UNETR's position embedding, cls token).
+- `macs_thop`: thop's module hooks: Linear, Conv, norm layers... as the paper reports them. It
+  does not see the attention matmuls (`torch.einsum` q·kᵀ and attn·v inside SABlock), so it
+  underestimates a transformer's cost, and more so at long token sequences.
+- `macs_full`: `torch.utils.flop_counter.FlopCounterMode` counts every matmul, einsum, bmm and
+  convolution at the ATen level, attention included; it reports FLOPs (2 per MAC) and we
+  divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
+  it counts `scaled_dot_product_attention` as 0 (UNETR does not use that path).
+- Latency: batch 1 on the CPU, fixed threads, warm-up, then the median and inter-quartile
+  range of at least 20 timed runs; the transformer encoder alone is timed too, because the
+  decoder's convolutions are not pruned and set a floor under the whole model's latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import thop
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from varprune.model import ModelSpec, count_parameters
+
+
+def macs_thop(model: nn.Module, x: torch.Tensor) -> int:
+    """MACs by thop (module hooks only); profiled on a copy, since thop adds buffers."""
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
+    return int(macs)
+
+
+def macs_full(module: nn.Module, x: torch.Tensor) -> int:
+    """MACs of every matmul/einsum/conv (FlopCounterMode FLOPs / 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(x)
+    return int(counter.get_total_flops() // 2)
+
+
+def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
+    """Median and inter-quartile range of `fn()` in milliseconds."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1000.0)
+    q = statistics.quantiles(samples, n=4)
+    return statistics.median(samples), q[2] - q[0]
+
+
+def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int = 20,
+                 warmup: int = 5) -> dict:
+    """The `cost.json` record of a model."""
+    if runs < 20:
+        raise ValueError(f"latency needs at least 20 timed runs, got {runs}")
+    model = model.eval().cpu()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
+        latency, iqr = time_ms(lambda: model(x), warmup, runs)
+        enc_latency, enc_iqr = time_ms(lambda: model.vit(x), warmup, runs)
+        return {
+            "params": count_parameters(model),
+            "params_encoder": count_parameters(model.vit),
+            "macs_thop": macs_thop(model, x),
+            "macs_full": macs_full(model, x),
+            "macs_full_encoder": macs_full(model.vit, x),
+            "input_shape": list(x.shape),
+            "latency_ms_median": round(latency, 3),
+            "latency_ms_iqr": round(iqr, 3),
+            "latency_encoder_ms_median": round(enc_latency, 3),
+            "latency_encoder_ms_iqr": round(enc_iqr, 3),
+            "latency_runs": runs,
+            "latency_warmup": warmup,
+            "threads": threads,
+            "device": "cpu",
+            "torch": torch.__version__,
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def write_cost(model_path: str, out_json: str, threads: int = 1, runs: int = 20, warmup: int = 5) -> dict:
+    """Measure a checkpoint and write its `cost.json` atomically."""
+    import logging
+
+    from varprune.atomic import write_json
+    from varprune.model import load_model
+
+    model, spec, _ = load_model(model_path)
+    record = measure_cost(model, spec, threads=threads, runs=runs, warmup=warmup)
+    write_json(out_json, record)
+    logging.getLogger(__name__).info(
+        "%s: %d params, %.3f GMACs (thop) / %.3f GMACs (full), %.1f ms at batch 1 (%d threads)",
+        model_path, record["params"], record["macs_thop"] / 1e9, record["macs_full"] / 1e9,
+        record["latency_ms_median"], threads)
+    return record

@@ -1,0 +1,54 @@
+"""Cost counters: the full MAC count against the analytic one, and the cost record."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.tiny_model import pruned_spec, tiny_spec
+from varprune.cost import macs_full, macs_thop, measure_cost
+from varprune.model import build_model, count_parameters, transformer_layers
+
+
+def analytic_block_macs(tokens: int, hidden: int, heads: int, head_dim: int, ffn: int) -> int:
+    """qkv, q·kᵀ, attention·v, output projection, and the two FFN matmuls of one layer."""
+    inner = heads * head_dim
+    return (tokens * hidden * 3 * inner  # qkv
+            + 2 * tokens * tokens * inner  # q·kᵀ and attention·v, summed over heads
+            + tokens * inner * hidden  # out_proj
+            + 2 * tokens * hidden * ffn)  # linear1 and linear2
+
+
+def test_macs_full_matches_the_analytic_count_of_a_transformer_layer():
+    spec = pruned_spec()
+    model = build_model(spec)
+    tokens = 9
+    for index in (0, 5):
+        block, layer = transformer_layers(model)[index], spec.layers[index]
+        x = torch.randn(1, tokens, spec.hidden)
+        assert macs_full(block, x) == analytic_block_macs(tokens, spec.hidden, layer.heads,
+                                                          layer.head_dim, layer.ffn)
+
+
+def test_thop_misses_exactly_the_attention_matmuls_of_a_layer():
+    spec = tiny_spec()
+    block, layer = transformer_layers(build_model(spec))[0], spec.layers[0]
+    tokens = 16
+    x = torch.randn(1, tokens, spec.hidden)
+    attention = 2 * tokens * tokens * layer.inner
+    linear_only = analytic_block_macs(tokens, spec.hidden, layer.heads, layer.head_dim, layer.ffn) - attention
+    # thop also counts the norms and activations elementwise; the matmuls it sees are the linears.
+    assert linear_only <= macs_thop(block, x) < linear_only + attention
+
+
+def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
+    dense, pruned = tiny_spec(), pruned_spec()
+    records = [measure_cost(build_model(s), s, threads=1, runs=20, warmup=2) for s in (dense, pruned)]
+    for record, spec in zip(records, (dense, pruned), strict=True):
+        assert record["input_shape"] == [1, 1, 32, 32]
+        assert record["params"] == count_parameters(build_model(spec))
+        assert record["macs_full"] >= record["macs_full_encoder"] > 0
+        assert record["latency_ms_median"] > 0 and record["latency_ms_iqr"] >= 0
+        assert record["latency_runs"] == 20
+    assert records[1]["params"] < records[0]["params"]
+    assert records[1]["macs_full"] < records[0]["macs_full"]
+    assert records[1]["macs_thop"] < records[0]["macs_thop"]
