@@ -1,0 +1,291 @@
+"""The training loop shared by the dense model and the fine-tuning of every pruned one.
+
+- DiceCE loss, AdamW, linear warm-up then cosine decay (per step), gradient clipping.
+- Validation Dice (3D, per case, on the model grid) after every epoch; `model.pt` is the best.
+- CUDA with mixed precision when present, else the CPU with a fixed thread count.
+- Seeded per epoch (data order and augmentations), so two runs of one config agree and a
+  resumed run equals an uninterrupted one.
+- Resume: after every epoch the full state (weights, optimiser, schedule, history) goes to
+  `state_dir/last.pt` under a fingerprint of everything that defines the run. A rerun with the
+  same fingerprint continues after the last completed epoch; any change starts afresh.
+  `state_dir` must be a folder Snakemake does not own (it deletes a failed job's outputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from varprune.atomic import atomic_path
+from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
+from varprune.inference import pick_device, predict_volume
+from varprune.model import ModelSpec, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "varprune-train-state-1"
+LOG_COLUMNS = ["epoch", "step", "loss", "val_dice", "lr", "seconds"]
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a non-finite loss, an empty dataset); the message says where."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The `train` (or `finetune`) config slice.
+
+    `steps`, when set, is the budget in optimiser steps and overrides `epochs` (fine-tuning
+    budgets are naturally counted in steps); the last epoch may then be partial.
+    """
+
+    epochs: int = 16
+    steps: int | None = None
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TrainSettings:
+        values = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
+        values["augment"] = AugmentSpec.from_config(cfg.get("augment"))
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    best_epoch: int
+    best_val_dice: float
+    history: list[dict]
+    resumed_from: int
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fingerprint(model: nn.Module, spec: ModelSpec, settings: TrainSettings,
+                train: list[Volume], val: list[Volume]) -> str:
+    """Hash of everything that decides the result: start weights, spec, settings and data."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([spec.to_dict(), asdict(settings)], sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for split, volumes in (("train", train), ("val", val)):
+        for v in volumes:
+            digest.update(f"{split}:{v.case}".encode())
+            digest.update(np.ascontiguousarray(v.image).tobytes())
+            digest.update(np.ascontiguousarray(v.label).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def validation_dice(model: nn.Module, spec: ModelSpec, volumes: list[Volume], device: torch.device,
+                    batch_size: int) -> float:
+    """Mean over cases of the 3D Dice of the thresholded prediction on the model grid."""
+    scores = []
+    for v in volumes:
+        prob = predict_volume(model, v.image, spec, device, batch_size)
+        pred = torch.as_tensor(prob > 0.5)[None, None].float()
+        truth = torch.as_tensor(v.label)[None, None].float()
+        scores.append(float(compute_dice(pred, truth, include_background=True, ignore_empty=False)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _save_state(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buffer.getvalue())
+
+
+def _load_state(path: Path, expected: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a state file cut by a kill mid-write is never renamed into place
+        log.warning("ignoring unreadable resume state %s (%s); starting afresh", path, err)
+        return None
+    if state.get("format") != STATE_FORMAT or state.get("fingerprint") != expected:
+        log.info("resume state %s belongs to another configuration; starting afresh", path)
+        return None
+    return state
+
+
+def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
+    """The CSV training log, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_volumes: list[Volume],
+          settings: TrainSettings, out_model: str | os.PathLike, out_log: str | os.PathLike,
+          state_dir: str | os.PathLike, provenance: dict, threads: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or fine-tune) `model` in place, resuming from `state_dir` when it holds this run."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(settings.device)
+    use_amp = settings.amp and device.type == "cuda"
+    dataset, transforms = training_dataset(train_volumes, settings.augment, spec.spatial_dims, spec.depth)
+    if len(dataset) == 0:
+        raise TrainingError("the training split holds no data")
+    batch_size = min(settings.batch_size, len(dataset))
+    steps_per_epoch = len(dataset) // batch_size
+    total_steps = settings.steps or settings.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = max(1, round(settings.warmup * total_steps))
+
+    state_path = Path(state_dir) / "last.pt"
+    key = fingerprint(model, spec, settings, train_volumes, val_volumes)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
+    # slice is 0 or 1 whatever the model does, which drowns the signal of the others.
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+    history: list[dict] = []
+    best = {"epoch": 0, "dice": -1.0, "weights": None}
+    start_epoch, step = 0, 0
+    state = _load_state(state_path, key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch, step = state["history"], state["epoch"], state["step"]
+        best = {"epoch": state["best_epoch"], "dice": state["best_dice"], "weights": state["best_model"]}
+        log.info("resuming after epoch %d of %d (step %d) from %s", start_epoch, epochs, step, state_path)
+    log.info("training on %s: %d items, batch %d, %d epochs, %d steps, fingerprint %s",
+             device, len(dataset), batch_size, epochs, total_steps, key)
+
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        epoch_seed = settings.seed * 100_003 + epoch
+        reseed(transforms, epoch_seed)
+        torch.manual_seed(epoch_seed)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(epoch_seed), num_workers=0)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
+                   disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        for batch_index, batch in enumerate(bar):
+            if step >= total_steps:
+                break
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(model(images), labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss is {loss.item()} at epoch {epoch + 1}, step {batch_index + 1} "
+                    f"(global step {step + 1}; cases in the batch: {sorted(set(batch['case']))}); "
+                    "check the data of these cases and the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.close()
+        dice = validation_dice(model, spec, val_volumes, device, batch_size * 2)
+        row = {
+            "epoch": epoch + 1, "step": step, "loss": round(float(np.mean(losses)), 6),
+            "val_dice": round(dice, 6), "lr": f"{optimizer.param_groups[0]['lr']:.3e}",
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        history.append(row)
+        # No validation split: the last epoch counts as the best.
+        if math.isnan(dice) or dice > best["dice"]:
+            best = {"epoch": epoch + 1, "dice": dice,
+                    "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        log.info("epoch %d/%d: loss %.4f, val Dice %.4f, lr %s, %.1f s", epoch + 1, epochs,
+                 row["loss"], dice, row["lr"], row["seconds"])
+        _save_state(state_path, {
+            "format": STATE_FORMAT, "fingerprint": key, "epoch": epoch + 1, "step": step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
+            "best_epoch": best["epoch"], "best_dice": best["dice"], "best_model": best["weights"],
+        })
+
+    model.load_state_dict(best["weights"])
+    model.cpu()
+    provenance = {**provenance, "training": {
+        "settings": asdict(settings), "best_epoch": best["epoch"], "best_val_dice": best["dice"],
+        "epochs": epochs, "steps": step, "device": str(device), "fingerprint": key,
+        "resumed_from_epoch": start_epoch,
+    }}
+    write_log(out_log, history)
+    save_checkpoint(out_model, model, spec, provenance)
+    log.info("best epoch %d (val Dice %.4f) -> %s", best["epoch"], best["dice"], out_model)
+    return TrainResult(best["epoch"], best["dice"], history, start_epoch)
+
+
+def load_split(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathLike,
+               which: tuple[str, ...] = ("train", "val")) -> dict[str, list[Volume]]:
+    """The volumes of the named splits of `splits.json`."""
+    from varprune.data.datasets import load_volumes, npz_paths
+
+    splits = json.loads(Path(splits_json).read_text())
+    return {name: load_volumes(npz_paths(preprocessed_dir, splits[name])) for name in which}
+
+
+def train_dense(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathLike, model_cfg: dict,
+                train_cfg: dict, preprocess_cfg: dict, out_model: str | os.PathLike,
+                out_log: str | os.PathLike, state_dir: str | os.PathLike,
+                threads: int | None = None) -> TrainResult:
+    """Train the dense segmenter of a run from its config slices (the `train` rule)."""
+    from varprune.model import build_model
+
+    settings = TrainSettings.from_config(train_cfg)
+    spec = ModelSpec.from_config(model_cfg, preprocess_cfg["input_size"])
+    data = load_split(splits_json, preprocessed_dir)
+    torch.manual_seed(settings.seed)
+    model = build_model(spec)
+    provenance = {
+        "kind": "dense", "parent": None,
+        "config": {"model": model_cfg, "train": train_cfg, "preprocess": preprocess_cfg},
+        "split": json.loads(Path(splits_json).read_text()),
+    }
+    return train(model, spec, data["train"], data["val"], settings, out_model, out_log, state_dir,
+                 provenance, threads)

@@ -1,0 +1,101 @@
+"""The shared training loop: learning, determinism, exact resume, clear failures."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import varprune.train as train_module
+from tests.tiny_model import disc_volume, tiny_spec
+from varprune.model import build_model, read_checkpoint
+from varprune.train import TrainingError, TrainSettings, train
+
+SETTINGS = TrainSettings(epochs=3, batch_size=4, lr=2e-3, warmup=0.1, seed=3)
+
+
+def volumes():
+    return [disc_volume(f"ircad0{i}", seed=i) for i in (1, 2, 3)], [disc_volume("ircad04", seed=4)]
+
+
+def run(tmp_path, name, settings=SETTINGS, state=None):
+    spec = tiny_spec()
+    torch.manual_seed(settings.seed)
+    model = build_model(spec)
+    train_vols, val_vols = volumes()
+    out = tmp_path / name
+    result = train(model, spec, train_vols, val_vols, settings, out / "model.pt", out / "log.csv",
+                   state or out / "state", {"kind": "test"}, threads=1, progress=False)
+    weights = read_checkpoint(out / "model.pt")["state_dict"]
+    with open(out / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return result, weights, rows
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_lowers_the_loss_and_logs_every_epoch(tmp_path):
+    result, _, rows = run(tmp_path, "a", TrainSettings(epochs=10, batch_size=4, lr=3e-3, seed=0))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
+    assert list(rows[0]) == ["epoch", "step", "loss", "val_dice", "lr", "seconds"]
+    assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
+    assert result.best_val_dice == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-6)
+
+
+def test_two_runs_of_one_config_agree(tmp_path):
+    _, first, rows1 = run(tmp_path, "a")
+    _, second, rows2 = run(tmp_path, "b")
+    assert same_weights(first, second)
+    assert [r["loss"] for r in rows1] == [r["loss"] for r in rows2]
+
+
+def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    _, uninterrupted, rows = run(tmp_path, "straight")
+
+    # Kill the run during the third epoch's validation: epochs 1-2 are in the resume state.
+    calls = {"n": 0}
+    real_validation = train_module.validation_dice
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_dice", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed")
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    monkeypatch.setattr(train_module, "validation_dice", real_validation)
+
+    result, resumed, resumed_rows = run(tmp_path, "resumed")
+    assert result.resumed_from == 2
+    assert same_weights(resumed, uninterrupted)
+    assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
+
+
+def test_changed_settings_do_not_reuse_a_resume_state(tmp_path):
+    state = tmp_path / "shared_state"
+    run(tmp_path, "a", state=state)
+    result, _, _ = run(tmp_path, "b", TrainSettings(epochs=3, batch_size=4, lr=1e-3, seed=3), state=state)
+    assert result.resumed_from == 0
+
+
+def test_steps_budget_overrides_epochs(tmp_path):
+    # 3 volumes x 6 slices = 18 slices, batch 4 -> 4 steps per epoch; 6 steps = 2 epochs.
+    _, _, rows = run(tmp_path, "a", TrainSettings(epochs=50, steps=6, batch_size=4, seed=0))
+    assert [int(r["step"]) for r in rows] == [4, 6]
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
+    spec = tiny_spec()
+    train_vols, val_vols = volumes()
+    train_vols[1].image[2, 5, 5] = np.nan
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step \d+ .*ircad02"):
+        train(build_model(spec), spec, train_vols, val_vols, SETTINGS, tmp_path / "m.pt",
+              tmp_path / "log.csv", tmp_path / "state", {}, threads=1, progress=False)
+    assert not (tmp_path / "m.pt").exists()
