@@ -10,6 +10,8 @@ configfile: workflow.source_path("config/config.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -52,14 +52,24 @@ CASES = [f"ircad{p:02d}" for p in patients()]
 from varprune.data.splits import SplitError, make_splits  # numpy only: parse stays light
 
 try:
-    make_splits(CASES, config["split"])
+    SPLITS = make_splits(CASES, config["split"])
 except SplitError as err:
     config_error("split", str(err))
+
+# The rules that read only some splits name only those cases as inputs.
+TRAIN_CASES, VAL_CASES, TEST_CASES = SPLITS["train"], SPLITS["val"], SPLITS["test"]
+if not TEST_CASES:
+    config_error("split", "the test split is empty: every model is evaluated on it")
+
+# The library modules each rule runs, for code_version().
+TRAIN_CODE = ("model.py", "train.py", "inference.py", "data/datasets.py", "data/preprocess.py")
+EVAL_CODE = ("model.py", "evaluate.py", "inference.py", "data/preprocess.py")
 
 
 wildcard_constraints:
     case=r"ircad\d{2}",
     run=r"[A-Za-z0-9_.-]+",
+    model=r"dense|[a-z]+/cycle\d+",
 
 
 def canonical(value):
@@ -95,9 +105,24 @@ def code_version(*modules):
     return digest.hexdigest()[:16]
 
 
+def state_dir(model):
+    """Params function: the resume-state folder of a model, undeclared so Snakemake keeps it."""
+
+    def folder(wildcards):
+        return f"results/{wildcards.run}/.state/{model}"
+
+    return folder
+
+
+def model_outputs(model):
+    """The files every model (dense or a pruning cycle) gets: checkpoint, metrics, cost."""
+    base = f"results/{config['run']}/{model}"
+    return [f"{base}/model.pt", f"{base}/metrics.csv", f"{base}/cost.json"]
+
+
 def final_outputs():
     """What `rule all` builds."""
     return [
         "data/splits.json",
-        *expand("data/preprocessed/{case}.npz", case=CASES),
+        *model_outputs("dense"),
     ]

@@ -23,6 +23,16 @@ def tiny_archive(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def done_run(tmp_path_factory) -> Path:
+    """The tiny pipeline (tests/config/tiny.yaml) run to the end once; tests dry-run against it."""
+    from .workflow_helpers import snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    snakemake(workdir)
+    return workdir
+
+
 Members = dict[str, bytes]
 
 

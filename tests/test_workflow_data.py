@@ -13,17 +13,10 @@ from .workflow_helpers import edited_config, scheduled, snakemake
 pytestmark = pytest.mark.workflow
 
 
-@pytest.fixture(scope="module")
-def done_run(tmp_path_factory):
-    """The tiny pipeline run to the end once; tests copy or dry-run against it."""
-    workdir = tmp_path_factory.mktemp("tiny-run")
-    snakemake(workdir)
-    return workdir
-
-
 def test_default_config_dry_run_schedules_every_data_step(tmp_path):
     jobs = scheduled(tmp_path, config=None)
-    assert jobs == {"synthesize": 1, "convert": 10, "preprocess": 10, "split": 1, "all": 1}
+    assert jobs == {"synthesize": 1, "convert": 10, "preprocess": 10, "split": 1,
+                    "train": 1, "evaluate": 1, "cost": 1, "all": 1}
 
 
 def test_tiny_run_produces_split_model_ready_data(done_run):
@@ -40,7 +33,8 @@ def test_rerun_with_nothing_changed_does_nothing(done_run):
 
 def test_editing_the_hu_window_reruns_preprocess_not_synthesize_or_convert(done_run, tmp_path):
     config = edited_config(tmp_path, **{"preprocess.window": [-150, 250]})
-    assert scheduled(done_run, config=config) == {"preprocess": 4, "all": 1}
+    assert scheduled(done_run, config=config) == {
+        "preprocess": 4, "train": 1, "evaluate": 1, "cost": 1, "all": 1}
 
 
 def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
@@ -50,6 +44,9 @@ def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
         "convert": 4,
         "preprocess": 4,
         "split": 1,
+        "train": 1,
+        "evaluate": 1,
+        "cost": 1,
         "all": 1,
     }
 

@@ -1,0 +1,49 @@
+"""Evaluation of every model (dense and each pruning cycle): test metrics and cost."""
+
+
+rule evaluate:
+    input:
+        model="results/{run}/{model}/model.pt",
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
+        truth=expand("data/nifti/{case}/liver.nii.gz", case=TEST_CASES),
+    output:
+        metrics="results/{run}/{model}/metrics.csv",
+        pred=directory("results/{run}/{model}/pred"),
+    params:
+        evaluate=cfg("evaluate"),
+        preprocessed="data/preprocessed",
+        nifti="data/nifti",
+        code=code_version(*EVAL_CODE),
+    log:
+        "logs/{run}/{model}/evaluate.log",
+    benchmark:
+        "benchmarks/{run}/{model}/evaluate.tsv"
+    threads: config["evaluate"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule cost:
+    input:
+        model="results/{run}/{model}/model.pt",
+    output:
+        "results/{run}/{model}/cost.json",
+    params:
+        cost=cfg("cost"),
+        code=code_version("model.py", "cost.py"),
+    log:
+        "logs/{run}/{model}/cost.log",
+    benchmark:
+        "benchmarks/{run}/{model}/cost.tsv"
+    # The latency is measured with these threads; Snakemake reserves them so that parallel jobs
+    # disturb the timing less (for clean latency, run the cost jobs alone, or see benchmarks/).
+    threads: config["cost"]["threads"]
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    script:
+        "../scripts/cost.py"

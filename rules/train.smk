@@ -1,0 +1,28 @@
+"""Training of the dense segmenter."""
+
+
+rule train:
+    input:
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+    output:
+        model="results/{run}/dense/model.pt",
+        log="results/{run}/dense/train_log.csv",
+    params:
+        model=cfg("model"),
+        train=cfg("train"),
+        preprocess=cfg("preprocess"),
+        preprocessed="data/preprocessed",
+        # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
+        state_dir=state_dir("dense"),
+        code=code_version(*TRAIN_CODE),
+    log:
+        "logs/{run}/dense/train.log",
+    benchmark:
+        "benchmarks/{run}/dense/train.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../scripts/train.py"

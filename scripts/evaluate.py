@@ -1,0 +1,20 @@
+"""Snakemake script: test-set metrics and predictions of one model. Logic: varprune.evaluate."""
+
+from varprune.evaluate import evaluate_checkpoint
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    settings = snakemake.params.evaluate
+    evaluate_checkpoint(
+        model_path=snakemake.input.model,
+        splits_json=snakemake.input.splits,
+        preprocessed_dir=snakemake.params.preprocessed,
+        nifti_dir=snakemake.params.nifti,
+        out_metrics=snakemake.output.metrics,
+        out_pred_dir=snakemake.output.pred,
+        batch_size=settings["batch_size"],
+        device=settings["device"],
+        interpolate=settings["interpolate"],
+        largest_component=settings["largest_component"],
+        threads=snakemake.threads,
+    )

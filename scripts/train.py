@@ -1,0 +1,17 @@
+"""Snakemake script: train the dense segmenter. Logic: varprune.train."""
+
+from varprune.runlog import to_log_file
+from varprune.train import train_dense
+
+with to_log_file(snakemake.log[0]):
+    train_dense(
+        splits_json=snakemake.input.splits,
+        preprocessed_dir=snakemake.params.preprocessed,
+        model_cfg=snakemake.params.model,
+        train_cfg=snakemake.params.train,
+        preprocess_cfg=snakemake.params.preprocess,
+        out_model=snakemake.output.model,
+        out_log=snakemake.output.log,
+        state_dir=snakemake.params.state_dir,
+        threads=snakemake.threads,
+    )

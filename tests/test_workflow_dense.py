@@ -1,0 +1,86 @@
+"""The dense model in the workflow: train, evaluate and cost rules, reruns, and resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from varprune.evaluate import METRIC_COLUMNS
+from varprune.model import load_model, read_checkpoint
+
+from .workflow_helpers import REPO, TINY_CONFIG, edited_config, scheduled, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def test_tiny_run_trains_evaluates_and_costs_the_dense_model(done_run):
+    dense = done_run / "results" / "tiny" / "dense"
+    model, spec, provenance = load_model(dense / "model.pt")
+    assert spec.hidden == 32 and provenance["kind"] == "dense"
+    assert len(provenance["split"]["test"]) == 1
+    with open(dense / "train_log.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, 9))
+    with open(dense / "metrics.csv") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == METRIC_COLUMNS
+    assert [r["case"] for r in rows] == provenance["split"]["test"]
+    assert 0 <= float(rows[0]["dice"]) <= 1
+    case = rows[0]["case"]
+    pred = sitk.ReadImage(str(dense / "pred" / f"{case}.nii.gz"))
+    ct = sitk.ReadImage(str(done_run / "data" / "nifti" / case / "ct.nii.gz"))
+    assert pred.GetSize() == ct.GetSize() and pred.GetSpacing() == ct.GetSpacing()
+    assert pred.GetOrigin() == ct.GetOrigin() and pred.GetDirection() == ct.GetDirection()
+    cost = json.loads((dense / "cost.json").read_text())
+    assert cost["params"] == sum(p.numel() for p in model.parameters())
+    assert cost["input_shape"] == [1, 1, 32, 32]
+    assert cost["macs_full"] > 0 and cost["macs_thop"] > 0 and cost["latency_ms_median"] > 0
+
+
+def test_editing_training_reruns_training_evaluation_and_cost(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"train.lr": 0.001})
+    assert scheduled(done_run, config=config) == {"train": 1, "evaluate": 1, "cost": 1, "all": 1}
+
+
+def test_editing_evaluation_reruns_evaluation_alone(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"evaluate.interpolate": False})
+    assert scheduled(done_run, config=config) == {"evaluate": 1, "all": 1}
+
+
+def test_sigkill_during_training_then_rerun_resumes_and_matches(done_run, tmp_path):
+    """Kill snakemake and the training job with SIGKILL after an epoch; the rerun continues
+    from the last completed epoch and ends with the same weights as the uninterrupted run."""
+    workdir = tmp_path / "work"
+    shutil.copytree(done_run, workdir, symlinks=True,
+                    ignore=shutil.ignore_patterns("results", "locks", "incomplete"))
+    state = workdir / "results" / "tiny" / ".state" / "dense" / "last.pt"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--cores", "1", "results/tiny/dense/model.pt", "--configfile", str(TINY_CONFIG)]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not state.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert state.exists(), "training ended or failed before the first epoch was saved"
+    epochs_done = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= epochs_done < 8, "the kill came after training ended: raise train.epochs in tiny.yaml"
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "results/tiny/dense/model.pt")
+    log = (workdir / "logs" / "tiny" / "dense" / "train.log").read_text()
+    assert f"resuming after epoch {epochs_done} of 8" in log
+    resumed = read_checkpoint(workdir / "results" / "tiny" / "dense" / "model.pt")["state_dict"]
+    straight = read_checkpoint(done_run / "results" / "tiny" / "dense" / "model.pt")["state_dict"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
