@@ -52,3 +52,14 @@ def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
     assert records[1]["params"] < records[0]["params"]
     assert records[1]["macs_full"] < records[0]["macs_full"]
     assert records[1]["macs_thop"] < records[0]["macs_thop"]
+
+
+def test_closed_form_unetr_macs_equal_the_counter_for_dense_pruned_2d_and_3d():
+    from varprune.unetr_macs import layer_macs, rest_macs
+
+    for spec in (tiny_spec(), pruned_spec(), tiny_spec(spatial_dims=3, depth=16, feature_size=2)):
+        model = build_model(spec)
+        expected = macs_full(model, torch.zeros(spec.input_shape(1)))
+        formula = rest_macs(spec.img_size, 1, 2, spec.hidden, spec.feature_size) + sum(
+            layer_macs(spec.img_size, spec.hidden, ls.inner, ls.ffn) for ls in spec.layers)
+        assert formula == expected

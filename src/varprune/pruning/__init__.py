@@ -1,0 +1,1 @@
+"""Cross-layer channel pruning: criteria, rate sequences, surgery, cycles."""

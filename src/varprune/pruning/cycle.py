@@ -1,0 +1,174 @@
+"""One pruning cycle end to end: score, plan, remove, fine-tune, save (the `prune_cycle` rule).
+
+Cycle k of a method starts from cycle k-1 of the same method (the dense model for k = 1) and
+removes what takes the model from MAC target k-1 to target k, both relative to the dense
+model's `macs_full`. The dense MACs follow from the parent's spec (its layers at dense width),
+so a cycle needs nothing but its parent checkpoint and its two targets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from varprune.atomic import atomic_path
+from varprune.cost import macs_full
+from varprune.data.datasets import Volume, slice_items
+from varprune.model import ModelSpec, load_model
+from varprune.pruning.groups import BLOCKS, layer_macs
+from varprune.pruning.sequence import (
+    LayerCounts,
+    Sequence,
+    SequenceSettings,
+    msa_channels_removed,
+    plan_counts,
+    removed_macs,
+    select_groups,
+)
+from varprune.pruning.significance import make_criterion
+from varprune.pruning.surgery import apply_plan
+from varprune.train import TrainSettings, load_split, train
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_COLUMNS = ["cycle", "layer", "block", "significance", "weight", "level", "rate",
+                    "channels_before", "channels_after", "heads_before", "heads_after"]
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    """The `pruning` config slice a cycle job receives (its own target and its predecessor's)."""
+
+    target: float
+    previous_target: float = 0.0
+    criterion: str = "taylor"
+    calibration_batches: int = 8
+    calibration_batch_size: int = 8
+    seed: int = 0
+    sequence: SequenceSettings = SequenceSettings()
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> CycleSettings:
+        own = {k: cfg[k] for k in ("target", "previous_target", "criterion", "calibration_batches",
+                                   "calibration_batch_size", "seed") if k in cfg}
+        return cls(**own, sequence=SequenceSettings.from_config(cfg))
+
+
+def calibration_batches(volumes: list[Volume], batches: int, batch_size: int,
+                        seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded sample of training slices (no augmentation) for the gradient criteria."""
+    items = slice_items(volumes)
+    order = np.random.default_rng(seed).permutation(len(items))
+    result = []
+    for b in range(batches):
+        chosen = [items[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+        if not chosen:
+            break
+        result.append((torch.as_tensor(np.stack([c["image"] for c in chosen])),
+                       torch.as_tensor(np.stack([c["label"] for c in chosen]))))
+    return result
+
+
+def dense_macs(model: torch.nn.Module, spec: ModelSpec, measured: int) -> int:
+    """`macs_full` the dense ancestor had: the measured MACs with every layer at dense width."""
+    dense = replace(spec, layers=[])
+    return measured - sum(layer_macs(spec, ls) for ls in spec.layers) + sum(
+        layer_macs(dense, ls) for ls in dense.layers)
+
+
+def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list[LayerCounts],
+                  sequence: Sequence, method: str) -> list[dict]:
+    """The rows of `sequence.csv` (one per layer and block)."""
+    rows = []
+    for i, (before, after, c) in enumerate(zip(spec.layers, new_spec.layers, counts, strict=True)):
+        lost = {"msa": msa_channels_removed(before, c) / before.inner, "ffn": c.ffn / before.ffn}
+        widths = {"msa": (before.inner, after.inner), "ffn": (before.ffn, after.ffn)}
+        for block in BLOCKS:
+            planned = float(sequence.rate[block][i])
+            rows.append({
+                "cycle": cycle, "layer": i + 1, "block": block,
+                "significance": f"{float(sequence.significance[block][i]):.6g}",
+                "weight": "" if np.isnan(sequence.weight[block][i]) else f"{sequence.weight[block][i]:.6g}",
+                "level": int(sequence.level[block][i]) if method == "variable" else "",
+                "rate": f"{planned if method == 'variable' else lost[block]:.6g}",
+                "channels_before": widths[block][0], "channels_after": widths[block][1],
+                "heads_before": before.heads if block == "msa" else "",
+                "heads_after": after.heads if block == "msa" else "",
+            })
+    return rows
+
+
+def write_sequence(path: str | os.PathLike, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SEQUENCE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings,
+                batches: list) -> tuple[ModelSpec, dict]:
+    """Score, plan and remove in place; return the new spec and a summary of the budget."""
+    x = torch.zeros(spec.input_shape(1))
+    before = macs_full(model, x)
+    dense = dense_macs(model, spec, before)
+    budget = int(round(before - (1 - settings.target) * dense))
+    scores = make_criterion(settings.criterion).score(model, spec, batches)
+    counts, sequence = plan_counts(method, spec, scores, budget, settings.sequence)
+    plans = select_groups(spec, scores, counts)
+    new_spec = apply_plan(model, spec, plans)
+    after = macs_full(model, x)
+    summary = {
+        "macs_dense": dense, "macs_before": before, "macs_after": after, "budget": budget,
+        "removed": before - after, "planned": removed_macs(spec, counts),
+        "reduction_vs_dense": 1 - after / dense, "target": settings.target,
+        "rows": sequence_rows(0, spec, new_spec, counts, sequence, method),
+    }
+    log.info("%s: removed %.1f M MACs of a %.1f M budget (%.2f %% of it); "
+             "%.1f %% below dense (target %.1f %%)",
+             method, summary["removed"] / 1e6, budget / 1e6,
+             100 * summary["removed"] / budget if budget > 0 else 100.0,
+             100 * summary["reduction_vs_dense"], 100 * settings.target)
+    return new_spec, summary
+
+
+def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
+              preprocessed_dir: str | os.PathLike, method: str, cycle: int, pruning: dict,
+              finetune: dict, out_model: str | os.PathLike, out_sequence: str | os.PathLike,
+              out_log: str | os.PathLike, state_dir: str | os.PathLike,
+              threads: int | None = None) -> dict:
+    """Prune the parent checkpoint by one cycle of `method`, fine-tune it, save."""
+    if threads:
+        torch.set_num_threads(threads)
+    settings = CycleSettings.from_config(pruning)
+    ft = TrainSettings.from_config(finetune)
+    model, spec, parent_provenance = load_model(parent)
+    data = load_split(splits_json, preprocessed_dir)
+    batches = calibration_batches(data["train"], settings.calibration_batches,
+                                  settings.calibration_batch_size, settings.seed + cycle)
+    log.info("cycle %d of %s from %s: criterion %s on %d batches, target %.3f (previous %.3f)",
+             cycle, method, parent, settings.criterion, len(batches), settings.target,
+             settings.previous_target)
+    torch.manual_seed(settings.seed)
+    new_spec, summary = prune_model(model, spec, method, settings, batches)
+    rows = summary.pop("rows")
+    for row in rows:
+        row["cycle"] = cycle
+    provenance = {
+        "kind": "pruned", "method": method, "cycle": cycle, "parent": str(parent),
+        "config": {"pruning": pruning, "finetune": finetune,
+                   **{k: v for k, v in parent_provenance.get("config", {}).items()
+                      if k in ("model", "preprocess", "train")}},
+        "split": json.loads(Path(splits_json).read_text()),
+        "pruning": {**summary, "settings": asdict(settings)},
+    }
+    train(model, new_spec, data["train"], data["val"], ft, out_model, out_log, state_dir, provenance,
+          threads)
+    write_sequence(out_sequence, rows)
+    return summary

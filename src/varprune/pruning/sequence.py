@@ -1,0 +1,321 @@
+"""From group scores to how many channels each layer loses, for the three methods.
+
+`variable` (the paper's method):
+1. Layer significance per block type (MSA, FFN). Default aggregate `top_share`: normalise the
+   scores within the block type (divide by their mean over the whole model), take the model's
+   top `top_fraction` groups of that type, and count which share of them sits in each layer.
+   That turns "the crucial parameters are spread unevenly over depth" into one number per layer.
+2. Normalise over depth (a distribution summing to 1), optionally smooth along depth (moving
+   average of `smooth` layers), and quantise into `levels` levels (0 = least significant):
+   the hierarchical sequence.
+3. Rates: rate(level) = clip(t + spread·(½ − level/(levels−1)), rate_min, rate_max), decreasing
+   with significance. The overall level t is found by bisection so that the cycle removes its
+   MAC budget; MSA and FFN have their own level sequences and share t.
+`fixed` (the paper's baseline): one rate t for every layer and block, solved the same way.
+`global` (Torch-Pruning's global pruning): group scores normalised by their layer-and-block
+   mean, one ranking across all layers, the lowest removed until the budget is met.
+
+Rates are relative to a layer's current width. Minimum widths are never crossed. MSA channels
+are removed as head dims (the same number in every head of a layer, as SABlock requires) or,
+with `msa_unit: head`, as whole heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from varprune.model import LayerSpec, ModelSpec
+from varprune.pruning.groups import (
+    BLOCKS,
+    LayerPlan,
+    Scores,
+    ffn_channel_macs,
+    msa_channel_macs,
+)
+
+METHODS = ("variable", "fixed", "global")
+
+
+class BudgetError(ValueError):
+    """The MAC budget cannot be met within the rate bounds and minimum widths."""
+
+
+@dataclass(frozen=True)
+class SequenceSettings:
+    """The part of the `pruning` config slice that decides rates."""
+
+    aggregate: str = "top_share"
+    top_fraction: float = 0.3
+    smooth: int = 1
+    levels: int = 4
+    spread: float = 0.4
+    rate_min: float = 0.0
+    rate_max: float = 0.9
+    msa_unit: str = "dim"
+    min_head_dim: int = 8
+    min_heads: int = 1
+    min_ffn: int = 32
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> SequenceSettings:
+        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class LayerCounts:
+    """What one layer loses: heads, dims per head, FFN channels."""
+
+    heads: int = 0
+    dims: int = 0
+    ffn: int = 0
+
+
+@dataclass
+class Sequence:
+    """Per layer and block: significance, normalised weight, level, rate (NaN where unused)."""
+
+    significance: dict[str, np.ndarray]
+    weight: dict[str, np.ndarray]
+    level: dict[str, np.ndarray]
+    rate: dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------- significance -> sequence
+
+
+def layer_significance(scores: Scores, n_layers: int, aggregate: str, top_fraction: float) -> dict:
+    """One significance value per layer for each block type."""
+    result = {}
+    for block in BLOCKS:
+        per_layer = [scores[(i, block)].flatten().double() for i in range(n_layers)]
+        everything = torch.cat(per_layer)
+        normalised = [s / everything.mean().clamp_min(1e-30) for s in per_layer]
+        if aggregate == "top_share":
+            flat = torch.cat(normalised)
+            k = max(1, round(top_fraction * flat.numel()))
+            threshold = torch.topk(flat, k).values.min()
+            counts = np.array([float((s >= threshold).sum()) for s in normalised])
+            values = counts / counts.sum()
+        elif aggregate == "mean":
+            values = np.array([float(s.mean()) for s in normalised])
+        elif aggregate == "sum":
+            values = np.array([float(s.sum()) for s in normalised])
+        else:
+            raise ValueError(f"unknown pruning.aggregate {aggregate!r}")
+        result[block] = values
+    return result
+
+
+def smooth_along_depth(values: np.ndarray, window: int) -> np.ndarray:
+    """Moving average over `window` neighbouring layers (edges padded by repetition)."""
+    if window <= 1:
+        return values.copy()
+    half = window // 2
+    padded = np.pad(values, half, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")[: len(values)]
+
+
+def quantise(weights: np.ndarray, levels: int) -> np.ndarray:
+    """Levels 0..levels-1 by value: 0 = least significant. Equal weights share the top level."""
+    span = weights.max() - weights.min()
+    if span <= 1e-12:
+        return np.full(len(weights), levels - 1, dtype=int)
+    scaled = (weights - weights.min()) / span
+    return np.minimum(levels - 1, np.floor(scaled * levels)).astype(int)
+
+
+def hierarchical_sequence(significance: np.ndarray,
+                          settings: SequenceSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (and smoothed) weight over depth, and its quantised levels."""
+    total = significance.sum()
+    weight = significance / total if total > 0 else np.full(len(significance), 1 / len(significance))
+    weight = smooth_along_depth(weight, settings.smooth)
+    return weight, quantise(weight, settings.levels)
+
+
+def level_rates(levels: np.ndarray, t: float, settings: SequenceSettings) -> np.ndarray:
+    """Rates for levels at overall level t: higher level (more significant) -> lower rate."""
+    if settings.levels > 1:
+        offset = settings.spread * (0.5 - levels / (settings.levels - 1))
+    else:
+        offset = np.zeros(len(levels))
+    return np.clip(t + offset, settings.rate_min, settings.rate_max)
+
+
+# ---------------------------------------------------------------- rates -> counts -> MACs
+
+
+def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
+                     settings: SequenceSettings) -> list[LayerCounts]:
+    """Channels each layer loses at the given rates, within the minimum widths."""
+    counts = []
+    for layer, r_msa, r_ffn in zip(spec.layers, msa_rates, ffn_rates, strict=True):
+        c = LayerCounts()
+        if settings.msa_unit == "head":
+            c.heads = min(int(round(r_msa * layer.heads)), layer.heads - settings.min_heads)
+        else:
+            c.dims = min(int(round(r_msa * layer.head_dim)), layer.head_dim - settings.min_head_dim)
+        c.ffn = min(int(round(r_ffn * layer.ffn)), layer.ffn - settings.min_ffn)
+        c.heads, c.dims, c.ffn = max(0, c.heads), max(0, c.dims), max(0, c.ffn)
+        counts.append(c)
+    return counts
+
+
+def msa_channels_removed(layer: LayerSpec, c: LayerCounts) -> int:
+    return layer.inner - (layer.heads - c.heads) * (layer.head_dim - c.dims)
+
+
+def removed_macs(spec: ModelSpec, counts: list[LayerCounts]) -> int:
+    """MACs the counts remove (analytic; the same matmuls FlopCounterMode counts)."""
+    per_msa, per_ffn = msa_channel_macs(spec), ffn_channel_macs(spec)
+    return sum(msa_channels_removed(layer, c) * per_msa + c.ffn * per_ffn
+               for layer, c in zip(spec.layers, counts, strict=True))
+
+
+def solve_level(spec: ModelSpec, budget: int, rates_at, settings: SequenceSettings,
+                what: str) -> tuple[float, list[LayerCounts]]:
+    """Smallest overall level t whose counts remove at least `budget` MACs (bisection)."""
+    low, high = -1.0 - settings.spread, 1.0 + settings.spread
+    best = counts_for_rates(spec, *rates_at(high), settings)
+    if removed_macs(spec, best) < budget:
+        raise BudgetError(
+            f"{what}: removing {budget:,} MACs needs more than the rate bound rate_max="
+            f"{settings.rate_max} and the minimum widths allow ({removed_macs(spec, best):,} at most)")
+    if budget <= 0:
+        return low, counts_for_rates(spec, *rates_at(low), settings)
+    for _ in range(60):
+        mid = (low + high) / 2
+        counts = counts_for_rates(spec, *rates_at(mid), settings)
+        if removed_macs(spec, counts) >= budget:
+            high, best = mid, counts
+        else:
+            low = mid
+    return high, _refine(spec, counts_for_rates(spec, *rates_at(low), settings), best, budget)
+
+
+def _refine(spec: ModelSpec, below: list[LayerCounts], above: list[LayerCounts],
+            budget: int) -> list[LayerCounts]:
+    """Step from the counts just below the budget towards those just above, one layer and
+    block at a time, and stop as soon as the budget is met.
+
+    Layers that share a rate cross a rounding step at the same level t, so the counts just
+    above the budget can overshoot it by several layers' worth; this keeps the overshoot
+    to one channel unit of one layer.
+    """
+    result = [LayerCounts(c.heads, c.dims, c.ffn) for c in below]
+    if removed_macs(spec, result) >= budget:
+        return result
+    for i, (low, high) in enumerate(zip(below, above, strict=True)):
+        for name in ("heads", "dims", "ffn"):
+            if getattr(high, name) != getattr(low, name):
+                setattr(result[i], name, getattr(high, name))
+                if removed_macs(spec, result) >= budget:
+                    return result
+    return above
+
+
+def variable_counts(spec: ModelSpec, scores: Scores, budget: int,
+                    settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
+    """The paper's method: significance -> hierarchical sequence -> variable rates."""
+    n = len(spec.layers)
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    weights, levels = {}, {}
+    for block in BLOCKS:
+        weights[block], levels[block] = hierarchical_sequence(significance[block], settings)
+
+    def rates_at(t):
+        return level_rates(levels["msa"], t, settings), level_rates(levels["ffn"], t, settings)
+
+    t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (variable)")
+    msa, ffn = rates_at(t)
+    return counts, Sequence(significance, weights, levels, {"msa": msa, "ffn": ffn})
+
+
+def fixed_counts(spec: ModelSpec, scores: Scores, budget: int,
+                 settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
+    """The baseline: one rate for every layer and block."""
+    n = len(spec.layers)
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+
+    def rates_at(t):
+        rate = float(np.clip(t, settings.rate_min, settings.rate_max))
+        return np.full(n, rate), np.full(n, rate)
+
+    t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (fixed)")
+    msa, ffn = rates_at(t)
+    flat = {b: np.full(n, np.nan) for b in BLOCKS}
+    zeros = {b: np.zeros(n, int) for b in BLOCKS}
+    return counts, Sequence(significance, flat, zeros, {"msa": msa, "ffn": ffn})
+
+
+def global_counts(spec: ModelSpec, scores: Scores, budget: int,
+                  settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
+    """One ranking of layer-normalised group scores across the model; lowest go first."""
+    n = len(spec.layers)
+    per_msa, per_ffn = msa_channel_macs(spec), ffn_channel_macs(spec)
+    units = []  # (score, layer, block, MACs)
+    for i, layer in enumerate(spec.layers):
+        msa = scores[(i, "msa")].double()
+        msa = msa / msa.mean().clamp_min(1e-30)
+        if settings.msa_unit == "head":
+            head_scores = torch.sort(msa.mean(dim=1)).values
+            for s in head_scores[: layer.heads - settings.min_heads]:
+                units.append((float(s), i, "heads", layer.head_dim * per_msa))
+        else:
+            ranked = torch.sort(msa, dim=1).values.mean(dim=0)  # r-th lowest dim, over heads
+            for s in ranked[: layer.head_dim - settings.min_head_dim]:
+                units.append((float(s), i, "dims", layer.heads * per_msa))
+        ffn = scores[(i, "ffn")].double()
+        ffn = torch.sort(ffn / ffn.mean().clamp_min(1e-30)).values
+        for s in ffn[: layer.ffn - settings.min_ffn]:
+            units.append((float(s), i, "ffn", per_ffn))
+    units.sort(key=lambda u: u[0])
+    counts = [LayerCounts() for _ in range(n)]
+    removed = 0
+    for _, i, kind, macs in units:
+        if removed >= budget:
+            break
+        setattr(counts[i], kind, getattr(counts[i], kind) + 1)
+        removed += macs
+    if removed < budget:
+        raise BudgetError(f"pruning.cycle_targets (global): removing {budget:,} MACs needs more than "
+                          f"the minimum widths allow ({removed:,} at most)")
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    rates = {
+        "msa": np.array([msa_channels_removed(layer, c) / layer.inner
+                         for layer, c in zip(spec.layers, counts, strict=True)]),
+        "ffn": np.array([c.ffn / layer.ffn for layer, c in zip(spec.layers, counts, strict=True)]),
+    }
+    flat = {b: np.full(n, np.nan) for b in BLOCKS}
+    return counts, Sequence(significance, flat, {b: np.zeros(n, int) for b in BLOCKS}, rates)
+
+
+def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
+                settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
+    """Counts per layer for `method` (variable | fixed | global)."""
+    if method == "variable":
+        return variable_counts(spec, scores, budget, settings)
+    if method == "fixed":
+        return fixed_counts(spec, scores, budget, settings)
+    if method == "global":
+        return global_counts(spec, scores, budget, settings)
+    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+# ---------------------------------------------------------------- counts -> concrete groups
+
+
+def select_groups(spec: ModelSpec, scores: Scores, counts: list[LayerCounts]) -> list[LayerPlan]:
+    """The lowest-scoring groups of each layer, as many as its counts say."""
+    plans = []
+    for i, (layer, c) in enumerate(zip(spec.layers, counts, strict=True)):
+        msa = scores[(i, "msa")]
+        heads = torch.argsort(msa.sum(dim=1))[: c.heads].tolist() if c.heads else []
+        kept = [h for h in range(layer.heads) if h not in heads]
+        dims = {h: sorted(torch.argsort(msa[h])[: c.dims].tolist()) for h in kept} if c.dims else {}
+        ffn = sorted(torch.argsort(scores[(i, "ffn")])[: c.ffn].tolist()) if c.ffn else []
+        plans.append(LayerPlan(sorted(heads), dims, ffn))
+    return plans

@@ -1,0 +1,70 @@
+"""Removing channel groups physically computes exactly what masking them does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_model import tiny_spec
+from varprune.model import build_model, count_parameters, load_model, save_checkpoint
+from varprune.pruning.groups import LayerPlan
+from varprune.pruning.surgery import apply_plan, mask_plan
+
+
+def plans_for(spec, kind: str, seed: int = 0) -> list[LayerPlan]:
+    g = torch.Generator().manual_seed(seed)
+    plans = []
+    for layer in spec.layers:
+        heads = [int(torch.randint(layer.heads, (1,), generator=g))] if kind in ("heads", "all") else []
+        kept = [h for h in range(layer.heads) if h not in heads]
+        dims = {}
+        if kind in ("dims", "all"):
+            n = int(torch.randint(1, layer.head_dim - 1, (1,), generator=g))
+            dims = {h: sorted(torch.randperm(layer.head_dim, generator=g)[:n].tolist()) for h in kept}
+        ffn = []
+        if kind in ("ffn", "all"):
+            n = int(torch.randint(1, layer.ffn - 1, (1,), generator=g))
+            ffn = sorted(torch.randperm(layer.ffn, generator=g)[:n].tolist())
+        plans.append(LayerPlan(heads, dims, ffn))
+    return plans
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("kind", ["dims", "heads", "ffn", "all"])
+def test_removal_equals_masking(spatial_dims, kind):
+    torch.manual_seed(0)
+    spec = tiny_spec(spatial_dims=spatial_dims, heads=4, qkv_bias=True)
+    model = build_model(spec).eval()
+    x = torch.randn(spec.input_shape(2))
+    plans = plans_for(spec, kind)
+    masked = build_model(spec).eval()
+    masked.load_state_dict(model.state_dict())
+    mask_plan(masked, spec, plans)
+    new_spec = apply_plan(model, spec, plans)
+    with torch.no_grad():
+        diff = (model(x) - masked(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert count_parameters(model) < count_parameters(masked)
+    for layer, new in zip(spec.layers, new_spec.layers, strict=True):
+        assert new.scale == layer.scale  # the dense softmax scale is kept
+
+
+def test_pruned_model_rebuilds_from_its_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    spec = tiny_spec(heads=4)
+    model = build_model(spec).eval()
+    new_spec = apply_plan(model, spec, plans_for(spec, "all", seed=1))
+    save_checkpoint(tmp_path / "m.pt", model, new_spec, {})
+    loaded, loaded_spec, _ = load_model(tmp_path / "m.pt")
+    x = torch.randn(spec.input_shape(1))
+    assert loaded_spec == new_spec
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_plan_that_empties_a_layer_is_refused():
+    spec = tiny_spec()
+    plans = [LayerPlan.empty() for _ in spec.layers]
+    plans[0] = LayerPlan([0, 1], {}, [])
+    with pytest.raises(ValueError, match="empty layer"):
+        apply_plan(build_model(spec), spec, plans)
