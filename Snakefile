@@ -11,6 +11,7 @@ configfile: workflow.source_path("config/config.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/prune.smk"
 include: "rules/evaluate.smk"
 
 

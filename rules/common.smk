@@ -32,6 +32,46 @@ def check_config(cfg):
         too_big = [p for p in data["patients"] if p > 20]
         if too_big:
             config_error("data.patients", f"3D-IRCADb-01 has patients 1-20, not {too_big}")
+    check_pruning(cfg)
+
+
+def check_pruning(cfg):
+    """Targets increasing and reachable within the rate bound and the minimum widths.
+
+    Uses the closed-form MAC count of UNETR (varprune.unetr_macs: pure arithmetic, no torch at
+    parse time), the same count the cycle jobs budget with.
+    """
+    from varprune.unetr_macs import layer_macs, rest_macs
+
+    pruning, model = cfg["pruning"], cfg["model"]
+    targets = pruning["cycle_targets"]
+    if any(b <= a for a, b in zip(targets, targets[1:])):
+        config_error("pruning.cycle_targets", f"{targets} must be strictly increasing")
+    if pruning["rate_min"] >= pruning["rate_max"]:
+        config_error("pruning.rate_min", f"{pruning['rate_min']} must be below pruning.rate_max")
+    heads, hidden, ffn = model["heads"], model["hidden"], model["ffn"]
+    head_dim = hidden // heads
+    if pruning["min_head_dim"] > head_dim or pruning["min_heads"] > heads or pruning["min_ffn"] > ffn:
+        config_error("pruning.min_head_dim", "minimum widths larger than the dense model's")
+    size = cfg["preprocess"]["input_size"]
+    img = (size, size) if model["spatial_dims"] == 2 else (model["depth"], size, size)
+    rest = rest_macs(img, 1, 2, hidden, model["feature_size"])
+    dense = rest + 12 * layer_macs(img, hidden, hidden, ffn)
+    h, d, f = heads, head_dim, ffn
+    rate = pruning["rate_max"]
+    for k, target in enumerate(targets, start=1):
+        if pruning["msa_unit"] == "head":
+            h = max(pruning["min_heads"], h - round(rate * h))
+        else:
+            d = max(pruning["min_head_dim"], d - round(rate * d))
+        f = max(pruning["min_ffn"], f - round(rate * f))
+        reachable = 1 - (rest + 12 * layer_macs(img, hidden, h * d, f)) / dense
+        if reachable < target:
+            config_error(
+                "pruning.cycle_targets",
+                f"cycle {k} target {target} cannot be reached: with pruning.rate_max={rate} and the "
+                f"minimum widths, at most {reachable:.1%} of the dense MACs can be removed by then "
+                f"(the unpruned patch embedding and decoder carry {rest / dense:.1%})")
 
 
 check_config(config)
@@ -67,6 +107,8 @@ EVAL_CODE = ("model.py", "evaluate.py", "inference.py", "data/preprocess.py")
 
 
 wildcard_constraints:
+    method=r"variable|fixed|global",
+    k=r"[1-9]\d*",
     case=r"ircad\d{2}",
     run=r"[A-Za-z0-9_.-]+",
     model=r"dense|[a-z]+/cycle\d+",
@@ -106,12 +148,39 @@ def code_version(*modules):
 
 
 def state_dir(model):
-    """Params function: the resume-state folder of a model, undeclared so Snakemake keeps it."""
+    """Params function: the resume-state folder of a model ("dense", "{method}/cycle{k}"),
+    undeclared so that Snakemake keeps it when a job fails."""
 
     def folder(wildcards):
-        return f"results/{wildcards.run}/.state/{model}"
+        return f"results/{wildcards.run}/.state/" + model.format(**dict(wildcards.items()))
 
     return folder
+
+
+METHODS = config["pruning"]["methods"]
+TARGETS = config["pruning"]["cycle_targets"]
+PRUNE_CODE = (*TRAIN_CODE, "cost.py", "pruning/groups.py", "pruning/significance.py",
+              "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
+
+
+def previous_model(wildcards):
+    """Input function: cycle k starts from cycle k-1 of the same method, cycle 1 from dense."""
+    k = int(wildcards.k)
+    if k == 1:
+        return f"results/{wildcards.run}/dense/model.pt"
+    return f"results/{wildcards.run}/{wildcards.method}/cycle{k - 1}/model.pt"
+
+
+def cycle_pruning(wildcards):
+    """Params function: the pruning slice a cycle needs, with only its own target and its
+    predecessor's, so appending a target leaves earlier cycles untouched."""
+    k = int(wildcards.k)
+    if k > len(TARGETS):
+        raise ValueError(f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets")
+    slice_ = {key: value for key, value in config["pruning"].items() if key not in ("methods", "cycle_targets")}
+    slice_["target"] = TARGETS[k - 1]
+    slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
+    return canonical(slice_)
 
 
 def model_outputs(model):
@@ -122,7 +191,9 @@ def model_outputs(model):
 
 def final_outputs():
     """What `rule all` builds."""
+    cycles = [f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1)]
     return [
         "data/splits.json",
         *model_outputs("dense"),
+        *(path for model in cycles for path in model_outputs(model)),
     ]

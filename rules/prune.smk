@@ -1,0 +1,28 @@
+"""Pruning cycles: each (method, cycle) is its own job with its own checkpoint."""
+
+
+rule prune_cycle:
+    input:
+        model=previous_model,
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+    output:
+        model="results/{run}/{method}/cycle{k}/model.pt",
+        sequence="results/{run}/{method}/cycle{k}/sequence.csv",
+        log="results/{run}/{method}/cycle{k}/finetune_log.csv",
+    params:
+        pruning=cycle_pruning,
+        finetune=cfg("finetune"),
+        preprocessed="data/preprocessed",
+        state_dir=state_dir("{method}/cycle{k}"),
+        code=code_version(*PRUNE_CODE),
+    log:
+        "logs/{run}/{method}/cycle{k}/prune.log",
+    benchmark:
+        "benchmarks/{run}/{method}/cycle{k}/prune.tsv"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/prune_cycle.py"

@@ -1,0 +1,20 @@
+"""Snakemake script: one pruning cycle. Logic lives in varprune.pruning.cycle."""
+
+from varprune.pruning.cycle import run_cycle
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    run_cycle(
+        parent=snakemake.input.model,
+        splits_json=snakemake.input.splits,
+        preprocessed_dir=snakemake.params.preprocessed,
+        method=snakemake.wildcards.method,
+        cycle=int(snakemake.wildcards.k),
+        pruning=snakemake.params.pruning,
+        finetune=snakemake.params.finetune,
+        out_model=snakemake.output.model,
+        out_sequence=snakemake.output.sequence,
+        out_log=snakemake.output.log,
+        state_dir=snakemake.params.state_dir,
+        threads=snakemake.threads,
+    )

@@ -1,0 +1,73 @@
+"""Pruning cycles in the workflow: one job and checkpoint per cycle, exact reruns, bad configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from varprune.model import load_model
+from varprune.pruning.cycle import SEQUENCE_COLUMNS
+
+from .workflow_helpers import edited_config, scheduled, snakemake
+
+pytestmark = pytest.mark.workflow
+METHODS = ("variable", "fixed", "global")
+
+
+def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(done_run):
+    results = done_run / "results" / "tiny"
+    dense_cost = json.loads((results / "dense" / "cost.json").read_text())
+    for method in METHODS:
+        for k, target in ((1, 0.04), (2, 0.07)):
+            folder = results / method / f"cycle{k}"
+            model, spec, provenance = load_model(folder / "model.pt")
+            assert provenance["method"] == method and provenance["cycle"] == k
+            parent = "dense" if k == 1 else f"{method}/cycle1"
+            assert provenance["parent"] == f"results/tiny/{parent}/model.pt"
+            with open(folder / "sequence.csv") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+            assert reader.fieldnames == SEQUENCE_COLUMNS
+            assert len(rows) == 24 and {r["block"] for r in rows} == {"msa", "ffn"}
+            ffn_after = [int(r["channels_after"]) for r in rows if r["block"] == "ffn"]
+            assert ffn_after == [layer.ffn for layer in spec.layers]
+            cost = json.loads((folder / "cost.json").read_text())
+            reduction = 1 - cost["macs_full"] / dense_cost["macs_full"]
+            assert reduction >= target and reduction <= target + 0.01
+            assert (folder / "metrics.csv").exists() and (folder / "finetune_log.csv").exists()
+
+
+def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.07, 0.09]})
+    assert scheduled(done_run, config=config) == {"prune_cycle": 3, "evaluate": 3, "cost": 3, "all": 1}
+
+
+def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.08]})
+    assert scheduled(done_run, config=config) == {"prune_cycle": 3, "evaluate": 3, "cost": 3, "all": 1}
+
+
+def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"finetune.epochs": 2})
+    assert scheduled(done_run, config=config) == {"prune_cycle": 6, "evaluate": 6, "cost": 6, "all": 1}
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"pruning.cycle_targets": [0.05, 0.05]}, "pruning.cycle_targets"),
+        ({"pruning.cycle_targets": []}, "cycle_targets"),
+        ({"pruning.cycle_targets": [0.04, 0.5]}, "pruning.cycle_targets"),
+        ({"pruning.rate_max": 1.0}, "rate_max"),
+        ({"pruning.rate_min": 0.6, "pruning.rate_max": 0.5}, "pruning.rate_min"),
+        ({"pruning.criterion": "fisher"}, "criterion"),
+        ({"pruning.methods": ["variable", "random"]}, "methods"),
+    ],
+)
+def test_a_bad_pruning_config_is_refused_before_any_job(tmp_path, change, key):
+    result = snakemake(tmp_path, "-n", config=edited_config(tmp_path, **change), check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and key in text, text
+    assert "Job stats" not in text
