@@ -8,11 +8,16 @@ min_version("9.0")
 configfile: workflow.source_path("config/config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/prune.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
+include: "rules/report.smk"
 
 
 rule all:

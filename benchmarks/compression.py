@@ -70,7 +70,7 @@ def print_table(rows: list[dict], threads: int) -> None:
     header = ("| model | params | Δ | MACs thop | Δ | MACs full | Δ | latency ms | Δ | "
               "encoder ms | Δ | test Dice | Δ Dice (points) |")
     print(header)
-    print("|" + "---|" * 15)
+    print("|" + "---|" * 13)
     def reduction(row: dict, key: str) -> str:
         return f"{100 * (1 - row[key] / dense[key]):.1f} %"
 

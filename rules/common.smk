@@ -112,6 +112,7 @@ wildcard_constraints:
     case=r"ircad\d{2}",
     run=r"[A-Za-z0-9_.-]+",
     model=r"dense|[a-z]+/cycle\d+",
+    fmt=r"onnx|torchscript",
 
 
 def canonical(value):
@@ -152,7 +153,8 @@ def state_dir(model):
     undeclared so that Snakemake keeps it when a job fails."""
 
     def folder(wildcards):
-        return f"results/{wildcards.run}/.state/" + model.format(**dict(wildcards.items()))
+        name = model.format(**dict(wildcards.items()))
+        return f"results/{wildcards.run}/.state/{name}"
 
     return folder
 
@@ -189,6 +191,55 @@ def model_outputs(model):
     return [f"{base}/model.pt", f"{base}/metrics.csv", f"{base}/cost.json"]
 
 
+def gpus(section):
+    """GPUs a training job asks the scheduler for: 1 when `{section}.device` is cuda."""
+    return 1 if config[section]["device"] == "cuda" else 0
+
+
+def input_folder(key, up=1):
+    """Params function: the folder `up` levels above the first file of input `key`, so a
+    folder param follows the inputs (snakemake --lint: no hard-coded path prefixes)."""
+
+    def folder(wildcards, input):
+        path = Path(input[key][0])
+        for _ in range(up):
+            path = path.parent
+        return str(path)
+
+    return folder
+
+
+def run_folder(wildcards):
+    """Params function: results/{run}."""
+    return f"results/{wildcards.run}"
+
+
+def report_inputs(wildcards):
+    """Everything the report reads: every model's outputs, predictions, logs and sequences."""
+    base = f"results/{wildcards.run}"
+    cycles = {f"{m}_cycle{k}": f"{base}/{m}/cycle{k}" for m in METHODS for k in range(1, len(TARGETS) + 1)}
+    inputs = {
+        "splits": "data/splits.json",
+        "truth": expand("data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")),
+        "train_log": f"{base}/dense/train_log.csv",
+    }
+    for key, folder in {"dense": f"{base}/dense", **cycles}.items():
+        inputs[f"{key}_metrics"] = f"{folder}/metrics.csv"
+        inputs[f"{key}_cost"] = f"{folder}/cost.json"
+        inputs[f"{key}_pred"] = f"{folder}/pred"
+    for key, folder in cycles.items():
+        inputs[f"{key}_sequence"] = f"{folder}/sequence.csv"
+        inputs[f"{key}_log"] = f"{folder}/finetune_log.csv"
+    inputs["exports"] = export_outputs(wildcards.run)
+    return inputs
+
+
+def export_outputs(run):
+    """The exported last cycle of every method, in every configured format."""
+    k = len(TARGETS)
+    return [f"results/{run}/{m}/cycle{k}/model.{fmt}" for m in METHODS for fmt in config["export"]["formats"]]
+
+
 def final_outputs():
     """What `rule all` builds."""
     cycles = [f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1)]
@@ -196,4 +247,5 @@ def final_outputs():
         "data/splits.json",
         *model_outputs("dense"),
         *(path for model in cycles for path in model_outputs(model)),
+        f"results/{config['run']}/report/report.html",
     ]

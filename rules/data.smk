@@ -19,6 +19,8 @@ if config["data"]["source"] == "synthetic":
         resources:
             mem_mb=2000,
             runtime=30,
+        conda:
+            "../envs/varprune.yaml"
         script:
             "../scripts/synthesize.py"
 
@@ -35,6 +37,8 @@ elif config["data"]["archive"]:
             code=code_version(*DATA_CODE, "data/download.py"),
         log:
             "logs/data/link_archive.log",
+        conda:
+            "../envs/varprune.yaml"
         script:
             "../scripts/link_archive.py"
 
@@ -55,6 +59,8 @@ else:
             "logs/data/download.log",
         benchmark:
             "benchmarks/data/download.tsv"
+        conda:
+            "../envs/varprune.yaml"
         script:
             "../scripts/download.py"
 
@@ -75,6 +81,8 @@ rule convert:
     resources:
         mem_mb=3000,
         runtime=15,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/convert.py"
 
@@ -95,6 +103,8 @@ rule preprocess:
     resources:
         mem_mb=3000,
         runtime=15,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/preprocess.py"
 
@@ -110,5 +120,7 @@ rule split:
         code=code_version("data/splits.py"),
     log:
         "logs/data/split.log",
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/split.py"

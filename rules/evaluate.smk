@@ -12,8 +12,8 @@ rule evaluate:
         pred=directory("results/{run}/{model}/pred"),
     params:
         evaluate=cfg("evaluate"),
-        preprocessed="data/preprocessed",
-        nifti="data/nifti",
+        preprocessed=input_folder("data"),
+        nifti=input_folder("truth", up=2),
         code=code_version(*EVAL_CODE),
     log:
         "logs/{run}/{model}/evaluate.log",
@@ -23,6 +23,8 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -45,5 +47,7 @@ rule cost:
     resources:
         mem_mb=3000,
         runtime=15,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/cost.py"

@@ -13,7 +13,7 @@ rule prune_cycle:
     params:
         pruning=cycle_pruning,
         finetune=cfg("finetune"),
-        preprocessed="data/preprocessed",
+        preprocessed=input_folder("data"),
         state_dir=state_dir("{method}/cycle{k}"),
         code=code_version(*PRUNE_CODE),
     log:
@@ -23,6 +23,9 @@ rule prune_cycle:
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,
+        gpu=gpus("finetune"),
         runtime=60,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/prune_cycle.py"

@@ -12,7 +12,7 @@ rule train:
         model=cfg("model"),
         train=cfg("train"),
         preprocess=cfg("preprocess"),
-        preprocessed="data/preprocessed",
+        preprocessed=input_folder("data"),
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
         state_dir=state_dir("dense"),
         code=code_version(*TRAIN_CODE),
@@ -23,6 +23,9 @@ rule train:
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
+        gpu=gpus("train"),
         runtime=120,
+    conda:
+        "../envs/varprune.yaml"
     script:
         "../scripts/train.py"

@@ -50,12 +50,12 @@ def test_tiny_run_trains_evaluates_and_costs_the_dense_model(done_run):
 def test_editing_training_reruns_training_evaluation_and_cost(done_run, tmp_path):
     config = edited_config(tmp_path, **{"train.lr": 0.001})
     assert scheduled(done_run, config=config) == {
-        "train": 1, "prune_cycle": 6, "evaluate": 7, "cost": 7, "all": 1}
+        "train": 1, "prune_cycle": 6, "evaluate": 7, "cost": 7, "export": 3, "report": 1, "all": 1}
 
 
 def test_editing_evaluation_reruns_the_evaluations_alone(done_run, tmp_path):
     config = edited_config(tmp_path, **{"evaluate.interpolate": False})
-    assert scheduled(done_run, config=config) == {"evaluate": 7, "all": 1}
+    assert scheduled(done_run, config=config) == {"evaluate": 7, "report": 1, "all": 1}
 
 
 def test_sigkill_during_training_then_rerun_resumes_and_matches(done_run, tmp_path):

@@ -41,17 +41,20 @@ def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(
 
 def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.07, 0.09]})
-    assert scheduled(done_run, config=config) == {"prune_cycle": 3, "evaluate": 3, "cost": 3, "all": 1}
+    assert scheduled(done_run, config=config) == {
+        "prune_cycle": 3, "evaluate": 3, "cost": 3, "export": 3, "report": 1, "all": 1}
 
 
 def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.08]})
-    assert scheduled(done_run, config=config) == {"prune_cycle": 3, "evaluate": 3, "cost": 3, "all": 1}
+    assert scheduled(done_run, config=config) == {
+        "prune_cycle": 3, "evaluate": 3, "cost": 3, "export": 3, "report": 1, "all": 1}
 
 
 def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run, tmp_path):
     config = edited_config(tmp_path, **{"finetune.epochs": 2})
-    assert scheduled(done_run, config=config) == {"prune_cycle": 6, "evaluate": 6, "cost": 6, "all": 1}
+    assert scheduled(done_run, config=config) == {
+        "prune_cycle": 6, "evaluate": 6, "cost": 6, "export": 3, "report": 1, "all": 1}
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
-"""The `varprune` command: the data steps by hand, outside Snakemake.
+"""The `varprune` command: use a trained model, and the data steps by hand.
 
-`varprune synthesize`, `varprune download` and `varprune convert` call the same library code
+`varprune predict` segments a CT with a checkpoint, `varprune export` writes ONNX or
+TorchScript (verified against PyTorch), `varprune inspect` shows a checkpoint's per-layer spec,
+size and provenance. `varprune synthesize`, `download` and `convert` call the same library code
 as the pipeline's rules, for users who want one step (say, to check a downloaded archive).
 """
 
@@ -50,6 +52,29 @@ def _convert(args: argparse.Namespace) -> None:
         )
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from varprune.predict import predict
+
+    result = predict(args.model, args.input, args.output, preview=args.preview, series=args.series,
+                     device=args.device, threads=args.threads, batch_size=args.batch_size,
+                     largest_component=not args.no_largest_component)
+    print(f"{result['output']}: liver {result['liver_ml']:.1f} ml, grid {result['size']}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from varprune.export import export_model
+
+    result = export_model(args.model, args.format, args.output)
+    print(f"{args.output}: {result['format']}, {result['bytes'] / 1e6:.1f} MB, "
+          f"max difference to PyTorch {result['max_abs_difference']:.1e}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from varprune.export import describe
+
+    print(describe(args.model, with_macs=not args.no_macs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varprune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"varprune {__version__}")
@@ -75,6 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder; each case goes to OUTPUT/ircadNN/")
     p.add_argument("--patients", type=int, nargs="+", help="patient numbers (default: all)")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("predict", help="segment the liver of a CT with a checkpoint")
+    p.add_argument("--model", required=True, help="model.pt (dense or pruned)")
+    p.add_argument("--input", required=True,
+                   help="DICOM series folder, NIfTI file, or IRCADb patient folder/zip (3Dircadb1.N)")
+    p.add_argument("--output", required=True, help="NIfTI mask to write, on the input's grid")
+    p.add_argument("--preview", help="PNG of a few axial slices with the contour")
+    p.add_argument("--series", help="series UID, when the folder holds several")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    p.add_argument("--no-largest-component", action="store_true",
+                   help="keep every predicted island (default: only the largest, the liver is one organ)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (verified)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("inspect", help="per-layer spec, size, MACs and provenance of a checkpoint")
+    p.add_argument("model")
+    p.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
+    p.set_defaults(func=_inspect)
     return parser
 
 
@@ -85,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     from varprune.data.archive import ArchiveError
     from varprune.data.download import DownloadError
     from varprune.data.preprocess import PreprocessError
+    from varprune.export import ExportError
+    from varprune.model import CheckpointError
+    from varprune.predict import InputError
 
     try:
         args.func(args)
-    except (ArchiveError, DownloadError, PreprocessError, ValueError, OSError) as err:
+    except (ArchiveError, DownloadError, PreprocessError, CheckpointError, InputError, ExportError,
+            ValueError, OSError) as err:
         print(f"varprune {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,49 @@
+"""The run's report: summary table, figures, self-contained HTML."""
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        summary="results/{run}/report/summary.csv",
+        html="results/{run}/report/report.html",
+        tradeoff=report(
+            "results/{run}/report/figures/tradeoff.png",
+            caption="../report/tradeoff.rst",
+            category="Compression",
+        ),
+        sequence=report(
+            "results/{run}/report/figures/sequence.png",
+            caption="../report/sequence.rst",
+            category="Variable sequences",
+        ),
+        widths=report(
+            "results/{run}/report/figures/widths.png",
+            caption="../report/widths.rst",
+            category="Compression",
+        ),
+        curves=report(
+            "results/{run}/report/figures/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+        ),
+        cases=report(
+            "results/{run}/report/figures/cases.png",
+            caption="../report/cases.rst",
+            category="Segmentations",
+        ),
+    params:
+        report=cfg("report"),
+        config=canonical(config),
+        results=run_folder,
+        nifti=input_folder("truth", up=2),
+        code=code_version("report.py"),
+    log:
+        "logs/{run}/report.log",
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    conda:
+        "../envs/varprune.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,19 @@
+"""Snakemake script: the run's report. Logic: varprune.report."""
+
+from pathlib import Path
+
+from varprune.report import FIGURES, build_report
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    build_report(
+        results_dir=snakemake.params.results,
+        nifti_dir=snakemake.params.nifti,
+        splits_json=snakemake.input.splits,
+        config=snakemake.params.config,
+        settings=snakemake.params.report,
+        out_summary=snakemake.output.summary,
+        out_html=snakemake.output.html,
+        out_figures={name: getattr(snakemake.output, name) for name in FIGURES},
+        repo=Path(snakemake.scriptdir).parent,
+    )

@@ -1,0 +1,215 @@
+"""`varprune predict`: a liver mask for a CT, on the CT's own grid.
+
+Inputs: a DICOM series folder (files with or without `.dcm`), a NIfTI file, or one IRCADb
+patient (its `3Dircadb1.N` folder or a `3Dircadb1.N.zip`). The preprocessing (HU window,
+spacing, input size) comes from the checkpoint's provenance, so a model carries what it needs.
+Post-processing keeps the largest 3D connected component (the liver is one organ) unless
+switched off. Every failure names the input and the problem, and leaves no output file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from varprune.atomic import atomic_path
+from varprune.data.archive import ArchiveError, list_patients, open_zip, safe_extract, series_folders
+from varprune.data.preprocess import PreprocessSpec, preprocess_arrays, to_original_grid
+from varprune.evaluate import keep_largest_component
+from varprune.inference import pick_device, predict_volume
+from varprune.model import CheckpointError, ModelSpec, load_model
+
+log = logging.getLogger(__name__)
+
+
+class InputError(Exception):
+    """The input cannot be used; the message names it and says why."""
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def _dicom_modality(path: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"{path}: not a readable DICOM file ({str(err).strip().splitlines()[0]})") from err
+    return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
+
+
+def read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
+    """The CT series of a folder; several series need `series` (their UIDs are listed)."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        raise InputError(f"{folder}: the folder is empty")
+    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not ids:
+        raise InputError(f"{folder}: no DICOM series found among its {len(files)} file(s)")
+    if series is None and len(ids) > 1:
+        raise InputError(f"{folder}: holds {len(ids)} series; choose one with --series UID: {', '.join(ids)}")
+    if series is not None and series not in ids:
+        raise InputError(f"{folder}: no series {series}; it holds {', '.join(ids)}")
+    in_series = {Path(n).resolve() for uid in ids
+                 for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)}
+    for path in files:
+        if path.resolve() not in in_series:
+            _dicom_modality(str(path))  # raises, naming the file, when it is not readable DICOM
+            raise InputError(f"{path}: a DICOM file that belongs to no readable series")
+    names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or ids[0]))
+    modality = _dicom_modality(names[0])
+    if modality and modality != "CT":
+        raise InputError(f"{folder}: the series is modality {modality}, not CT")
+    for name in names:
+        _dicom_modality(name)  # a corrupt slice fails here, naming its file
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"{folder}: cannot read the series ({str(err).strip().splitlines()[0]})") from err
+
+
+def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None) -> sitk.Image:
+    """An IRCADb patient folder: PATIENT_DICOM.zip (as in the archive) or PATIENT_DICOM/."""
+    inner = folder / "PATIENT_DICOM.zip"
+    if inner.is_file():
+        try:
+            with zipfile.ZipFile(inner) as zf:
+                safe_extract(zf, tmp / "ct", folder.name)
+        except (zipfile.BadZipFile, ArchiveError) as err:
+            raise InputError(f"{inner}: not a readable zip ({err})") from err
+        groups = series_folders(tmp / "ct", "PATIENT_DICOM")
+        if len(groups) != 1:
+            raise InputError(f"{inner}: expected one series folder, found {sorted(groups)}")
+        return read_dicom_folder(next(iter(groups.values()))[0].parent, series)
+    return read_dicom_folder(folder / "PATIENT_DICOM", series)
+
+
+def read_ct(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a CT from any supported input (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if path.is_dir():
+            if (path / "PATIENT_DICOM.zip").exists() or (path / "PATIENT_DICOM").is_dir():
+                return _ircadb_patient_folder(path, tmp, series)
+            return read_dicom_folder(path, series)
+        if path.name.lower().endswith(".zip"):
+            try:
+                with open_zip(path, path.name) as archive:
+                    patients = list_patients(archive)
+                    if len(patients) != 1:
+                        raise InputError(f"{path}: expected one IRCADb patient, found {len(patients)}")
+                    safe_extract(archive, tmp / "patient", path.name)
+            except ArchiveError as err:
+                raise InputError(str(err)) from err
+            folders = [p.parent for p in (tmp / "patient").rglob("PATIENT_DICOM.zip")]
+            if len(folders) != 1:
+                raise InputError(f"{path}: no PATIENT_DICOM.zip inside")
+            return _ircadb_patient_folder(folders[0], tmp / "inner", series)
+        if path.name.lower().endswith(NIFTI_SUFFIXES):
+            try:
+                return sitk.ReadImage(str(path))
+            except RuntimeError as err:
+                raise InputError(f"{path}: cannot read ({str(err).strip().splitlines()[0]})") from err
+        if _dicom_modality(str(path)) not in ("", "CT"):
+            raise InputError(f"{path}: not a CT")
+        raise InputError(f"{path}: a single DICOM file; give the folder that holds the series")
+
+
+def check_fits(ct: sitk.Image, spec: ModelSpec, source: str) -> None:
+    """Refuse inputs the model cannot take."""
+    if ct.GetDimension() != 3 or ct.GetSize()[2] < 1:
+        if spec.spatial_dims == 3:
+            raise InputError(f"{source}: a 2D image, but the model is 3D and needs a volume")
+        raise InputError(f"{source}: expected a 3D CT volume (slices), got a {ct.GetDimension()}D image")
+    if spec.spatial_dims == 3 and ct.GetSize()[2] < 2:
+        raise InputError(f"{source}: a single slice, but the model is 3D and needs a volume")
+    if ct.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{source}: a colour/vector image, not a CT")
+
+
+def preprocess_spec(provenance: dict, model_path: str | os.PathLike) -> PreprocessSpec:
+    """The preprocessing the model was trained with; refuse a checkpoint without it."""
+    config = provenance.get("config", {}).get("preprocess")
+    if not config:
+        raise CheckpointError(f"{model_path}: the checkpoint does not record its preprocessing "
+                              "(provenance.config.preprocess); it cannot be used on new CTs")
+    return PreprocessSpec.from_config(config)
+
+
+def segment(model, spec: ModelSpec, prep: PreprocessSpec, ct: sitk.Image, device: torch.device,
+            batch_size: int = 16, largest_component: bool = True) -> sitk.Image:
+    """Liver mask of `ct` on its own grid."""
+    if ct.GetDimension() == 2:
+        ct = sitk.JoinSeries(ct)
+    empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(ct)
+    arrays = preprocess_arrays(sitk.Cast(ct, sitk.sitkFloat32), empty, prep)
+    prob = predict_volume(model, arrays["image"], spec, device, batch_size, progress=True)
+    mask = to_original_grid(prob, arrays, interpolate=True)
+    if largest_component:
+        largest = keep_largest_component(sitk.GetArrayFromImage(mask) > 0)
+        kept = sitk.GetImageFromArray(largest.astype(np.uint8))
+        kept.CopyInformation(mask)
+        mask = kept
+    return mask
+
+
+def write_preview(ct: sitk.Image, mask: sitk.Image, window: tuple[float, float], path: str | os.PathLike,
+                  slices: int = 4) -> None:
+    """A PNG of a few axial slices through the liver with its contour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = sitk.GetArrayFromImage(ct)
+    liver = sitk.GetArrayFromImage(mask) > 0
+    area = liver.sum(axis=(1, 2))
+    candidates = np.flatnonzero(area) if area.any() else np.arange(len(area))
+    chosen = candidates[np.linspace(0, len(candidates) - 1, min(slices, len(candidates))).round().astype(int)]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 4), squeeze=False)
+    for ax, z in zip(axes[0], chosen, strict=True):
+        ax.imshow(image[z], cmap="gray", vmin=window[0], vmax=window[1])
+        if liver[z].any():
+            ax.contour(liver[z], [0.5], colors="red", linewidths=1.2)
+        ax.set_title(f"slice {z}: {area[z] * float(np.prod(ct.GetSpacing())) / 1000:.1f} ml", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike,
+            preview: str | os.PathLike | None = None, series: str | None = None, device: str = "auto",
+            threads: int | None = None, batch_size: int = 16, largest_component: bool = True) -> dict:
+    """The whole command: read, check, segment, write (atomically)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, spec, provenance = load_model(model_path)
+    prep = preprocess_spec(provenance, model_path)
+    ct = read_ct(input_path, series)
+    check_fits(ct, spec, str(input_path))
+    target = pick_device(device)
+    mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component)
+    with atomic_path(output) as tmp:
+        sitk.WriteImage(mask, str(tmp), useCompression=True)
+    if preview:
+        write_preview(ct, mask, prep.window, preview)
+    volume_ml = float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing())) / 1000
+    log.info("%s -> %s: liver %.1f ml", input_path, output, volume_ml)
+    return {"output": str(output), "liver_ml": volume_ml, "size": list(mask.GetSize())}

@@ -1,0 +1,371 @@
+"""The run's report: `summary.csv`, figures, and a self-contained `report.html`.
+
+Everything is read from the pipeline's files (metrics.csv, cost.json, sequence.csv, the
+training logs, predictions on the CT grid), so the report can be rebuilt without rerunning
+any model. Figures are PNGs written next to the HTML and also embedded in it (base64), so the
+HTML opens offline and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import yaml  # noqa: E402
+
+from varprune.atomic import atomic_path, write_text  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
+COLOURS = {"dense": "black", "variable": "tab:red", "fixed": "tab:blue", "global": "tab:green"}
+FIGURES = ("tradeoff", "sequence", "widths", "curves", "cases")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The `report` config slice."""
+
+    cases: int = 3
+    paper_macs_reduction: float = 0.6026
+    paper_params_reduction: float = 0.6607
+    dpi: int = 110
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ReportSettings:
+        return cls(**{k: v for k, v in (cfg or {}).items() if k in cls.__dataclass_fields__})
+
+
+def model_names(methods: list[str], cycles: int) -> list[tuple[str, int, str]]:
+    """(method, cycle, folder) of every model, dense first (cycle 0)."""
+    return [("dense", 0, "dense")] + [(m, k, f"{m}/cycle{k}") for m in methods for k in range(1, cycles + 1)]
+
+
+def summary_table(results: Path, methods: list[str], cycles: int) -> pd.DataFrame:
+    """One row per model with size, cost, their reductions, latency and metric means/stds."""
+    rows = []
+    for method, cycle, folder in model_names(methods, cycles):
+        cost = json.loads((results / folder / "cost.json").read_text())
+        metrics = pd.read_csv(results / folder / "metrics.csv")
+        row = {"method": method, "cycle": cycle, "params": cost["params"], "macs_thop": cost["macs_thop"],
+               "macs_full": cost["macs_full"], "latency_ms": cost["latency_ms_median"],
+               "latency_encoder_ms": cost["latency_encoder_ms_median"]}
+        for metric in METRICS:
+            row[f"{metric}_mean"] = metrics[metric].mean()
+            row[f"{metric}_std"] = metrics[metric].std(ddof=0)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    dense = table.iloc[0]
+    for key in ("params", "macs_thop", "macs_full", "latency_ms", "latency_encoder_ms"):
+        table[f"{key}_reduction"] = 1 - table[key] / dense[key]
+    order = ["method", "cycle", "params", "params_reduction", "macs_thop", "macs_thop_reduction",
+             "macs_full", "macs_full_reduction", "latency_ms", "latency_ms_reduction",
+             "latency_encoder_ms", "latency_encoder_ms_reduction"]
+    order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    return table[order]
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
+    """Dice against MACs removed for each method across cycles; dense and the paper marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense = table.iloc[0]
+    for method in table.method.unique():
+        if method == "dense":
+            continue
+        part = pd.concat([table.iloc[[0]], table[table.method == method]])
+        ax.errorbar(100 * part.macs_full_reduction, part.dice_mean, yerr=part.dice_std, marker="o",
+                    capsize=3, label=method, color=COLOURS.get(method))
+        for _, r in part.iloc[1:].iterrows():
+            ax.annotate(f"c{r.cycle}", (100 * r.macs_full_reduction, r.dice_mean), fontsize=8,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.scatter([0], [dense.dice_mean], s=80, color="black", zorder=5, label="dense")
+    ax.scatter([100 * settings.paper_macs_reduction], [dense.dice_mean], marker="*", s=220,
+               color="gold", edgecolor="black", zorder=6,
+               label=f"paper: −{100 * settings.paper_macs_reduction:.2f} % FLOPs, Dice unchanged")
+    ax.axhline(dense.dice_mean - 0.005, color="grey", ls=":", lw=1, label="dense − 0.5 Dice points")
+    ax.set_xlabel("MACs removed vs dense (%, FlopCounterMode, attention included)")
+    ax.set_ylabel("test Dice (mean ± std over cases)")
+    ax.set_title("Accuracy against compression")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save(fig, path, settings.dpi)
+
+
+def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
+    """The variable pruning-rate sequences (layer × cycle heat maps) and the significance profile."""
+    data = sequences[sequences.method == "variable"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    if data.empty:
+        for ax in axes.flat:
+            ax.text(0.5, 0.5, "no variable cycles in this run", ha="center")
+            ax.axis("off")
+        _save(fig, path, settings.dpi)
+        return
+    cycles = sorted(data.cycle.unique())
+    for col, block in enumerate(("msa", "ffn")):
+        part = data[data.block == block]
+        grid = part.pivot(index="layer", columns="cycle", values="rate").loc[:, cycles]
+        ax = axes[0, col]
+        top = max(0.01, float(grid.values.max()))
+        image = ax.imshow(grid.values, aspect="auto", cmap="magma_r", vmin=0, vmax=top, origin="lower",
+                          extent=(0.5, len(cycles) + 0.5, 0.5, len(grid) + 0.5))
+        for (i, j), value in np.ndenumerate(grid.values):
+            ax.text(j + 1, i + 1, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.5 * grid.values.max() else "black")
+        ax.set_xticks(range(1, len(cycles) + 1), [f"cycle {c}" for c in cycles])
+        ax.set_ylabel("transformer layer")
+        ax.set_title(f"{block.upper()} pruning rate per layer (variable)")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax = axes[1, col]
+        for cycle in cycles:
+            rows = part[part.cycle == cycle]
+            ax.plot(rows.layer, rows.weight, marker="o", label=f"cycle {cycle}")
+        ax.set_xlabel("transformer layer")
+        ax.set_ylabel("significance weight (sums to 1)")
+        ax.set_title(f"{block.upper()} significance over depth")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, settings.dpi)
+
+
+def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
+    """Channels (and heads) kept per layer after the last cycle of each method."""
+    methods = [m for m in ("variable", "fixed", "global") if m in set(sequences.method)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(1, len(methods))
+    for col, block in enumerate(("msa", "ffn")):
+        ax = axes[col]
+        for i, method in enumerate(methods):
+            part = sequences[(sequences.method == method) & (sequences.block == block)]
+            last = part[part.cycle == part.cycle.max()].sort_values("layer")
+            bars = ax.bar(last.layer + (i - (len(methods) - 1) / 2) * width, last.channels_after, width,
+                          label=method, color=COLOURS.get(method))
+            if block == "msa":
+                for bar, heads in zip(bars, last.heads_after, strict=True):
+                    ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{int(heads)}h",
+                            ha="center", va="bottom", fontsize=6)
+        dense = sequences[(sequences.block == block) & (sequences.cycle == 1)].channels_before.max()
+        ax.axhline(dense, color="black", ls="--", lw=1, label="dense")
+        ax.set_xlabel("transformer layer")
+        ax.set_ylabel("channels kept")
+        note = " (h = heads)" if block == "msa" else ""
+        ax.set_title(f"{block.upper()} widths after the last cycle{note}")
+        ax.set_xticks(range(1, 13))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, settings.dpi)
+
+
+def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: Path) -> None:
+    """Training loss and validation Dice: dense training, then every fine-tuning, end to end."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, frame in logs.items():
+        method = name.split("/")[0]
+        colour = COLOURS.get(method, "grey")
+        label = name if name == "dense" or name.endswith("cycle1") else None
+        x = frame["x"]
+        axes[0].plot(x, frame.loss, color=colour, label=label and method)
+        axes[1].plot(x, frame.val_dice, color=colour, marker=".", label=label and method)
+    for ax, ylabel in zip(axes, ("training loss (DiceCE)", "validation Dice"), strict=True):
+        ax.set_xlabel("epoch (dense, then cycle after cycle)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("Training and fine-tuning loss")
+    axes[1].set_title("Validation Dice")
+    fig.tight_layout()
+    _save(fig, path, settings.dpi)
+
+
+def plot_cases(cases: list[str], nifti: Path, preds: dict[str, Path], window: tuple[float, float],
+               settings: ReportSettings, path: Path) -> None:
+    """CT slices with the ground-truth (green) and predicted (red) liver contours."""
+    fig, axes = plt.subplots(len(cases), len(preds), figsize=(4 * len(preds), 4 * len(cases)), squeeze=False)
+    for row, case in enumerate(cases):
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti / case / "ct.nii.gz")))
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti / case / "liver.nii.gz"))) > 0
+        z = int(np.argmax(truth.sum(axis=(1, 2))))
+        for col, (name, folder) in enumerate(preds.items()):
+            pred = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz"))) > 0
+            inter = np.logical_and(pred, truth).sum()
+            dice = 2 * inter / max(1, pred.sum() + truth.sum())
+            ax = axes[row, col]
+            ax.imshow(ct[z], cmap="gray", vmin=window[0], vmax=window[1])
+            ax.contour(truth[z], [0.5], colors="lime", linewidths=1.2)
+            if pred[z].any():
+                ax.contour(pred[z], [0.5], colors="red", linewidths=1.2)
+            ax.set_title(f"{case} slice {z}: {name} (3D Dice {dice:.3f})", fontsize=9)
+            ax.axis("off")
+    fig.suptitle("Ground truth (green) and prediction (red)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path, settings.dpi)
+
+
+def read_sequences(results: Path, methods: list[str], cycles: int) -> pd.DataFrame:
+    frames = []
+    for method in methods:
+        for k in range(1, cycles + 1):
+            frame = pd.read_csv(results / method / f"cycle{k}" / "sequence.csv")
+            frame["method"] = method
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["method", "cycle", "layer", "block", "rate", "weight", "channels_after", "heads_after"])
+
+
+def read_logs(results: Path, methods: list[str], cycles: int) -> dict[str, pd.DataFrame]:
+    """Training logs with a running epoch axis: dense, then each method's cycles in order."""
+    logs = {}
+    dense = pd.read_csv(results / "dense" / "train_log.csv")
+    dense["x"] = dense.epoch
+    logs["dense"] = dense
+    for method in methods:
+        offset = int(dense.epoch.max())
+        for k in range(1, cycles + 1):
+            frame = pd.read_csv(results / method / f"cycle{k}" / "finetune_log.csv")
+            frame["x"] = frame.epoch + offset
+            offset += int(frame.epoch.max())
+            logs[f"{method}/cycle{k}"] = frame
+    return logs
+
+
+def provenance(config: dict, repo: Path | None) -> dict:
+    """Data source, versions and git commit, as this job sees them."""
+    import monai
+    import snakemake
+    import torch
+
+    commit = "unknown"
+    if repo is not None:
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or "unknown"
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            if dirty and commit != "unknown":
+                commit += " (with uncommitted changes)"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {
+        "data source": config["data"]["source"] + (" (generated phantoms in the IRCADb layout)"
+                                                    if config["data"]["source"] == "synthetic" else ""),
+        "git commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__, "monai": monai.__version__, "snakemake": snakemake.__version__,
+        "SimpleITK": sitk.Version_VersionString(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+
+def _img(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def export_sizes(results: Path, methods: list[str], cycles: int, formats: list[str]) -> pd.DataFrame:
+    """File sizes of the dense checkpoint and of the exported last cycles."""
+    dense = results / "dense" / "model.pt"
+    rows = [{"model": "dense", "file": "model.pt", "MB": dense.stat().st_size / 1e6}]
+    for method in methods:
+        for fmt in formats:
+            path = results / method / f"cycle{cycles}" / f"model.{fmt}"
+            if path.exists():
+                rows.append({"model": f"{method}/cycle{cycles}", "file": path.name,
+                             "MB": path.stat().st_size / 1e6})
+    return pd.DataFrame(rows)
+
+
+def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, config: dict,
+                run: str, exports: pd.DataFrame | None = None) -> str:
+    """A single self-contained page: summary table, figures (embedded), provenance."""
+    show = table.copy()
+    for key in ("params", "macs_thop", "macs_full"):
+        show[key] = show[key].map(lambda v: f"{v / 1e6:,.2f} M")
+    for key in [c for c in show.columns if c.endswith("_reduction")]:
+        show[key] = show[key].map(lambda v: f"{100 * v:.1f} %")
+    for key in [c for c in show.columns if c.endswith(("_mean", "_std", "_ms"))]:
+        show[key] = show[key].map(lambda v: f"{v:.4g}")
+    captions = {
+        "tradeoff": "Test Dice against MACs removed, per method across cycles. Dense is the black "
+                    "point; the star is the paper's reported result (−60.26 % FLOPs at unchanged Dice).",
+        "sequence": "The variable pruning-rate sequences (rate per layer and cycle, MSA and FFN) and "
+                    "the significance profile over depth that produced them.",
+        "widths": "Channels (and, for MSA, heads) each layer keeps after the last cycle of each method.",
+        "curves": "Training of the dense model, then the fine-tuning after every cycle, end to end.",
+        "cases": "Test cases at the slice with the most liver: dense next to the last variable cycle.",
+    }
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>varprune report: {html.escape(run)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "text-align:right}th{background:#f0f0f0}img{max-width:100%;border:1px solid #ddd}"
+        "figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}pre{background:#f7f7f7;"
+        "padding:1em;font-size:11px;overflow:auto}</style></head><body>",
+        f"<h1>varprune report: run <code>{html.escape(run)}</code></h1>",
+        "<p>Cross-layer channel pruning with variable pruning-rate sequences on a MONAI UNETR liver "
+        "segmenter, compared with a fixed-rate and a global-ranking baseline at the same MAC budgets.</p>",
+        "<h2>Summary</h2>",
+        show.to_html(index=False, border=0),
+    ]
+    if exports is not None and len(exports):
+        parts.append("<h2>Deployment files</h2>")
+        parts.append(exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}"))
+    for name, path in figures.items():
+        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{_img(path)}'>"
+                     f"<figcaption>{html.escape(captions[name])}</figcaption></figure>")
+    parts.append("<h2>Provenance</h2><table>")
+    parts += [f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+              for k, v in prov.items()]
+    parts.append("</table><h3>Configuration</h3><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False))
+                 + "</pre></body></html>")
+    return "\n".join(parts)
+
+
+def build_report(results_dir: str | os.PathLike, nifti_dir: str | os.PathLike, splits_json: str | os.PathLike,
+                 config: dict, settings: dict, out_summary: str | os.PathLike, out_html: str | os.PathLike,
+                 out_figures: dict[str, str], repo: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Write summary.csv, the figures and report.html for one run."""
+    results = Path(results_dir)
+    opts = ReportSettings.from_config(settings)
+    methods = config["pruning"]["methods"]
+    cycles = len(config["pruning"]["cycle_targets"])
+    table = summary_table(results, methods, cycles)
+    with atomic_path(out_summary) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    sequences = read_sequences(results, methods, cycles)
+    figures = {name: Path(out_figures[name]) for name in FIGURES}
+    plot_tradeoff(table, opts, figures["tradeoff"])
+    plot_sequence(sequences, opts, figures["sequence"])
+    plot_widths(sequences, opts, figures["widths"])
+    plot_curves(read_logs(results, methods, cycles), opts, figures["curves"])
+    test_cases = json.loads(Path(splits_json).read_text())["test"][: opts.cases]
+    preds = {"dense": results / "dense" / "pred"}
+    last = "variable" if "variable" in methods else methods[0]
+    preds[f"{last} cycle {cycles}"] = results / last / f"cycle{cycles}" / "pred"
+    plot_cases(test_cases, Path(nifti_dir), preds, tuple(config["preprocess"]["window"]), opts,
+               figures["cases"])
+    exports = export_sizes(results, methods, cycles, config.get("export", {}).get("formats", []))
+    page = render_html(table, figures, provenance(config, Path(repo) if repo else None), config,
+                       config["run"], exports)
+    write_text(out_html, page)
+    log.info("report for run %s: %d models -> %s", config["run"], len(table), out_html)
+    return table

@@ -1,0 +1,157 @@
+"""`varprune predict`, `export` and `inspect` on the tiny pipeline's models and data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.tiny_model import pruned_spec, tiny_spec
+from varprune.cli import main
+from varprune.model import build_model, save_checkpoint
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def tiny(done_run, tmp_path_factory):
+    """The tiny run's dense model, its test case, and that patient as folder, zip and NIfTI."""
+    root = tmp_path_factory.mktemp("deploy")
+    test_case = json.loads((done_run / "data" / "splits.json").read_text())["test"][0]
+    patient = int(test_case[5:])
+    with zipfile.ZipFile(done_run / "data" / "raw" / "3Dircadb1.zip") as archive:
+        members = [n for n in archive.namelist() if f"/3Dircadb1.{patient}/" in n]
+        archive.extractall(root / "extracted", members)
+    folder = next(p for p in (root / "extracted").rglob(f"3Dircadb1.{patient}") if "__MACOSX" not in p.parts)
+    one_zip = root / f"3Dircadb1.{patient}.zip"
+    with zipfile.ZipFile(one_zip, "w") as zf:
+        for path in folder.rglob("*"):  # the patient folder as IRCADb ships it, zipped
+            zf.write(path, f"3Dircadb1/{path.relative_to(folder.parent)}")
+    with open(done_run / "results" / "tiny" / "dense" / "metrics.csv") as fh:
+        dice = {r["case"]: float(r["dice"]) for r in csv.DictReader(fh)}[test_case]
+    return {"model": done_run / "results" / "tiny" / "dense" / "model.pt", "case": test_case, "dice": dice,
+            "folder": folder, "zip": one_zip, "nifti": done_run / "data" / "nifti" / test_case / "ct.nii.gz",
+            "truth": done_run / "data" / "nifti" / test_case / "liver.nii.gz", "root": root,
+            "run": done_run}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "nifti"])
+def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path, kind):
+    out, preview = tmp_path / "mask.nii.gz", tmp_path / "preview.png"
+    code = main(["predict", "--model", str(tiny["model"]), "--input", str(tiny[kind]), "--output", str(out),
+                 "--preview", str(preview), "--threads", "1"])
+    assert code == 0
+    mask, truth = sitk.ReadImage(str(out)), sitk.ReadImage(str(tiny["truth"]))
+    assert mask.GetSize() == truth.GetSize() and mask.GetSpacing() == truth.GetSpacing()
+    assert mask.GetOrigin() == truth.GetOrigin() and mask.GetDirection() == truth.GetDirection()
+    score = dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0)
+    assert abs(score - tiny["dice"]) <= 0.005
+    assert preview.stat().st_size > 1000
+
+
+def _expect_error(capsys, tmp_path, model, source, message):
+    out = tmp_path / "mask.nii.gz"
+    code = main(["predict", "--model", str(model), "--input", str(source), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err, err
+    assert not out.exists() and not list(tmp_path.glob(".mask*"))
+
+
+def _series_folder(tiny, tmp_path) -> Path:
+    folder = tmp_path / "series"
+    with zipfile.ZipFile(tiny["folder"] / "PATIENT_DICOM.zip") as zf:
+        zf.extractall(tmp_path / "unzipped")
+    slices = [p for p in (tmp_path / "unzipped").rglob("image_*")]
+    folder.mkdir()
+    for path in slices:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys):
+    model = tiny["model"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_error(capsys, tmp_path, model, empty, "the folder is empty")
+
+    series = _series_folder(tiny, tmp_path)
+    (series / "image_99").write_bytes(b"\x00" * 200 + b"garbage")
+    _expect_error(capsys, tmp_path, model, series, "image_99")
+
+    (series / "image_99").unlink()
+    mr = tmp_path / "mr"
+    mr.mkdir()
+    for path in sorted(series.iterdir()):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetImageIO("GDCMImageIO")  # the files have no extension to guess it from
+        for key in reader.GetMetaDataKeys():
+            image.SetMetaData(key, reader.GetMetaData(key))
+        image.SetMetaData("0008|0060", "MR")
+        writer.SetFileName(str(mr / path.name))
+        writer.Execute(image)
+    _expect_error(capsys, tmp_path, model, mr, "modality MR, not CT")
+
+    two = tmp_path / "two"
+    shutil.copytree(series, two)
+    other = json.loads((tiny["run"] / "data" / "splits.json").read_text())["train"][0]
+    with zipfile.ZipFile(tiny["run"] / "data" / "raw" / "3Dircadb1.zip") as archive:
+        wanted = f"3Dircadb1.{int(other[5:])}/PATIENT_DICOM.zip"
+        inner = next(n for n in archive.namelist() if n.endswith(wanted))
+        (tmp_path / "other.zip").write_bytes(archive.read(inner))
+    with zipfile.ZipFile(tmp_path / "other.zip") as zf:
+        for name in zf.namelist():
+            if Path(name).name.startswith("image_"):
+                (two / f"other_{Path(name).name}").write_bytes(zf.read(name))
+    _expect_error(capsys, tmp_path, model, two, "choose one with --series UID")
+
+    model_3d = tmp_path / "model3d.pt"
+    spec = tiny_spec(spatial_dims=3, depth=16)
+    save_checkpoint(model_3d, build_model(spec), spec,
+                    {"config": {"preprocess": {"window": [-100, 400], "spacing_mm": 12.0, "input_size": 32}}})
+    flat = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(tiny["nifti"]))[:, :, 3], str(flat))
+    _expect_error(capsys, tmp_path, model_3d, flat, "a 2D image, but the model is 3D")
+
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, build_model(tiny_spec()), tiny_spec(), {})
+    _expect_error(capsys, tmp_path, bare, tiny["nifti"], "does not record its preprocessing")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trip_dense_and_pruned(tmp_path, fmt, capsys):
+    sizes = {}
+    for name, spec in (("dense", tiny_spec()), ("pruned", pruned_spec())):
+        torch.manual_seed(0)
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(path, build_model(spec), spec, {})
+        out = tmp_path / f"{name}.{fmt}"
+        assert main(["export", "--model", str(path), "--format", fmt, "--output", str(out)]) == 0
+        assert "max difference to PyTorch" in capsys.readouterr().out
+        sizes[name] = out.stat().st_size
+    assert sizes["pruned"] < sizes["dense"]
+
+
+def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys):
+    spec = pruned_spec()
+    path = tmp_path / "pruned.pt"
+    save_checkpoint(path, build_model(spec), spec, {"kind": "pruned", "method": "variable", "cycle": 2})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    for i, layer in enumerate(spec.layers, start=1):
+        assert f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}" in out
+    assert "method variable, cycle 2" in out and "MACs:" in out
