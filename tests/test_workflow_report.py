@@ -27,7 +27,7 @@ def test_summary_has_one_row_per_model_with_reductions_and_metrics(done_run):
 
 
 def test_html_report_is_self_contained(done_run):
-    page = (done_run / "results" / "tiny" / "report" / "report.html").read_text()
+    page = (done_run / "results" / "tiny" / "report" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 5
     assert "src='http" not in page and 'src="http' not in page
     assert "data source" in page and "synthetic" in page and "git commit" in page

@@ -21,7 +21,7 @@ def to_log_file(path: str | os.PathLike) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     real_stderr = sys.stderr
-    with open(path, "w", buffering=1) as log:
+    with open(path, "w", buffering=1, encoding="utf-8", errors="replace") as log:
         handler = logging.StreamHandler(log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
