@@ -324,7 +324,7 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         "<p>Cross-layer channel pruning with variable pruning-rate sequences on a MONAI UNETR liver "
         "segmenter, compared with a fixed-rate and a global-ranking baseline at the same MAC budgets.</p>",
         "<h2>Summary</h2>",
-        show.to_html(index=False, border=0),
+        "<div style='overflow-x:auto'>" + show.to_html(index=False, border=0) + "</div>",
     ]
     if exports is not None and len(exports):
         parts.append("<h2>Deployment files</h2>")
