@@ -10,30 +10,23 @@ Reductions are against dense in the same runtime.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from varprune.cost import time_ms
 from varprune.export import export_model, runner
 from varprune.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+def median_ms(fn, runs: int) -> float:
+    """Median milliseconds of `fn()` after warm-up (varprune.cost.time_ms)."""
+    return time_ms(fn, warmup=3, runs=runs)[0]
 
 
 def main() -> None:

@@ -50,3 +50,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> None:
+    """Write rows as CSV with a header of `columns`, atomically."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -14,7 +14,6 @@ The distances are NaN when the prediction is empty (no surface to measure from).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -32,7 +31,7 @@ from monai.metrics import (
 )
 from monai.transforms import KeepLargestConnectedComponent
 
-from varprune.atomic import atomic_path
+from varprune.atomic import atomic_path, write_csv
 from varprune.data.preprocess import load_npz, read_image, to_original_grid
 from varprune.inference import pick_device, predict_volume
 from varprune.model import load_model
@@ -80,11 +79,8 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
 
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
     """`metrics.csv`: one row per case, columns METRIC_COLUMNS, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (row[k] if k == "case" else f"{row[k]:.6g}") for k in METRIC_COLUMNS})
+    write_csv(path, METRIC_COLUMNS,
+              [{k: (row[k] if k == "case" else f"{row[k]:.6g}") for k in METRIC_COLUMNS} for row in rows])
 
 
 def evaluate_checkpoint(model_path: str | os.PathLike, splits_json: str | os.PathLike,

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -33,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from varprune.atomic import atomic_path
+from varprune.atomic import atomic_path, write_csv
 from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
 from varprune.inference import pick_device, predict_volume
 from varprune.model import ModelSpec, save_checkpoint
@@ -145,10 +144,7 @@ def _load_state(path: Path, expected: str) -> dict | None:
 
 def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
     """The CSV training log, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, LOG_COLUMNS, rows)
 
 
 def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_volumes: list[Volume],

@@ -8,7 +8,6 @@ so a cycle needs nothing but its parent checkpoint and its two targets.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varprune.atomic import atomic_path
+from varprune.atomic import write_csv
 from varprune.cost import macs_full
 from varprune.data.datasets import Volume, slice_items
 from varprune.model import ModelSpec, load_model
@@ -106,10 +105,8 @@ def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list
 
 
 def write_sequence(path: str | os.PathLike, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SEQUENCE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """`sequence.csv` (columns SEQUENCE_COLUMNS), written atomically."""
+    write_csv(path, SEQUENCE_COLUMNS, rows)
 
 
 def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings,
