@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,28 @@ import pytest
 
 from varprune.data.synthetic import SyntheticSpec, write_synthetic_archive
 
+from .workflow_helpers import threads_for_tests
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = SyntheticSpec(patients=3, size=64, slices_min=11, slices_max=13, seed=1)
+
+
+def pytest_configure(config):
+    """VARPRUNE_TEST_THREADS=N: torch in this process and in every subprocess uses N threads."""
+    threads = threads_for_tests()
+    if threads is not None:
+        import torch
+
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_report_header(config):
+    import torch
+
+    source = "VARPRUNE_TEST_THREADS" if threads_for_tests() is not None else "default"
+    return f"torch threads: {torch.get_num_threads()} ({source})"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from tests.tiny_model import pruned_spec, tiny_spec
 from varprune.cli import main
 from varprune.model import build_model, save_checkpoint
 
+from .workflow_helpers import threads_for_tests
+
 pytestmark = pytest.mark.workflow
 
 
@@ -50,13 +52,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path, kind):
     out, preview = tmp_path / "mask.nii.gz", tmp_path / "preview.png"
     code = main(["predict", "--model", str(tiny["model"]), "--input", str(tiny[kind]), "--output", str(out),
-                 "--preview", str(preview), "--threads", "1"])
+                 "--preview", str(preview), "--threads", str(threads_for_tests() or 1)])
     assert code == 0
     mask, truth = sitk.ReadImage(str(out)), sitk.ReadImage(str(tiny["truth"]))
     assert mask.GetSize() == truth.GetSize() and mask.GetSpacing() == truth.GetSpacing()
     assert mask.GetOrigin() == truth.GetOrigin() and mask.GetDirection() == truth.GetDirection()
     score = dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0)
-    assert abs(score - tiny["dice"]) <= 0.005
+    # predict and evaluate share the inference code but may run with other thread counts: a few
+    # voxels at the 0.5 threshold may flip, which moves a tiny case's Dice by well under 0.005.
+    assert score == pytest.approx(tiny["dice"], abs=0.005)
     assert preview.stat().st_size > 1000
 
 

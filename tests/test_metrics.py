@@ -59,7 +59,7 @@ def test_relative_volume_difference_is_signed():
 
 def test_empty_prediction_has_no_surface_distance():
     m = segmentation_metrics(np.zeros((12, 40, 40), bool), box(), SPACING)
-    assert m["dice"] == 0 and m["rvd"] == -1
+    assert m["dice"] == pytest.approx(0.0) and m["rvd"] == pytest.approx(-1.0)
     assert math.isnan(m["msd_mm"]) and math.isnan(m["assd_mm"])
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .workflow_helpers import REPO, edited_config
+from .workflow_helpers import REPO, SNAKEMAKE_TIMEOUT_S, edited_config
 
 pytestmark = pytest.mark.workflow
 
@@ -131,7 +131,8 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(cluster, tmp_path):
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
         "--slurm-no-account", "--latency-wait", "5", "--configfile", str(config),
     ]
-    result = subprocess.run(cmd, env=cluster, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(cmd, env=cluster, capture_output=True, text=True,
+                            timeout=SNAKEMAKE_TIMEOUT_S)
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-5000:]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", text)

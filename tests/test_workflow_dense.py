@@ -18,7 +18,7 @@ import torch
 from varprune.evaluate import METRIC_COLUMNS
 from varprune.model import load_model, read_checkpoint
 
-from .workflow_helpers import REPO, TINY_CONFIG, edited_config, scheduled, snakemake
+from .workflow_helpers import CORES, REPO, TINY_CONFIG, edited_config, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -65,10 +65,12 @@ def test_sigkill_during_training_then_rerun_resumes_and_matches(done_run, tmp_pa
     shutil.copytree(done_run, workdir, symlinks=True,
                     ignore=shutil.ignore_patterns("results", "locks", "incomplete"))
     state = workdir / "results" / "tiny" / ".state" / "dense" / "last.pt"
+    # The same cores as the uninterrupted run: Snakemake caps a job's threads at --cores, and
+    # another thread count changes reduction orders and so the weights' last bits.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "1", "results/tiny/dense/model.pt", "--configfile", str(TINY_CONFIG)]
+           "--cores", str(CORES), "results/tiny/dense/model.pt", "--configfile", str(TINY_CONFIG)]
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a slow machine's start-up and first epoch
     while not state.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     if job.poll() is None:

@@ -7,7 +7,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from .workflow_helpers import edited_config, scheduled, snakemake
+from .workflow_helpers import budget_met, edited_config, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -17,8 +17,10 @@ def test_summary_has_one_row_per_model_with_reductions_and_metrics(done_run):
     assert list(zip(table.method, table.cycle, strict=True)) == [
         ("dense", 0), ("variable", 1), ("variable", 2), ("fixed", 1), ("fixed", 2),
         ("global", 1), ("global", 2)]
-    assert table.macs_full_reduction.iloc[0] == 0
-    assert (table.macs_full_reduction.iloc[1:] >= 0.04).all()
+    assert table.macs_full_reduction.iloc[0] == pytest.approx(0.0, abs=1e-12)
+    targets = {1: 0.04, 2: 0.07}  # tests/config/tiny.yaml
+    for row in table.iloc[1:].itertuples():
+        assert budget_met(row.macs_full_reduction, targets[row.cycle], table.macs_full.iloc[0]), row
     assert (table.params.iloc[1:] < table.params.iloc[0]).all()
     for metric in ("dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"):
         assert f"{metric}_mean" in table and f"{metric}_std" in table
