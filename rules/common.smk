@@ -15,6 +15,9 @@ def config_error(key, problem):
     raise ValueError(f"Invalid config: {key}: {problem}")
 
 
+from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
+
+
 def check_config(cfg):
     """Checks that a JSON schema cannot express (relations between keys)."""
     low, high = cfg["preprocess"]["window"]
@@ -32,6 +35,9 @@ def check_config(cfg):
         too_big = [p for p in data["patients"] if p > 20]
         if too_big:
             config_error("data.patients", f"3D-IRCADb-01 has patients 1-20, not {too_big}")
+    unknown = unknown_methods(cfg["pruning"]["methods"])
+    if unknown:
+        config_error("pruning.methods", f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}")
     check_pruning(cfg)
 
 
@@ -107,11 +113,11 @@ EVAL_CODE = ("model.py", "evaluate.py", "inference.py", "data/preprocess.py")
 
 
 wildcard_constraints:
-    method=r"variable|fixed|global",
+    method=method_pattern(),
     k=r"[1-9]\d*",
     case=r"ircad\d{2}",
     run=r"[A-Za-z0-9_.-]+",
-    model=r"dense|[a-z]+/cycle\d+",
+    model="|".join(["dense", *CONTROLS, r"[a-z]+/cycle\d+"]),
     fmt=r"onnx|torchscript",
 
 
@@ -161,8 +167,9 @@ def state_dir(model):
 
 METHODS = config["pruning"]["methods"]
 TARGETS = config["pruning"]["cycle_targets"]
-PRUNE_CODE = (*TRAIN_CODE, "cost.py", "pruning/groups.py", "pruning/significance.py",
-              "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
+PRUNE_CODE = (*TRAIN_CODE, "cost.py", "unetr_macs.py", "methods.py", "pruning/groups.py",
+              "pruning/significance.py", "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
+CONTROL_CODE = (*TRAIN_CODE, "controls.py", "pruning/surgery.py", "pruning/groups.py")
 
 
 def previous_model(wildcards):
@@ -183,6 +190,12 @@ def cycle_pruning(wildcards):
     slice_["target"] = TARGETS[k - 1]
     slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
     return canonical(slice_)
+
+
+def oneshot_pruning():
+    """The pruning slice the one-shot curves need: everything but the cycle targets (and the
+    method list, passed on its own), so appending a cycle does not redo them."""
+    return canonical({k: v for k, v in config["pruning"].items() if k not in ("methods", "cycle_targets")})
 
 
 def model_outputs(model):
@@ -223,13 +236,18 @@ def report_inputs(wildcards):
         "truth": expand("data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")),
         "train_log": f"{base}/dense/train_log.csv",
     }
-    for key, folder in {"dense": f"{base}/dense", **cycles}.items():
+    controls = {name: f"{base}/{name}" for name in CONTROLS}
+    for key, folder in {"dense": f"{base}/dense", **controls, **cycles}.items():
         inputs[f"{key}_metrics"] = f"{folder}/metrics.csv"
         inputs[f"{key}_cost"] = f"{folder}/cost.json"
         inputs[f"{key}_pred"] = f"{folder}/pred"
+    for key, folder in controls.items():
+        inputs[f"{key}_log"] = f"{folder}/train_log.csv"
     for key, folder in cycles.items():
         inputs[f"{key}_sequence"] = f"{folder}/sequence.csv"
         inputs[f"{key}_log"] = f"{folder}/finetune_log.csv"
+        inputs[f"{key}_oneshot"] = f"{folder}/oneshot.json"
+    inputs["oneshot"] = f"{base}/oneshot.csv"
     inputs["exports"] = export_outputs(wildcards.run)
     return inputs
 
@@ -246,6 +264,8 @@ def final_outputs():
     return [
         "data/splits.json",
         *model_outputs("dense"),
+        *(path for control in CONTROLS for path in model_outputs(control)),
+        f"results/{config['run']}/oneshot.csv",
         *(path for model in cycles for path in model_outputs(model)),
         f"results/{config['run']}/report/report.html",
     ]

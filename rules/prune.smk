@@ -10,6 +10,7 @@ rule prune_cycle:
         model="results/{run}/{method}/cycle{k}/model.pt",
         sequence="results/{run}/{method}/cycle{k}/sequence.csv",
         log="results/{run}/{method}/cycle{k}/finetune_log.csv",
+        oneshot="results/{run}/{method}/cycle{k}/oneshot.json",
     params:
         pruning=cycle_pruning,
         finetune=cfg("finetune"),

@@ -7,6 +7,12 @@ rule report:
     output:
         summary="results/{run}/report/summary.csv",
         html="results/{run}/report/report.html",
+        comparison="results/{run}/report/comparison.csv",
+        oneshot=report(
+            "results/{run}/report/figures/oneshot.png",
+            caption="../report/oneshot.rst",
+            category="Compression",
+        ),
         tradeoff=report(
             "results/{run}/report/figures/tradeoff.png",
             caption="../report/tradeoff.rst",
@@ -37,7 +43,7 @@ rule report:
         config=canonical(config),
         results=run_folder,
         nifti=input_folder("truth", up=2),
-        code=code_version("report.py"),
+        code=code_version("report.py", "compare.py", "stats.py", "methods.py"),
     log:
         "logs/{run}/report.log",
     resources:

@@ -16,5 +16,6 @@ with to_log_file(snakemake.log[0]):
         out_sequence=snakemake.output.sequence,
         out_log=snakemake.output.log,
         state_dir=snakemake.params.state_dir,
+        out_oneshot=snakemake.output.oneshot,
         threads=snakemake.threads,
     )

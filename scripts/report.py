@@ -15,5 +15,6 @@ with to_log_file(snakemake.log[0]):
         out_summary=snakemake.output.summary,
         out_html=snakemake.output.html,
         out_figures={name: getattr(snakemake.output, name) for name in FIGURES},
+        out_comparison=snakemake.output.comparison,
         repo=Path(snakemake.scriptdir).parent,
     )

@@ -15,7 +15,7 @@ import torch
 
 from tests.tiny_model import pruned_spec, tiny_spec
 from varprune.cli import main
-from varprune.model import build_model, save_checkpoint
+from varprune.model import LayerSpec, build_model, save_checkpoint
 
 from .workflow_helpers import threads_for_tests
 
@@ -139,7 +139,8 @@ def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip_dense_and_pruned(tmp_path, fmt, capsys):
     sizes = {}
-    for name, spec in (("dense", tiny_spec()), ("pruned", pruned_spec())):
+    off = tiny_spec().with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
+    for name, spec in (("dense", tiny_spec()), ("pruned", pruned_spec()), ("transformer_off", off)):
         torch.manual_seed(0)
         path = tmp_path / f"{name}.pt"
         save_checkpoint(path, build_model(spec), spec, {})
@@ -147,7 +148,7 @@ def test_export_round_trip_dense_and_pruned(tmp_path, fmt, capsys):
         assert main(["export", "--model", str(path), "--format", fmt, "--output", str(out)]) == 0
         assert "max difference to PyTorch" in capsys.readouterr().out
         sizes[name] = out.stat().st_size
-    assert sizes["pruned"] < sizes["dense"]
+    assert sizes["transformer_off"] < sizes["pruned"] < sizes["dense"]
 
 
 def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys):

@@ -15,7 +15,9 @@ from varprune.pruning.sequence import (
     global_counts,
     hierarchical_sequence,
     level_rates,
+    plan_counts,
     quantise,
+    random_counts,
     removed_macs,
     select_groups,
     variable_counts,
@@ -40,7 +42,7 @@ def layers_total(spec: ModelSpec) -> int:
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("method", [variable_counts, fixed_counts, global_counts])
+@pytest.mark.parametrize("method", [variable_counts, fixed_counts, global_counts, random_counts])
 @pytest.mark.parametrize("share", [0.2, 0.45, 0.7])
 def test_budget_is_met_within_one_percent(seed, method, share):
     budget = int(share * layers_total(SPEC))
@@ -107,3 +109,19 @@ def test_whole_head_unit_and_group_selection_take_the_lowest_scores():
         kept = [j for j in range(len(ffn)) if j not in set(plan.ffn)]
         if plan.ffn:
             assert ffn[plan.ffn].max() <= ffn[kept].min()
+
+
+def test_random_allocation_is_seeded_spread_like_variable_and_ignores_significance():
+    budget = int(0.45 * layers_total(SPEC))
+    settings = SequenceSettings()
+    first, seq = plan_counts("random", SPEC, random_scores(0), budget, settings, seed=3)
+    again, _ = plan_counts("random", SPEC, random_scores(0), budget, settings, seed=3)
+    other, _ = plan_counts("random", SPEC, random_scores(0), budget, settings, seed=4)
+    assert first == again and first != other
+    # The same draw whatever the scores say: the allocation carries no information.
+    rescored, _ = plan_counts("random", SPEC, random_scores(1), budget, settings, seed=3)
+    assert rescored == first
+    for block in ("msa", "ffn"):
+        rates = seq.rate[block]
+        assert rates.max() - rates.min() <= settings.spread + 1e-12
+        assert len(set(rates.round(6))) > 1

@@ -8,7 +8,7 @@ import torch
 from tests.tiny_model import tiny_spec
 from varprune.model import build_model, count_parameters, load_model, save_checkpoint
 from varprune.pruning.groups import LayerPlan
-from varprune.pruning.surgery import apply_plan, mask_plan
+from varprune.pruning.surgery import apply_plan, mask_plan, remove_transformer_blocks
 
 
 def plans_for(spec, kind: str, seed: int = 0) -> list[LayerPlan]:
@@ -68,3 +68,26 @@ def test_a_plan_that_empties_a_layer_is_refused():
     plans[0] = LayerPlan([0, 1], {}, [])
     with pytest.raises(ValueError, match="empty layer"):
         apply_plan(build_model(spec), spec, plans)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_removing_every_block_equals_zeroing_their_outputs_and_round_trips(tmp_path, spatial_dims):
+    torch.manual_seed(0)
+    spec = tiny_spec(spatial_dims=spatial_dims, depth=16)
+    model = build_model(spec).eval()
+    zeroed = build_model(spec).eval()
+    zeroed.load_state_dict(model.state_dict())
+    for block in zeroed.vit.blocks:  # the residual stream passes: the blocks add nothing
+        for part in (block.attn, block.mlp):
+            part.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+    new_spec = remove_transformer_blocks(model, spec)
+    assert all(layer.inner == 0 and layer.ffn == 0 for layer in new_spec.layers)
+    x = torch.randn(spec.input_shape(2))
+    with torch.no_grad():
+        assert (model(x) - zeroed(x)).abs().max().item() <= 1e-6
+    assert count_parameters(model) < count_parameters(zeroed)
+    save_checkpoint(tmp_path / "off.pt", model, new_spec, {})
+    loaded, loaded_spec, _ = load_model(tmp_path / "off.pt")
+    assert loaded_spec == new_spec
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.workflow
 
 def test_default_config_dry_run_schedules_every_data_step(tmp_path):
     jobs = scheduled(tmp_path, config=None)
-    assert jobs == {"synthesize": 1, "convert": 10, "preprocess": 10, "split": 1, "train": 1,
-                    "prune_cycle": 9, "evaluate": 10, "cost": 10,
-                    "export": 3, "report": 1, "all": 1}
+    assert jobs == {"synthesize": 1, "convert": 14, "preprocess": 14, "split": 1, "train": 1,
+                    "dense_long": 1, "transformer_off": 1, "oneshot": 1, "prune_cycle": 12,
+                    "evaluate": 15, "cost": 15, "export": 4, "report": 1, "all": 1}
 
 
 def test_tiny_run_produces_split_model_ready_data(done_run):
@@ -35,8 +35,8 @@ def test_rerun_with_nothing_changed_does_nothing(done_run):
 def test_editing_the_hu_window_reruns_preprocess_not_synthesize_or_convert(done_run, tmp_path):
     config = edited_config(tmp_path, **{"preprocess.window": [-150, 250]})
     assert scheduled(done_run, config=config) == {
-        "preprocess": 4, "train": 1, "prune_cycle": 6, "evaluate": 7, "cost": 7, "export": 3,
-        "report": 1, "all": 1}
+        "preprocess": 4, "train": 1, "dense_long": 1, "transformer_off": 1, "oneshot": 1, "prune_cycle": 8,
+        "evaluate": 11, "cost": 11, "export": 4, "report": 1, "all": 1}
 
 
 def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
@@ -47,10 +47,13 @@ def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
         "preprocess": 4,
         "split": 1,
         "train": 1,
-        "prune_cycle": 6,
-        "evaluate": 7,
-        "cost": 7,
-        "export": 3,
+        "dense_long": 1,
+        "transformer_off": 1,
+        "oneshot": 1,
+        "prune_cycle": 8,
+        "evaluate": 11,
+        "cost": 11,
+        "export": 4,
         "report": 1,
         "all": 1,
     }

@@ -13,7 +13,7 @@ from varprune.pruning.cycle import SEQUENCE_COLUMNS
 from .workflow_helpers import budget_met, edited_config, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
-METHODS = ("variable", "fixed", "global")
+METHODS = ("variable", "fixed", "global", "random")
 
 
 def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(done_run):
@@ -41,20 +41,22 @@ def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(
 
 def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.07, 0.09]})
+    # dense_long follows: it gets one fine-tuning round per cycle.
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 3, "evaluate": 3, "cost": 3, "export": 3, "report": 1, "all": 1}
+        "prune_cycle": 4, "dense_long": 1, "evaluate": 5, "cost": 5, "export": 4, "report": 1, "all": 1}
 
 
 def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.08]})
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 3, "evaluate": 3, "cost": 3, "export": 3, "report": 1, "all": 1}
+        "prune_cycle": 4, "evaluate": 4, "cost": 4, "export": 4, "report": 1, "all": 1}
 
 
 def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run, tmp_path):
     config = edited_config(tmp_path, **{"finetune.epochs": 2})
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 6, "evaluate": 6, "cost": 6, "export": 3, "report": 1, "all": 1}
+        "prune_cycle": 8, "dense_long": 1, "transformer_off": 1, "evaluate": 10, "cost": 10, "export": 4,
+        "report": 1, "all": 1}
 
 
 @pytest.mark.parametrize(
@@ -66,7 +68,7 @@ def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run
         ({"pruning.rate_max": 1.0}, "rate_max"),
         ({"pruning.rate_min": 0.6, "pruning.rate_max": 0.5}, "pruning.rate_min"),
         ({"pruning.criterion": "fisher"}, "criterion"),
-        ({"pruning.methods": ["variable", "random"]}, "methods"),
+        ({"pruning.methods": ["variable", "magic"]}, "pruning.methods"),
     ],
 )
 def test_a_bad_pruning_config_is_refused_before_any_job(tmp_path, change, key):

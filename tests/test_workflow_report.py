@@ -15,13 +15,19 @@ pytestmark = pytest.mark.workflow
 def test_summary_has_one_row_per_model_with_reductions_and_metrics(done_run):
     table = pd.read_csv(done_run / "results" / "tiny" / "report" / "summary.csv")
     assert list(zip(table.method, table.cycle, strict=True)) == [
-        ("dense", 0), ("variable", 1), ("variable", 2), ("fixed", 1), ("fixed", 2),
-        ("global", 1), ("global", 2)]
+        ("dense", 0), ("dense_long", 0), ("transformer_off", 0), ("variable", 1), ("variable", 2),
+        ("fixed", 1), ("fixed", 2), ("global", 1), ("global", 2), ("random", 1), ("random", 2)]
     assert table.macs_full_reduction.iloc[0] == pytest.approx(0.0, abs=1e-12)
+    pruned = table[table.cycle > 0]
     targets = {1: 0.04, 2: 0.07}  # tests/config/tiny.yaml
-    for row in table.iloc[1:].itertuples():
+    for row in pruned.itertuples():
+        assert row.target == targets[row.cycle]
         assert budget_met(row.macs_full_reduction, targets[row.cycle], table.macs_full.iloc[0]), row
-    assert (table.params.iloc[1:] < table.params.iloc[0]).all()
+        assert 0 < row.macs_transformer_reduction < 1
+    assert (pruned.params < table.params.iloc[0]).all()
+    long = table[table.method == "dense_long"].iloc[0]
+    assert table.dice_vs_dense_long.to_numpy() == pytest.approx((table.dice_mean - long.dice_mean).to_numpy())
+    assert pruned.val_dice_before_finetune.between(0, 1).all()
     for metric in ("dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"):
         assert f"{metric}_mean" in table and f"{metric}_std" in table
     for key in ("latency_ms", "latency_ms_reduction", "macs_thop_reduction", "params_reduction"):
@@ -30,7 +36,7 @@ def test_summary_has_one_row_per_model_with_reductions_and_metrics(done_run):
 
 def test_html_report_is_self_contained(done_run):
     page = (done_run / "results" / "tiny" / "report" / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6
     assert "src='http" not in page and 'src="http' not in page
     assert "data source" in page and "synthetic" in page and "git commit" in page
 
@@ -44,4 +50,4 @@ def test_snakemake_report_collects_the_figures(done_run, tmp_path):
     out = tmp_path / "report.zip"
     snakemake(done_run, "--report", str(out))
     names = zipfile.ZipFile(out).namelist()
-    assert sum(name.endswith(".png") for name in names) >= 5
+    assert sum(name.endswith(".png") for name in names) >= 6

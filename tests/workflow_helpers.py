@@ -52,6 +52,24 @@ def _tiny_config() -> Path:
 TINY_CONFIG = _tiny_config()
 
 
+def _without_slurm_controller() -> dict:
+    """The environment for local Snakemake calls, with a `scontrol` that fails at once.
+
+    On import, the SLURM executor plugin (installed for profiles/slurm) runs `scontrol show
+    config`; where the SLURM client tools exist but no controller runs, as on CI machines with
+    slurm-wlm installed for tests/test_slurm.py, that call waits about 9 s before failing, on
+    every Snakemake call. The local runs never submit to SLURM, so they are told at once.
+    """
+    shim = Path(tempfile.mkdtemp(prefix="varprune-noslurm-"))
+    scontrol = shim / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'no SLURM controller in the local workflow tests' >&2\nexit 1\n")
+    scontrol.chmod(0o755)
+    return {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+LOCAL_ENV = _without_slurm_controller()
+
+
 def snakemake(
     workdir: Path, *args: str, config: Path | None = TINY_CONFIG, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -69,7 +87,7 @@ def snakemake(
     ]
     if config is not None:
         cmd += ["--configfile", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S, env=LOCAL_ENV)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result

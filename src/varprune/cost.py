@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from varprune.model import ModelSpec, count_parameters
+from varprune.pruning.groups import transformer_macs
 
 
 def macs_thop(model: nn.Module, x: torch.Tensor) -> int:
@@ -77,6 +78,8 @@ def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int 
             "macs_thop": macs_thop(model, x),
             "macs_full": macs_full(model, x),
             "macs_full_encoder": macs_full(model.vit, x),
+            # The MSA and FFN matmuls (closed form, equal to the counter): what pruning can remove.
+            "macs_transformer": transformer_macs(spec),
             "input_shape": list(x.shape),
             "latency_ms_median": round(latency, 3),
             "latency_ms_iqr": round(iqr, 3),

@@ -29,7 +29,11 @@ class CheckpointError(Exception):
 
 @dataclass
 class LayerSpec:
-    """Widths of one transformer layer; `scale` is the softmax scale it was trained with."""
+    """Widths of one transformer layer; `scale` is the softmax scale it was trained with.
+
+    A width of 0 (no heads, or no FFN channels) means the block is absent: the layer passes its
+    residual stream on unchanged (the `transformer_off` control).
+    """
 
     heads: int
     head_dim: int
@@ -99,6 +103,17 @@ class ModelSpec:
         return replace(self, layers=[replace(ls) for ls in layers])
 
 
+class AbsentBlock(nn.Module):
+    """An MSA or FFN block pruned to width 0: it adds nothing, so the residual stream passes.
+
+    TransformerBlock computes x + attn(norm1(x)) and x + mlp(norm2(x)); returning zeros keeps
+    that code (and the export) unchanged and costs no MACs.
+    """
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
 def resize_attention(attn: SABlock, spec: LayerSpec) -> None:
     """Give an SABlock `spec.heads` heads of `spec.head_dim` (fresh weights), keeping `spec.scale`."""
     hidden = attn.out_proj.out_features
@@ -142,11 +157,15 @@ def build_model(spec: ModelSpec) -> UNETR:
     )
     dense_dim = spec.hidden // spec.heads
     for block, layer in zip(transformer_layers(model), spec.layers, strict=True):
-        if layer.heads != spec.heads or layer.head_dim != dense_dim:
+        if layer.inner == 0:
+            block.attn = AbsentBlock()
+        elif layer.heads != spec.heads or layer.head_dim != dense_dim:
             resize_attention(block.attn, layer)
         else:
             block.attn.scale = layer.scale
-        if layer.ffn != spec.ffn:
+        if layer.ffn == 0:
+            block.mlp = AbsentBlock()
+        elif layer.ffn != spec.ffn:
             resize_mlp(block.mlp, layer.ffn)
     return model
 

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -28,12 +29,19 @@ import SimpleITK as sitk  # noqa: E402
 import yaml  # noqa: E402
 
 from varprune.atomic import atomic_path, write_text  # noqa: E402
+from varprune.compare import (  # noqa: E402
+    HEADROOM_WARNING,
+    comparison_table,
+    headroom,
+    metrics_long,
+    summary_table,
+)
+from varprune.methods import COLOURS, CONTROLS, LABELS, PRUNING_METHODS  # noqa: E402
+from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
-COLOURS = {"dense": "black", "variable": "tab:red", "fixed": "tab:blue", "global": "tab:green"}
-FIGURES = ("tradeoff", "sequence", "widths", "curves", "cases")
+FIGURES = ("tradeoff", "oneshot", "sequence", "widths", "curves", "cases")
 
 
 @dataclass(frozen=True)
@@ -50,35 +58,6 @@ class ReportSettings:
         return cls(**{k: v for k, v in (cfg or {}).items() if k in cls.__dataclass_fields__})
 
 
-def model_names(methods: list[str], cycles: int) -> list[tuple[str, int, str]]:
-    """(method, cycle, folder) of every model, dense first (cycle 0)."""
-    return [("dense", 0, "dense")] + [(m, k, f"{m}/cycle{k}") for m in methods for k in range(1, cycles + 1)]
-
-
-def summary_table(results: Path, methods: list[str], cycles: int) -> pd.DataFrame:
-    """One row per model with size, cost, their reductions, latency and metric means/stds."""
-    rows = []
-    for method, cycle, folder in model_names(methods, cycles):
-        cost = json.loads((results / folder / "cost.json").read_text())
-        metrics = pd.read_csv(results / folder / "metrics.csv")
-        row = {"method": method, "cycle": cycle, "params": cost["params"], "macs_thop": cost["macs_thop"],
-               "macs_full": cost["macs_full"], "latency_ms": cost["latency_ms_median"],
-               "latency_encoder_ms": cost["latency_encoder_ms_median"]}
-        for metric in METRICS:
-            row[f"{metric}_mean"] = metrics[metric].mean()
-            row[f"{metric}_std"] = metrics[metric].std(ddof=0)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    dense = table.iloc[0]
-    for key in ("params", "macs_thop", "macs_full", "latency_ms", "latency_encoder_ms"):
-        table[f"{key}_reduction"] = 1 - table[key] / dense[key]
-    order = ["method", "cycle", "params", "params_reduction", "macs_thop", "macs_thop_reduction",
-             "macs_full", "macs_full_reduction", "latency_ms", "latency_ms_reduction",
-             "latency_encoder_ms", "latency_encoder_ms_reduction"]
-    order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-    return table[order]
-
-
 def _save(fig, path: Path, dpi: int) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
@@ -88,11 +67,9 @@ def _save(fig, path: Path, dpi: int) -> None:
 def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
     """Dice against MACs removed for each method across cycles; dense and the paper marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    dense = table.iloc[0]
-    for method in table.method.unique():
-        if method == "dense":
-            continue
-        part = pd.concat([table.iloc[[0]], table[table.method == method]])
+    dense = table[table.method == "dense"].iloc[0]
+    for method in [m for m in PRUNING_METHODS if m in set(table.method)]:
+        part = pd.concat([table[table.method == "dense"], table[table.method == method]])
         ax.errorbar(100 * part.macs_full_reduction, part.dice_mean, yerr=part.dice_std, marker="o",
                     capsize=3, label=method, color=COLOURS.get(method))
         for _, r in part.iloc[1:].iterrows():
@@ -102,12 +79,41 @@ def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> 
     ax.scatter([100 * settings.paper_macs_reduction], [dense.dice_mean], marker="*", s=220,
                color="gold", edgecolor="black", zorder=6,
                label=f"paper: −{100 * settings.paper_macs_reduction:.2f} % FLOPs, Dice unchanged")
-    ax.axhline(dense.dice_mean - 0.005, color="grey", ls=":", lw=1, label="dense − 0.5 Dice points")
+    for control, style in zip(CONTROLS, ("--", "-."), strict=True):
+        row = table[table.method == control]
+        if len(row):
+            ax.axhline(row.dice_mean.iloc[0], color=COLOURS[control], ls=style, lw=1.2,
+                       label=f"{control} ({row.dice_mean.iloc[0]:.3f})")
     ax.set_xlabel("MACs removed vs dense (%, FlopCounterMode, attention included)")
     ax.set_ylabel("test Dice (mean ± std over cases)")
     ax.set_title("Accuracy against compression")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    _save(fig, path, settings.dpi)
+
+
+def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
+    """Validation and test Dice right after the surgery (no fine-tuning) against MACs removed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    dense = oneshot[oneshot.method == "dense"]
+    pruned = oneshot[oneshot.method != "dense"].dropna(subset=["macs_reduction"])
+    for ax, split in zip(axes, ("val", "test"), strict=True):
+        for method in [m for m in PRUNING_METHODS if m in set(pruned.method)]:
+            part = pruned[pruned.method == method].sort_values("macs_reduction")
+            ax.plot(100 * part.macs_reduction, part[f"{split}_dice"], marker="o", label=method,
+                    color=COLOURS.get(method))
+        if len(dense):
+            ax.axhline(dense[f"{split}_dice"].iloc[0], color="black", lw=1, label="dense")
+        off = table[table.method == "transformer_off"]
+        if split == "test" and len(off):
+            ax.axhline(off.dice_mean.iloc[0], color=COLOURS["transformer_off"], ls="-.", lw=1.2,
+                       label="transformer_off, fine-tuned (CT grid)")
+        ax.set_xlabel("MACs removed vs dense (%), in one step from the dense model")
+        ax.set_title(f"{split} Dice right after pruning (no fine-tuning)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean 3D Dice (model grid)")
+    fig.tight_layout()
     _save(fig, path, settings.dpi)
 
 
@@ -151,7 +157,7 @@ def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path)
 
 def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
     """Channels (and heads) kept per layer after the last cycle of each method."""
-    methods = [m for m in ("variable", "fixed", "global") if m in set(sequences.method)]
+    methods = [m for m in PRUNING_METHODS if m in set(sequences.method)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     width = 0.8 / max(1, len(methods))
     for col, block in enumerate(("msa", "ffn")):
@@ -183,10 +189,11 @@ def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: P
     for name, frame in logs.items():
         method = name.split("/")[0]
         colour = COLOURS.get(method, "grey")
-        label = name if name == "dense" or name.endswith("cycle1") else None
+        label = name if name in ("dense", *CONTROLS) or name.endswith("cycle1") else None
         x = frame["x"]
-        axes[0].plot(x, frame.loss, color=colour, label=label and method)
-        axes[1].plot(x, frame.val_dice, color=colour, marker=".", label=label and method)
+        style = "--" if method in CONTROLS else "-"
+        axes[0].plot(x, frame.loss, color=colour, ls=style, label=label and method)
+        axes[1].plot(x, frame.val_dice, color=colour, ls=style, marker=".", label=label and method)
     for ax, ylabel in zip(axes, ("training loss (DiceCE)", "validation Dice"), strict=True):
         ax.set_xlabel("epoch (dense, then cycle after cycle)")
         ax.set_ylabel(ylabel)
@@ -234,11 +241,15 @@ def read_sequences(results: Path, methods: list[str], cycles: int) -> pd.DataFra
 
 
 def read_logs(results: Path, methods: list[str], cycles: int) -> dict[str, pd.DataFrame]:
-    """Training logs with a running epoch axis: dense, then each method's cycles in order."""
+    """Training logs with a running epoch axis: dense, then the controls and each method's cycles."""
     logs = {}
     dense = pd.read_csv(results / "dense" / "train_log.csv")
     dense["x"] = dense.epoch
     logs["dense"] = dense
+    for control in CONTROLS:
+        frame = pd.read_csv(results / control / "train_log.csv")
+        frame["x"] = frame.epoch + int(dense.epoch.max())
+        logs[control] = frame
     for method in methods:
         offset = int(dense.epoch.max())
         for k in range(1, cycles + 1):
@@ -293,19 +304,99 @@ def export_sizes(results: Path, methods: list[str], cycles: int, formats: list[s
     return pd.DataFrame(rows)
 
 
+def _pct(v: float) -> str:
+    return "" if pd.isna(v) else f"{100 * v:.1f} %"
+
+
+def human_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary for people: readable names and units (summary.csv keeps the machine names)."""
+    def fmt(v, spec):
+        return "" if pd.isna(v) else format(v, spec)
+
+    return pd.DataFrame({
+        "Model": table.method, "Cycle": table.cycle.map(lambda c: str(c) if c else ""),
+        "Target (MACs removed)": table.target.map(lambda t: _pct(t) if t else ""),
+        "Params": table.params.map(lambda v: f"{v / 1e6:,.2f} M"),
+        "Params removed": table.params_reduction.map(_pct),
+        "MACs": table.macs_full.map(lambda v: f"{v / 1e9:,.3f} G"),
+        "MACs removed": table.macs_full_reduction.map(_pct),
+        "Transformer MACs removed": table.macs_transformer_reduction.map(_pct),
+        "Latency (ms, batch 1)": table.latency_ms.map(lambda v: fmt(v, ".1f")),
+        "Latency reduction": table.latency_ms_reduction.map(_pct),
+        "Test Dice (mean ± std)": [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(table.dice_mean, table.dice_std,
+                                                                         strict=True)],
+        "Δ Dice vs dense_long (points)": table.dice_vs_dense_long.map(lambda v: f"{100 * v:+.2f}"),
+        "HD95 (mm)": table.hd95_mm_mean.map(lambda v: fmt(v, ".2f")),
+        "Val Dice before → after fine-tuning": [
+            "" if pd.isna(b) else f"{b:.3f} → {a:.3f}"
+            for b, a in zip(table.val_dice_before_finetune, table.val_dice_after_finetune, strict=True)],
+    })
+
+
+def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """comparison.csv for people: budgets as shares of all MACs and of the transformer's MACs."""
+    transformer = table[table.cycle > 0].groupby("target").macs_transformer_reduction.mean()
+    rows = []
+    for r in comparison.itertuples():
+        scale, unit = (100, "points") if r.metric in ("dice", "voe", "rvd") else (1, "mm")
+        rows.append({
+            "Budget: MACs removed (all / transformer)":
+                f"{_pct(r.budget)} / {_pct(transformer.get(r.budget, math.nan))}",
+            "A − B": f"{r.method_a} − {r.method_b}", "Metric": LABELS.get(r.metric, r.metric),
+            "Mean difference": "" if pd.isna(r.mean_diff) else f"{scale * r.mean_diff:+.2f} {unit}",
+            "95 % CI": "" if pd.isna(r.ci_low) else f"[{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}]",
+            "p (paired permutation)": "" if pd.isna(r.p_value) else f"{r.p_value:.2g}",
+            "Cases × replicates": f"{r.n_cases} × {r.n_replicates}",
+        })
+    return pd.DataFrame(rows)
+
+
+def findings(table: pd.DataFrame, comparison: pd.DataFrame, room: PairedComparison | None) -> list[str]:
+    """The opening sentences: what the numbers support, and what they cannot."""
+    lines = []
+    if room is not None:
+        text = verdict("dense_long", "transformer_off", room, metric="dice", explain_power=False)
+        lines.append(f"<b>Transformer headroom</b> (how much of the Dice the transformer carries): {text}")
+        if room.mean_diff < HEADROOM_WARNING:
+            lines.append(
+                f"<b>Warning: the headroom is below {100 * HEADROOM_WARNING:.0f} Dice points. Without its "
+                "transformer the model segments almost as well, so this dataset cannot rank transformer "
+                "pruning methods: every allocation of widths, including none, looks lossless.</b>")
+    dice = comparison[comparison.metric == "dice"].dropna(subset=["mean_diff"])
+    if len(dice):
+        last = dice.budget.max()
+        lines.append(f"<b>At the highest budget ({_pct(last)} of the MACs removed)</b>, paired over test "
+                     "cases:")
+        at_last = dice[dice.budget == last]
+        for r in at_last.itertuples():
+            text = verdict(r.method_a, r.method_b, comparison_from_row(r), explain_power=False)
+            lines.append(f"&nbsp;&nbsp;• {html.escape(text)}")
+        note = power_note(int(at_last.n_cases.min()))
+        if note:
+            lines.append(f"<b>{html.escape(note)}</b>")
+    long = table[table.method == "dense_long"]
+    dense = table[table.method == "dense"]
+    if len(long) and len(dense):
+        lines.append(
+            "Extra fine-tuning alone moves the dense model's test Dice from "
+            f"{dense.dice_mean.iloc[0]:.4f} to "
+            f"{long.dice_mean.iloc[0]:.4f} (dense_long): differences of pruned models from dense are read "
+            "against dense_long.")
+    return lines
+
+
 def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, config: dict,
-                run: str, exports: pd.DataFrame | None = None) -> str:
-    """A single self-contained page: summary table, figures (embedded), provenance."""
-    show = table.copy()
-    for key in ("params", "macs_thop", "macs_full"):
-        show[key] = show[key].map(lambda v: f"{v / 1e6:,.2f} M")
-    for key in [c for c in show.columns if c.endswith("_reduction")]:
-        show[key] = show[key].map(lambda v: f"{100 * v:.1f} %")
-    for key in [c for c in show.columns if c.endswith(("_mean", "_std", "_ms"))]:
-        show[key] = show[key].map(lambda v: f"{v:.4g}")
+                run: str, exports: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
+                room: PairedComparison | None = None) -> str:
+    """A single self-contained page: what the numbers support first, then tables, figures, provenance."""
     captions = {
         "tradeoff": "Test Dice against MACs removed, per method across cycles. Dense is the black "
-                    "point; the star is the paper's reported result (−60.26 % FLOPs at unchanged Dice).",
+                    "point, the lines are the controls (dense_long: dense fine-tuned as long; "
+                    "transformer_off: no MSA/FFN at all); the star is the paper's reported result "
+                    "(−60.26 % FLOPs at unchanged Dice).",
+        "oneshot": "Accuracy right after the surgery, before any fine-tuning: each method prunes the dense "
+                   "model to each budget in one step. This separates allocations far better than fine-tuned "
+                   "accuracy.",
         "sequence": "The variable pruning-rate sequences (rate per layer and cycle, MSA and FFN) and "
                     "the significance profile over depth that produced them.",
         "widths": "Channels (and, for MSA, heads) each layer keeps after the last cycle of each method.",
@@ -319,13 +410,23 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;"
         "text-align:right}th{background:#f0f0f0}img{max-width:100%;border:1px solid #ddd}"
         "figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}pre{background:#f7f7f7;"
-        "padding:1em;font-size:11px;overflow:auto}</style></head><body>",
+        "padding:1em;font-size:11px;overflow:auto}.findings p{margin:.4em 0}</style></head><body>",
         f"<h1>varprune report: run <code>{html.escape(run)}</code></h1>",
         "<p>Cross-layer channel pruning with variable pruning-rate sequences on a MONAI UNETR liver "
-        "segmenter, compared with a fixed-rate and a global-ranking baseline at the same MAC budgets.</p>",
-        "<h2>Summary</h2>",
-        "<div style='overflow-x:auto'>" + show.to_html(index=False, border=0) + "</div>",
+        "segmenter, compared with fixed-rate, global-ranking and random allocations at the same MAC "
+        "budgets, and read against the controls dense_long and transformer_off.</p>",
+        "<h2>What the numbers support</h2><div class='findings'>",
+        *[f"<p>{line}</p>" for line in findings(table, comparison if comparison is not None
+                                                 else pd.DataFrame(columns=["metric", "mean_diff"]), room)],
+        "</div>",
     ]
+    if comparison is not None and len(comparison):
+        parts.append("<h3>Paired comparisons (test cases; 95 % bootstrap interval, "
+                     "paired permutation test)</h3>")
+        parts.append("<div style='overflow-x:auto'>" + human_comparison(comparison, table).to_html(
+            index=False, border=0) + "</div>")
+    summary = human_summary(table).to_html(index=False, border=0)
+    parts += ["<h2>Summary</h2>", f"<div style='overflow-x:auto'>{summary}</div>"]
     if exports is not None and len(exports):
         parts.append("<h2>Deployment files</h2>")
         parts.append(exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}"))
@@ -342,18 +443,27 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
 
 def build_report(results_dir: str | os.PathLike, nifti_dir: str | os.PathLike, splits_json: str | os.PathLike,
                  config: dict, settings: dict, out_summary: str | os.PathLike, out_html: str | os.PathLike,
-                 out_figures: dict[str, str], repo: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Write summary.csv, the figures and report.html for one run."""
+                 out_figures: dict[str, str], out_comparison: str | os.PathLike | None = None,
+                 repo: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Write summary.csv, comparison.csv, the figures and report.html for one run."""
     results = Path(results_dir)
     opts = ReportSettings.from_config(settings)
     methods = config["pruning"]["methods"]
-    cycles = len(config["pruning"]["cycle_targets"])
-    table = summary_table(results, methods, cycles)
+    targets = list(config["pruning"]["cycle_targets"])
+    cycles = len(targets)
+    table = summary_table(results, methods, targets)
     with atomic_path(out_summary) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
+    long = metrics_long(results, methods, targets)
+    comparison = comparison_table(long, methods)
+    if out_comparison is not None:
+        with atomic_path(out_comparison) as tmp:
+            comparison.to_csv(tmp, index=False, float_format="%.6g")
+    room = headroom(long)
     sequences = read_sequences(results, methods, cycles)
     figures = {name: Path(out_figures[name]) for name in FIGURES}
     plot_tradeoff(table, opts, figures["tradeoff"])
+    plot_oneshot(pd.read_csv(results / "oneshot.csv"), table, opts, figures["oneshot"])
     plot_sequence(sequences, opts, figures["sequence"])
     plot_widths(sequences, opts, figures["widths"])
     plot_curves(read_logs(results, methods, cycles), opts, figures["curves"])
@@ -365,7 +475,8 @@ def build_report(results_dir: str | os.PathLike, nifti_dir: str | os.PathLike, s
                figures["cases"])
     exports = export_sizes(results, methods, cycles, config.get("export", {}).get("formats", []))
     page = render_html(table, figures, provenance(config, Path(repo) if repo else None), config,
-                       config["run"], exports)
+                       config["run"], exports, comparison, room)
     write_text(out_html, page)
-    log.info("report for run %s: %d models -> %s", config["run"], len(table), out_html)
+    log.info("report for run %s: %d models, %d paired comparisons -> %s", config["run"], len(table),
+             len(comparison), out_html)
     return table

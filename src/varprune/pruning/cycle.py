@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varprune.atomic import write_csv
+from varprune.atomic import write_csv, write_json
 from varprune.cost import macs_full
 from varprune.data.datasets import Volume, slice_items
+from varprune.inference import pick_device
 from varprune.model import ModelSpec, load_model
-from varprune.pruning.groups import BLOCKS, layer_macs
+from varprune.pruning.groups import BLOCKS, Scores, layer_macs
 from varprune.pruning.sequence import (
     LayerCounts,
     Sequence,
@@ -33,7 +34,7 @@ from varprune.pruning.sequence import (
 )
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan
-from varprune.train import TrainSettings, load_split, train
+from varprune.train import TrainSettings, load_split, train, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,16 @@ def write_sequence(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings,
-                batches: list) -> tuple[ModelSpec, dict]:
-    """Score, plan and remove in place; return the new spec and a summary of the budget."""
+                batches: list, seed: int = 0, scores: Scores | None = None) -> tuple[ModelSpec, dict]:
+    """Score (unless `scores` are given), plan and remove in place; return the new spec and a
+    summary of the budget. `seed` draws the random control's allocation."""
     x = torch.zeros(spec.input_shape(1))
     before = macs_full(model, x)
     dense = dense_macs(model, spec, before)
     budget = int(round(before - (1 - settings.target) * dense))
-    scores = make_criterion(settings.criterion).score(model, spec, batches)
-    counts, sequence = plan_counts(method, spec, scores, budget, settings.sequence)
+    if scores is None:
+        scores = make_criterion(settings.criterion).score(model, spec, batches)
+    counts, sequence = plan_counts(method, spec, scores, budget, settings.sequence, seed=seed)
     plans = select_groups(spec, scores, counts)
     new_spec = apply_plan(model, spec, plans)
     after = macs_full(model, x)
@@ -139,8 +142,12 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
               preprocessed_dir: str | os.PathLike, method: str, cycle: int, pruning: dict,
               finetune: dict, out_model: str | os.PathLike, out_sequence: str | os.PathLike,
               out_log: str | os.PathLike, state_dir: str | os.PathLike,
-              threads: int | None = None) -> dict:
-    """Prune the parent checkpoint by one cycle of `method`, fine-tune it, save."""
+              out_oneshot: str | os.PathLike | None = None, threads: int | None = None) -> dict:
+    """Prune the parent checkpoint by one cycle of `method`, fine-tune it, save.
+
+    `oneshot.json` records the validation Dice right after the surgery and after fine-tuning:
+    accuracy before fine-tuning separates allocations far better than after it.
+    """
     if threads:
         torch.set_num_threads(threads)
     settings = CycleSettings.from_config(pruning)
@@ -153,7 +160,10 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
              cycle, method, parent, settings.criterion, len(batches), settings.target,
              settings.previous_target)
     torch.manual_seed(settings.seed)
-    new_spec, summary = prune_model(model, spec, method, settings, batches)
+    new_spec, summary = prune_model(model, spec, method, settings, batches, seed=settings.seed + cycle)
+    device = pick_device(ft.device)
+    val_before = validation_dice(model.to(device), new_spec, data["val"], device, ft.batch_size * 2)
+    log.info("validation Dice right after the surgery (before fine-tuning): %.4f", val_before)
     rows = summary.pop("rows")
     for row in rows:
         row["cycle"] = cycle
@@ -165,7 +175,10 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
         "split": json.loads(Path(splits_json).read_text()),
         "pruning": {**summary, "settings": asdict(settings)},
     }
-    train(model, new_spec, data["train"], data["val"], ft, out_model, out_log, state_dir, provenance,
-          threads)
+    result = train(model, new_spec, data["train"], data["val"], ft, out_model, out_log, state_dir,
+                   provenance, threads)
     write_sequence(out_sequence, rows)
+    if out_oneshot is not None:
+        write_json(out_oneshot, {"val_dice_before": round(val_before, 6),
+                                 "val_dice_after": round(result.best_val_dice, 6)})
     return summary

@@ -50,6 +50,11 @@ def layer_macs(spec: ModelSpec, layer: LayerSpec) -> int:
     return unetr_macs.layer_macs(spec.img_size, spec.hidden, layer.inner, layer.ffn)
 
 
+def transformer_macs(spec: ModelSpec) -> int:
+    """MACs of every layer's MSA and FFN matmuls: the part transformer pruning can remove."""
+    return sum(layer_macs(spec, layer) for layer in spec.layers)
+
+
 def qkv_rows(layer: LayerSpec, head: int, dim: int) -> list[int]:
     """Rows of `qkv` that belong to head-dimension channel (head, dim): q, k and v."""
     index = head * layer.head_dim + dim

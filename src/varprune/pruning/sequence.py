@@ -14,6 +14,9 @@
 `fixed` (the paper's baseline): one rate t for every layer and block, solved the same way.
 `global` (Torch-Pruning's global pruning): group scores normalised by their layer-and-block
    mean, one ranking across all layers, the lowest removed until the budget is met.
+`random` (the control): per-layer rates t + spread·(½ − u) with u drawn uniformly per layer and
+   block (seeded): the same spread of rates as `variable`, allocated without information, solved
+   to the same budget. An informed allocation that cannot beat it has shown nothing.
 
 Rates are relative to a layer's current width. Minimum widths are never crossed. MSA channels
 are removed as head dims (the same number in every head of a layer, as SABlock requires) or,
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from varprune.methods import PRUNING_METHODS
 from varprune.model import LayerSpec, ModelSpec
 from varprune.pruning.groups import (
     BLOCKS,
@@ -36,7 +40,7 @@ from varprune.pruning.groups import (
     msa_channel_macs,
 )
 
-METHODS = ("variable", "fixed", "global")
+METHODS = tuple(PRUNING_METHODS)
 
 
 class BudgetError(ValueError):
@@ -293,16 +297,35 @@ def global_counts(spec: ModelSpec, scores: Scores, budget: int,
     return counts, Sequence(significance, flat, {b: np.zeros(n, int) for b in BLOCKS}, rates)
 
 
+def random_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
+                  seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
+    """The control: variable's spread of rates, assigned to layers at random (seeded)."""
+    n = len(spec.layers)
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    rng = np.random.default_rng(seed)
+    draws = {block: rng.uniform(0.0, 1.0, n) for block in BLOCKS}
+
+    def rates_at(t):
+        return tuple(np.clip(t + settings.spread * (0.5 - draws[b]), settings.rate_min, settings.rate_max)
+                     for b in BLOCKS)
+
+    t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (random)")
+    msa, ffn = rates_at(t)
+    flat = {b: np.full(n, np.nan) for b in BLOCKS}
+    return counts, Sequence(significance, flat, {b: np.zeros(n, int) for b in BLOCKS},
+                            {"msa": msa, "ffn": ffn})
+
+
 def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
-                settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
-    """Counts per layer for `method` (variable | fixed | global)."""
-    if method == "variable":
-        return variable_counts(spec, scores, budget, settings)
-    if method == "fixed":
-        return fixed_counts(spec, scores, budget, settings)
-    if method == "global":
-        return global_counts(spec, scores, budget, settings)
-    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+                settings: SequenceSettings, seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
+    """Counts per layer for `method` (one of varprune.methods.PRUNING_METHODS); `seed` draws
+    the random control's allocation."""
+    if method == "random":
+        return random_counts(spec, scores, budget, settings, seed)
+    solvers = {"variable": variable_counts, "fixed": fixed_counts, "global": global_counts}
+    if method not in solvers:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    return solvers[method](spec, scores, budget, settings)
 
 
 # ---------------------------------------------------------------- counts -> concrete groups

@@ -16,7 +16,7 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from varprune.model import LayerSpec, ModelSpec
+from varprune.model import AbsentBlock, LayerSpec, ModelSpec
 from varprune.pruning.groups import LayerPlan, check_plan, layer_modules
 
 
@@ -87,6 +87,19 @@ def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> Mod
         prune_mlp(block.mlp, layer, plan)
         layers.append(plan.widths_after(layer))
     return spec.with_layers(layers)
+
+
+def remove_transformer_blocks(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """Remove every MSA and FFN block (width 0 in every layer); return the new spec.
+
+    What stays: patch embedding, position embedding, the layer norms and everything after the
+    transformer. It is the `transformer_off` control, not a pruning step, so no plan is involved.
+    """
+    for block in layer_modules(model):
+        block.attn = AbsentBlock()
+        block.mlp = AbsentBlock()
+    return spec.with_layers([LayerSpec(heads=0, head_dim=0, ffn=0, scale=layer.scale)
+                             for layer in spec.layers])
 
 
 @torch.no_grad()

@@ -1,0 +1,105 @@
+"""Comparison benchmark: the controls, the one-shot curves and the paired verdicts of a run.
+
+Run from the repository root:
+  python benchmarks/compare.py                       # the default config's run
+  python benchmarks/compare.py --configfile my.yaml  # any run (extra config files are merged)
+  python benchmarks/compare.py --no-run              # only read a finished run
+It runs the pipeline up to the report (`snakemake --cores all`; nothing to do when it is up to
+date) and prints, from the run's own files: the controls (dense, dense_long, transformer_off)
+next to the last cycle of every method, the transformer headroom with its interval, the
+one-shot table (accuracy right after the surgery, no fine-tuning), and the paired verdicts of
+the highest budget. Wall time of the pipeline call is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from varprune.compare import headroom, metrics_long
+from varprune.stats import verdict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def merged_config(files: list[Path]) -> dict:
+    """The run's config: the defaults, then each --configfile (shallow per top-level section)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for path in files:
+        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+    return config
+
+
+def controls_table(summary: pd.DataFrame) -> pd.DataFrame:
+    last = summary.cycle.max()
+    rows = summary[(summary.cycle == 0) | (summary.cycle == last)]
+    return pd.DataFrame({
+        "model": [m if c == 0 else f"{m}/cycle{c}" for m, c in zip(rows.method, rows.cycle, strict=True)],
+        "MACs removed": [f"{100 * v:.1f} %" for v in rows.macs_full_reduction],
+        "transformer MACs removed": [f"{100 * v:.1f} %" for v in rows.macs_transformer_reduction],
+        "params removed": [f"{100 * v:.1f} %" for v in rows.params_reduction],
+        "test Dice": [f"{v:.4f}" for v in rows.dice_mean],
+        "Δ vs dense_long (points)": [f"{100 * v:+.2f}" for v in rows.dice_vs_dense_long],
+        "val Dice before → after FT": ["" if pd.isna(b) else f"{b:.4f} → {a:.4f}" for b, a in
+                                      zip(rows.val_dice_before_finetune, rows.val_dice_after_finetune,
+                                          strict=True)],
+    })
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", type=Path, action="append", default=[])
+    parser.add_argument("--no-run", action="store_true", help="read a finished run, run nothing")
+    args = parser.parse_args()
+    config = merged_config(args.configfile)
+    run = config["run"]
+    results = REPO / "results" / run
+    if not args.no_run:
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "all", f"results/{run}/report/report.html"]
+        for path in args.configfile:
+            cmd += ["--configfile", str(path)]
+        started = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True)
+        print(f"\npipeline: {time.perf_counter() - started:.0f} s wall (nothing is redone when up to date)")
+
+    summary = pd.read_csv(results / "report" / "summary.csv")
+    comparison = pd.read_csv(results / "report" / "comparison.csv")
+    oneshot = pd.read_csv(results / "oneshot.csv")
+    methods = config["pruning"]["methods"]
+    targets = config["pruning"]["cycle_targets"]
+    room = headroom(metrics_long(results, methods, targets))
+
+    print(f"\n## Controls and last cycles (run {run}, test cases: {room.n_cases})")
+    print(controls_table(summary).to_markdown(index=False))
+    print(f"\nHeadroom: {verdict('dense_long', 'transformer_off', room)}")
+
+    print("\n## One-shot (from dense, no fine-tuning; Dice on the model grid)")
+    wide = oneshot[oneshot.method != "dense"].pivot_table(index="target", columns="method",
+                                                           values=["val_dice", "test_dice"])
+    wide.columns = [f"{method} {split.split('_')[0]}" for split, method in wide.columns]
+    dense = oneshot[oneshot.method == "dense"].iloc[0]
+    print(f"dense: val {dense.val_dice:.4f}, test {dense.test_dice:.4f}")
+    print(wide.round(4).to_markdown())
+
+    print(f"\n## Paired verdicts at the highest budget ({100 * max(targets):.0f} % of the MACs)")
+    last = comparison[comparison.budget == comparison.budget.max()]
+    table = last[["method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
+                  "n_cases", "n_replicates"]]
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+    for line in last[last.metric == "dice"].verdict:
+        print(f"- {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

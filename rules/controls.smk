@@ -1,0 +1,87 @@
+"""Reference models every comparison is read against (varprune.controls, DESIGN.md)."""
+
+
+rule dense_long:
+    input:
+        model="results/{run}/dense/model.pt",
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+    output:
+        model="results/{run}/dense_long/model.pt",
+        log="results/{run}/dense_long/train_log.csv",
+    params:
+        finetune=cfg("finetune"),
+        # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
+        rounds=len(TARGETS),
+        preprocessed=input_folder("data"),
+        state_dir=state_dir("dense_long"),
+        code=code_version(*CONTROL_CODE),
+    log:
+        "logs/{run}/dense_long/train.log",
+    benchmark:
+        "benchmarks/{run}/dense_long/train.tsv"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=120,
+    conda:
+        "../envs/varprune.yaml"
+    script:
+        "../scripts/dense_long.py"
+
+
+rule transformer_off:
+    input:
+        model="results/{run}/dense/model.pt",
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+    output:
+        model="results/{run}/transformer_off/model.pt",
+        log="results/{run}/transformer_off/train_log.csv",
+    params:
+        finetune=cfg("finetune"),
+        preprocessed=input_folder("data"),
+        state_dir=state_dir("transformer_off"),
+        code=code_version(*CONTROL_CODE),
+    log:
+        "logs/{run}/transformer_off/train.log",
+    benchmark:
+        "benchmarks/{run}/transformer_off/train.tsv"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=60,
+    conda:
+        "../envs/varprune.yaml"
+    script:
+        "../scripts/transformer_off.py"
+
+
+rule oneshot:
+    input:
+        model="results/{run}/dense/model.pt",
+        splits="data/splits.json",
+        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES + TEST_CASES),
+    output:
+        "results/{run}/oneshot.csv",
+    params:
+        methods=METHODS,
+        pruning=oneshot_pruning(),
+        oneshot=cfg("oneshot"),
+        device=config["finetune"]["device"],
+        preprocessed=input_folder("data"),
+        code=code_version(*PRUNE_CODE, "pruning/oneshot.py"),
+    log:
+        "logs/{run}/oneshot.log",
+    benchmark:
+        "benchmarks/{run}/oneshot.tsv"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/varprune.yaml"
+    script:
+        "../scripts/oneshot.py"

@@ -1,0 +1,17 @@
+"""Snakemake script: the dense_long control. Logic lives in varprune.controls."""
+
+from varprune.controls import train_dense_long
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    train_dense_long(
+        parent=snakemake.input.model,
+        splits_json=snakemake.input.splits,
+        preprocessed_dir=snakemake.params.preprocessed,
+        finetune=snakemake.params.finetune,
+        rounds=snakemake.params.rounds,
+        out_model=snakemake.output.model,
+        out_log=snakemake.output.log,
+        state_dir=snakemake.params.state_dir,
+        threads=snakemake.threads,
+    )

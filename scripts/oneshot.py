@@ -1,0 +1,17 @@
+"""Snakemake script: one-shot curves. Logic lives in varprune.pruning.oneshot."""
+
+from varprune.pruning.oneshot import run_oneshot
+from varprune.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    run_oneshot(
+        dense_model=snakemake.input.model,
+        splits_json=snakemake.input.splits,
+        preprocessed_dir=snakemake.params.preprocessed,
+        methods=snakemake.params.methods,
+        pruning=snakemake.params.pruning,
+        oneshot=snakemake.params.oneshot,
+        out_csv=snakemake.output[0],
+        device=snakemake.params.device,
+        threads=snakemake.threads,
+    )

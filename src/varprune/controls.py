@@ -1,0 +1,93 @@
+"""The reference models every pruning result is read against (the `dense_long` and
+`transformer_off` rules).
+
+- `dense_long`: each pruning cycle fine-tunes its model once more, so after K cycles a pruned
+  model has had K fine-tunings the dense model never had. `dense_long` gives the dense model
+  exactly those K fine-tunings (same recipe, each with its own warm-up and cosine decay and
+  best-epoch choice, as a cycle has), without pruning. "Dice unchanged vs dense" is only
+  meaningful against it.
+- `transformer_off`: every MSA and FFN block removed (width 0, the residual stream passes
+  through the layer), fine-tuned with one cycle's budget. The gap dense_long − transformer_off
+  is the headroom: how much of the accuracy the transformer carries on this data. Where it is
+  small, every allocation of transformer widths looks lossless and methods cannot be ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from varprune.atomic import atomic_path
+from varprune.model import load_model
+from varprune.pruning.surgery import remove_transformer_blocks
+from varprune.train import LOG_COLUMNS, TrainSettings, load_split, train
+
+log = logging.getLogger(__name__)
+
+
+def _provenance(kind: str, parent: str | os.PathLike, parent_provenance: dict, finetune: dict,
+                splits_json: str | os.PathLike, **extra) -> dict:
+    return {
+        "kind": kind, "parent": str(parent),
+        "config": {"finetune": finetune,
+                   **{k: v for k, v in parent_provenance.get("config", {}).items()
+                      if k in ("model", "preprocess", "train")}},
+        "split": json.loads(Path(splits_json).read_text()),
+        **extra,
+    }
+
+
+def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
+                     preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                     out_model: str | os.PathLike, out_log: str | os.PathLike,
+                     state_dir: str | os.PathLike, threads: int | None = None) -> None:
+    """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle)."""
+    if rounds < 1:
+        raise ValueError(f"dense_long needs at least one fine-tuning round, got {rounds}")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = TrainSettings.from_config(finetune)
+    model, spec, parent_provenance = load_model(parent)
+    data = load_split(splits_json, preprocessed_dir)
+    state = Path(state_dir)
+    logs = []
+    offset_epochs = offset_steps = 0
+    for r in range(1, rounds + 1):
+        last = r == rounds
+        # Intermediate rounds live in the undeclared state folder; only the last writes the outputs.
+        round_model = out_model if last else state / f"round{r}" / "model.pt"
+        round_log = state / f"round{r}" / "train_log.csv"
+        provenance = _provenance("dense_long", parent, parent_provenance, finetune, splits_json,
+                                 rounds=rounds, round=r)
+        log.info("dense_long: fine-tuning round %d of %d", r, rounds)
+        result = train(model, spec, data["train"], data["val"], settings, round_model, round_log,
+                       state / f"round{r}" / "state", provenance, threads)
+        frame = pd.DataFrame(result.history)
+        # One running epoch and step count over the rounds, as the report's curves expect.
+        frame["epoch"] = frame["epoch"] + offset_epochs
+        frame["step"] = frame["step"] + offset_steps
+        offset_epochs, offset_steps = int(frame["epoch"].max()), int(frame["step"].max())
+        logs.append(frame)
+    with atomic_path(out_log) as tmp:
+        pd.concat(logs, ignore_index=True)[LOG_COLUMNS].to_csv(tmp, index=False)
+
+
+def train_transformer_off(parent: str | os.PathLike, splits_json: str | os.PathLike,
+                          preprocessed_dir: str | os.PathLike, finetune: dict,
+                          out_model: str | os.PathLike, out_log: str | os.PathLike,
+                          state_dir: str | os.PathLike, threads: int | None = None) -> None:
+    """Remove every MSA and FFN block of the dense model, then fine-tune it for one cycle."""
+    if threads:
+        torch.set_num_threads(threads)
+    settings = TrainSettings.from_config(finetune)
+    model, spec, parent_provenance = load_model(parent)
+    new_spec = remove_transformer_blocks(model, spec)
+    data = load_split(splits_json, preprocessed_dir)
+    provenance = _provenance("transformer_off", parent, parent_provenance, finetune, splits_json)
+    train(model, new_spec, data["train"], data["val"], settings, out_model, out_log, state_dir,
+          provenance, threads)

@@ -1,0 +1,105 @@
+"""One-shot curves: accuracy right after the surgery, before any fine-tuning (the `oneshot` rule).
+
+Fine-tuning repairs almost any allocation of widths, so fine-tuned accuracy separates pruning
+methods poorly. Right after the surgery the allocation alone decides the accuracy. From the
+dense model, each method prunes to each target in one step, with the significance scores of
+cycle 1 (same criterion, same calibration sample, computed once), and the pruned model's
+validation and test Dice are measured on the model grid (3D Dice per case, averaged: the
+validation measure of training). Minutes, not a training run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from varprune.atomic import write_csv
+from varprune.cost import macs_full
+from varprune.inference import pick_device
+from varprune.model import ModelSpec, load_model
+from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
+from varprune.pruning.sequence import BudgetError, SequenceSettings, counts_for_rates, removed_macs
+from varprune.pruning.significance import make_criterion
+from varprune.train import load_split, validation_dice
+
+log = logging.getLogger(__name__)
+
+ONESHOT_COLUMNS = ["method", "target", "macs_reduction", "val_dice", "test_dice"]
+
+
+def highest_reachable(spec: ModelSpec, dense_macs: int, settings: SequenceSettings) -> float:
+    """The largest share of the dense MACs one cycle can remove: every layer at `rate_max`,
+    within the minimum widths (the bound every method meets)."""
+    n = len(spec.layers)
+    full = np.full(n, settings.rate_max)
+    counts = counts_for_rates(spec, full, full, settings)
+    return removed_macs(spec, counts) / dense_macs
+
+
+def oneshot_targets(cfg: dict, highest: float) -> list[float]:
+    """The configured targets, or `points` evenly spaced from `start` to the highest reachable."""
+    if cfg.get("targets"):
+        return [float(t) for t in cfg["targets"]]
+    top = math.floor(highest * 1000) / 1000
+    start = float(cfg.get("start", 0.30))
+    if top <= start:
+        return [top]
+    return [round(float(t), 3) for t in np.linspace(start, top, int(cfg.get("points", 10)))]
+
+
+def run_oneshot(dense_model: str | os.PathLike, splits_json: str | os.PathLike,
+                preprocessed_dir: str | os.PathLike, methods: list[str], pruning: dict, oneshot: dict,
+                out_csv: str | os.PathLike, device: str = "auto", threads: int | None = None) -> list[dict]:
+    """Prune the dense model to every target with every method, without fine-tuning; write the table."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, spec, _ = load_model(dense_model)
+    if spec.layers != replace(spec, layers=[]).layers:
+        raise ValueError(f"{dense_model}: one-shot curves start from the dense model, not a pruned one")
+    settings = CycleSettings.from_config({**pruning, "target": 0.0})
+    data = load_split(splits_json, preprocessed_dir, which=("train", "val", "test"))
+    run_device = pick_device(device)
+    dense = macs_full(model, torch.zeros(spec.input_shape(1)))
+    targets = oneshot_targets(oneshot, highest_reachable(spec, dense, settings.sequence))
+    # Cycle 1's calibration sample and random draw, so a one-shot point at cycle 1's target is
+    # exactly cycle 1's model before its fine-tuning.
+    seed = settings.seed + 1
+    batches = calibration_batches(data["train"], settings.calibration_batches,
+                                  settings.calibration_batch_size, seed)
+    scores = make_criterion(settings.criterion).score(model, spec, batches)
+    log.info("one-shot: %d methods x %d targets %s, criterion %s", len(methods), len(targets), targets,
+             settings.criterion)
+
+    def dice(m: torch.nn.Module, s: ModelSpec, split: str) -> float:
+        return validation_dice(m.to(run_device), s, data[split], run_device, 16)
+
+    rows = [{"method": "dense", "target": 0.0, "macs_reduction": 0.0,
+             "val_dice": round(dice(model, spec, "val"), 6),
+             "test_dice": round(dice(model, spec, "test"), 6)}]
+    model.cpu()
+    for method in methods:
+        for target in targets:
+            pruned = copy.deepcopy(model)
+            try:
+                new_spec, summary = prune_model(pruned, spec, method, replace(settings, target=target), [],
+                                                seed=seed, scores=scores)
+            except BudgetError as err:
+                log.warning("one-shot %s at %.3f: %s", method, target, err)
+                rows.append({"method": method, "target": target, "macs_reduction": "", "val_dice": "",
+                             "test_dice": ""})
+                continue
+            row = {"method": method, "target": target,
+                   "macs_reduction": round(summary["reduction_vs_dense"], 6),
+                   "val_dice": round(dice(pruned, new_spec, "val"), 6),
+                   "test_dice": round(dice(pruned, new_spec, "test"), 6)}
+            log.info("one-shot %-8s target %.3f: MACs -%.1f %%, val Dice %.4f, test Dice %.4f", method,
+                     target, 100 * row["macs_reduction"], row["val_dice"], row["test_dice"])
+            rows.append(row)
+    write_csv(out_csv, ONESHOT_COLUMNS, rows)
+    return rows

@@ -1,0 +1,297 @@
+"""Paired statistics that compare two pruning methods honestly.
+
+A table of mean Dice per method says nothing about whether one method beats another: with a handful
+of test volumes and a few seeds, the differences between methods are often smaller than the
+differences between cases. Every method is evaluated on the same test cases with the same replicates
+(a replicate is one seed of the whole experiment), so the comparison is paired: we work on the
+per-case, per-replicate differences a - b, which removes the case-to-case spread that both methods
+share.
+
+- `paired_comparison` gives the mean difference, a two-level (cases, then replicates) percentile
+  bootstrap interval and a two-sided sign-flip permutation test on the per-case differences.
+- `verdict` turns one comparison into a sentence that never claims more than the interval and the
+  test allow, and says when there are too few test cases for the test to ever reach significance.
+- `comparison_rows` runs both over a long results table, for every budget, pair and metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+MINUS = "\u2212"  # the typographic minus sign used in verdicts
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Mean paired difference a - b with its bootstrap interval and a paired test."""
+
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_cases: int
+    n_replicates: int
+    min_p_value: float  # the smallest p-value the test could give with this many cases
+
+
+@dataclass(frozen=True)
+class _Metric:
+    scale: float  # multiply differences by this for reporting
+    unit: str
+    direction: int  # +1 higher is better, -1 lower is better, 0 no direction
+
+
+# Reporting conventions per metric (names as in varprune.evaluate.METRIC_COLUMNS).
+METRICS: dict[str, _Metric] = {
+    "dice": _Metric(100.0, "points", +1),
+    "voe": _Metric(100.0, "points", -1),
+    "rvd": _Metric(100.0, "points", 0),  # signed; closer to 0 is better, so a difference has no direction
+    "assd_mm": _Metric(1.0, "mm", -1),
+    "msd_mm": _Metric(1.0, "mm", -1),
+    "hd95_mm": _Metric(1.0, "mm", -1),
+}
+
+COMPARISON_COLUMNS = ["budget", "method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high",
+                      "p_value", "n_cases", "n_replicates", "min_p_value", "verdict"]
+
+
+# ---------------------------------------------------------------- one comparison
+
+
+def _as_2d(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 1:
+        return x[np.newaxis, :]
+    if x.ndim == 2:
+        return x
+    raise ValueError(f"expected shape (n_replicates, n_cases) or (n_cases,), got {x.shape}")
+
+
+def _bootstrap_means(d: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `d` (replicates × cases) over `resamples` two-level resamples, vectorised.
+
+    Each resample draws cases with replacement, then replicates with replacement, and takes the
+    mean of d over drawn replicates × drawn cases. That mean is Σ_r Σ_c w_r d[r, c] w_c / (R C)
+    with w the draw counts, so no resample is ever materialised.
+    """
+    n_rep, n_cases = d.shape
+    case_idx = rng.integers(0, n_cases, size=(resamples, n_cases))
+    rep_idx = rng.integers(0, n_rep, size=(resamples, n_rep))
+    rows = np.arange(resamples)[:, np.newaxis]
+    case_w = np.bincount((rows * n_cases + case_idx).ravel(), minlength=resamples * n_cases)
+    rep_w = np.bincount((rows * n_rep + rep_idx).ravel(), minlength=resamples * n_rep)
+    case_w = case_w.reshape(resamples, n_cases).astype(float)
+    rep_w = rep_w.reshape(resamples, n_rep).astype(float)
+    return ((rep_w @ d) * case_w).sum(axis=1) / (n_rep * n_cases)
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x - y, axis=axis)
+
+
+def _sign_flip_p(per_case: np.ndarray, resamples: int, rng: np.random.Generator) -> float:
+    """Two-sided paired permutation p-value of the mean per-case difference (scipy does the test).
+
+    The pairs are (difference, 0): swapping a pair flips the sign of that case's difference.
+    """
+    n = per_case.size
+    if n < 2 or np.all(per_case == 0):
+        return 1.0  # one case: both sign flips give |mean| = observed, so p = 1
+    exact = 2**n <= resamples
+    result = sps.permutation_test(
+        (per_case, np.zeros_like(per_case)),
+        _mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else resamples,
+        alternative="two-sided",
+        rng=None if exact else rng,
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def paired_comparison(a, b, *, confidence: float = 0.95, resamples: int = 10_000,
+                      seed: int = 0) -> PairedComparison:
+    """Compare a and b, arrays (n_replicates, n_cases) paired by position, or 1-D (one replicate).
+
+    Cases with a NaN in a or b in any replicate are left out. The interval is a two-level
+    percentile bootstrap (cases, then replicates); the p-value is a two-sided sign-flip
+    permutation test on the per-case differences averaged over replicates.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a and b must have the same shape to be paired: a is {a_arr.shape}, "
+                         f"b is {b_arr.shape}")
+    d = _as_2d(a_arr) - _as_2d(b_arr)
+    keep = ~np.isnan(d).any(axis=0)
+    d = d[:, keep]
+    n_rep, n_cases = d.shape
+    if n_cases == 0 or n_rep == 0:
+        raise ValueError(f"no test case left to compare: all {keep.size} cases have a NaN in a or b "
+                         f"in some replicate (or the input is empty)")
+
+    # Centre on one observed difference so that constant differences give exactly [d, d].
+    ref = float(d[0, 0])
+    centred = d - ref
+    mean_diff = ref + float(centred.mean())
+    rng = np.random.default_rng(seed)
+    if n_cases == 1:
+        ci_low = ci_high = mean_diff  # nothing to resample over cases
+    else:
+        means = _bootstrap_means(centred, resamples, rng)
+        tail = (1 - confidence) / 2
+        low, high = np.quantile(means, [tail, 1 - tail])
+        ci_low, ci_high = ref + float(low), ref + float(high)
+
+    p_value = _sign_flip_p(d.mean(axis=0), resamples, rng)
+    min_p = min(1.0, 2.0 ** (1 - n_cases))
+    return PairedComparison(mean_diff=mean_diff, ci_low=ci_low, ci_high=ci_high, p_value=p_value,
+                            n_cases=int(n_cases), n_replicates=int(n_rep), min_p_value=min_p)
+
+
+# ---------------------------------------------------------------- words
+
+
+def _signed(value: float, decimals: int = 2) -> str:
+    text = f"{abs(value):.{decimals}f}"
+    negative = value < 0 and float(text) != 0
+    return (MINUS if negative else "+") + text
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def verdict(name_a: str, name_b: str, c: PairedComparison, *, metric: str = "dice",
+            alpha: float = 0.05, explain_power: bool = True) -> str:
+    """One plain-English sentence on `c` (a = name_a, b = name_b) that claims no more than it shows.
+
+    `explain_power=False` leaves out the note that the test cannot reach significance with this
+    few cases (for a page that says it once for all comparisons).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    m = METRICS[metric]
+    sample = f"{_plural(c.n_cases, 'test case')} × {_plural(c.n_replicates, 'replicate')}"
+    head = (f"{name_a} {MINUS} {name_b} = {_signed(c.mean_diff * m.scale)} {m.unit} "
+            f"[{_signed(c.ci_low * m.scale)}, {_signed(c.ci_high * m.scale)}] "
+            f"({_p(c.p_value)}; {sample})")
+    excludes_zero = c.ci_low > 0 or c.ci_high < 0
+    significant = c.p_value <= alpha
+    if c.n_cases < 2:
+        # One case: the "interval" is the difference itself; nothing separates it from noise.
+        tail = "a single test case gives no interval and no test: nothing can be concluded."
+    elif excludes_zero and significant:
+        if m.direction == 0:
+            side = "higher" if c.ci_low > 0 else "lower"
+            tail = f"{name_a} gives the {side} {metric} (neither sign is better for {metric})."
+        else:
+            a_better = (c.ci_low > 0) == (m.direction > 0)
+            tail = f"{name_a} is {'better' if a_better else 'worse'}."
+    elif excludes_zero:
+        tail = (f"the interval excludes 0 but the paired test does not confirm it ({_p(c.p_value)}); "
+                "treat as suggestive only.")
+    elif significant:
+        tail = (f"the paired test gives {_p(c.p_value)} but the interval includes 0; "
+                "treat as suggestive only.")
+    else:
+        tail = f"no difference detectable with {sample}."
+    text = f"{head}: {tail}"
+    if explain_power and c.min_p_value > alpha:
+        text += (f" With {_plural(c.n_cases, 'test case')} the paired test cannot reach p < {alpha:g} "
+                 f"(smallest possible p = {c.min_p_value:.3g}): more test cases are needed "
+                 "(more replicates do not lower this bound).")
+    return text
+
+
+def power_note(n_cases: int, alpha: float = 0.05) -> str:
+    """The sentence that no paired test on `n_cases` cases can reach `alpha`, or '' when one can."""
+    smallest = min(1.0, 2.0 ** (1 - n_cases))
+    if smallest <= alpha:
+        return ""
+    return (f"With {_plural(n_cases, 'test case')} no paired test can reach p < {alpha:g} (smallest possible "
+            f"p = {smallest:.3g}): more test cases are needed (more replicates do not lower this bound).")
+
+
+def comparison_from_row(row) -> PairedComparison:
+    """A PairedComparison back from a comparison.csv row."""
+    return PairedComparison(mean_diff=row.mean_diff, ci_low=row.ci_low, ci_high=row.ci_high,
+                            p_value=row.p_value, n_cases=int(row.n_cases), n_replicates=int(row.n_replicates),
+                            min_p_value=row.min_p_value)
+
+
+# ---------------------------------------------------------------- a whole table
+
+
+def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: list[str], *,
+                    budget_column: str = "budget", confidence: float = 0.95, resamples: int = 10_000,
+                    seed: int = 0) -> pd.DataFrame:
+    """One paired comparison per (budget, pair, metric) of a long table (method, budget, replicate, case,
+    metrics...).
+
+    Rows are paired by (replicate, case). Rows with a NaN budget (a reference measured once) count
+    at every budget. A pair with no common (replicate, case) at a budget is skipped; a metric with
+    no usable case for a present pair gives a row of NaNs that says so.
+    """
+    required = ["method", budget_column, "replicate", "case", *metrics]
+    missing = [col for col in required if col not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks column(s) {missing}; it has {list(table.columns)}")
+    everywhere = table[budget_column].isna()
+    budgets: Sequence = sorted(table.loc[~everywhere, budget_column].unique())
+    if not budgets:
+        budgets = [math.nan]  # no budget at all: one group holding everything
+
+    rows = []
+    for budget in budgets:
+        at_budget = table[everywhere | (table[budget_column] == budget)]
+        for method_a, method_b in pairs:
+            merged = _merge_pair(at_budget, method_a, method_b, budget)
+            if merged.empty:
+                continue
+            for metric in metrics:
+                grid_a = merged.pivot(index="replicate", columns="case", values=f"{metric}_a").to_numpy(float)
+                grid_b = merged.pivot(index="replicate", columns="case", values=f"{metric}_b").to_numpy(float)
+                row = {"budget": budget, "method_a": method_a, "method_b": method_b, "metric": metric}
+                if np.isnan(grid_a + grid_b).any(axis=0).all():  # no case has the metric for both, everywhere
+                    row.update(mean_diff=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
+                               n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan,
+                               verdict=f"{method_a} {MINUS} {method_b}: no test case has {metric} "
+                                       "for both methods in every replicate.")
+                else:
+                    c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples,
+                                          seed=seed)
+                    row.update(mean_diff=c.mean_diff, ci_low=c.ci_low, ci_high=c.ci_high,
+                               p_value=c.p_value, n_cases=c.n_cases, n_replicates=c.n_replicates,
+                               min_p_value=c.min_p_value,
+                               verdict=verdict(method_a, method_b, c, metric=metric))
+                rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _merge_pair(at_budget: pd.DataFrame, method_a: str, method_b: str, budget) -> pd.DataFrame:
+    """Rows of a and b joined on (replicate, case), metric columns suffixed _a and _b."""
+    keys = ["replicate", "case"]
+    sides = []
+    for method in (method_a, method_b):
+        rows = at_budget[at_budget["method"] == method]
+        duplicated = rows.duplicated(keys)
+        if duplicated.any():
+            first = rows.loc[duplicated, keys].iloc[0].tolist()
+            raise ValueError(f"method {method!r} has more than one row for (replicate, case) = {first} "
+                             f"at budget {budget}")
+        sides.append(rows)
+    return sides[0].merge(sides[1], on=keys, how="inner", suffixes=("_a", "_b"))

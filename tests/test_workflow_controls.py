@@ -1,0 +1,84 @@
+"""The controls, one-shot curves and paired comparisons in the workflow (tiny run)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from varprune.model import load_model
+from varprune.stats import COMPARISON_COLUMNS
+
+from .workflow_helpers import budget_met
+
+pytestmark = pytest.mark.workflow
+METHODS = ("variable", "fixed", "global", "random")
+TARGETS = (0.04, 0.07)  # tests/config/tiny.yaml
+ONESHOT_TARGETS = (0.04, 0.06)
+
+
+def test_dense_long_gets_exactly_the_fine_tuning_the_last_cycle_had(done_run):
+    results = done_run / "results" / "tiny"
+    long = pd.read_csv(results / "dense_long" / "train_log.csv")
+    _, spec, provenance = load_model(results / "dense_long" / "model.pt")
+    _, dense_spec, _ = load_model(results / "dense" / "model.pt")
+    assert spec == dense_spec and provenance["kind"] == "dense_long" and provenance["rounds"] == len(TARGETS)
+    for method in METHODS:
+        cycles = [pd.read_csv(results / method / f"cycle{k}" / "finetune_log.csv") for k in (1, 2)]
+        assert len(long) == sum(len(c) for c in cycles)
+        assert long.step.iloc[-1] == sum(int(c.step.iloc[-1]) for c in cycles)
+    assert long.epoch.tolist() == list(range(1, len(long) + 1))
+
+
+def test_transformer_off_has_no_msa_or_ffn_and_is_evaluated_like_any_model(done_run):
+    results = done_run / "results" / "tiny"
+    _, spec, provenance = load_model(results / "transformer_off" / "model.pt")
+    assert provenance["kind"] == "transformer_off"
+    assert all(layer.inner == 0 and layer.ffn == 0 for layer in spec.layers)
+    off = json.loads((results / "transformer_off" / "cost.json").read_text())
+    dense = json.loads((results / "dense" / "cost.json").read_text())
+    assert off["macs_transformer"] == 0
+    assert off["macs_full"] == dense["macs_full"] - dense["macs_transformer"]
+    metrics = pd.read_csv(results / "transformer_off" / "metrics.csv")
+    assert metrics.dice.between(0, 1).all()
+
+
+def test_oneshot_table_has_every_method_and_target_and_matches_cycle_one(done_run):
+    results = done_run / "results" / "tiny"
+    table = pd.read_csv(results / "oneshot.csv")
+    assert list(table.columns) == ["method", "target", "macs_reduction", "val_dice", "test_dice"]
+    assert table[table.method == "dense"].macs_reduction.tolist() == [0.0]
+    pruned = table[table.method != "dense"]
+    assert sorted(zip(pruned.method, pruned.target, strict=True)) == sorted(
+        (m, t) for m in METHODS for t in ONESHOT_TARGETS)
+    dense_macs = json.loads((results / "dense" / "cost.json").read_text())["macs_full"]
+    for row in pruned.itertuples():
+        assert budget_met(row.macs_reduction, row.target, dense_macs), row
+        assert 0 <= row.val_dice <= 1 and 0 <= row.test_dice <= 1
+    # Cycle 1 prunes the dense model to 0.04 with the same scores and draw: before its
+    # fine-tuning it is the one-shot model at 0.04 (validation batches differ in size only).
+    for method in METHODS:
+        before = json.loads((results / method / "cycle1" / "oneshot.json").read_text())
+        assert set(before) == {"val_dice_before", "val_dice_after"}
+        oneshot = table[(table.method == method) & (table.target == 0.04)].val_dice.iloc[0]
+        assert before["val_dice_before"] == pytest.approx(oneshot, abs=1e-3)
+
+
+def test_comparison_pairs_every_method_with_the_controls_at_every_budget(done_run):
+    report = done_run / "results" / "tiny" / "report"
+    table = pd.read_csv(report / "comparison.csv")
+    assert list(table.columns) == COMPARISON_COLUMNS
+    pairs = {("variable", "fixed"), ("variable", "global"), ("variable", "random"), ("fixed", "random"),
+             ("global", "random"), *((m, "dense_long") for m in METHODS)}
+    for budget in TARGETS:
+        at = table[table.budget == budget]
+        assert set(zip(at.method_a, at.method_b, strict=True)) == pairs
+        assert set(at.metric) == {"dice", "hd95_mm"}
+    # One test case: the interval is the difference itself and no test can reach significance.
+    dice = table[table.metric == "dice"]
+    assert (dice.n_cases == 1).all() and (dice.ci_low == dice.ci_high).all()
+    assert dice.verdict.str.contains("cannot reach p < 0.05").all()
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert page.index("What the numbers support") < page.index("<h2>Summary</h2>")
+    assert "Transformer headroom" in page and "dense_long" in page
