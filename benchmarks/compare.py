@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from varprune.compare import headroom, metrics_long
+from varprune.compare import headroom, metrics_long, oneshot_long
 from varprune.stats import verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,8 @@ def main() -> int:
     config = merged_config(args.configfile)
     run = config["run"]
     results = REPO / "results" / run
+    seeds = (config.get("replicates") or {}).get("seeds") or []
+    replicates = [results / f"seed{s}" for s in seeds] or [results]
     if not args.no_run:
         cmd = [sys.executable, "-m", "snakemake", "--cores", "all", f"results/{run}/report/report.html"]
         for path in args.configfile:
@@ -74,16 +76,18 @@ def main() -> int:
 
     summary = pd.read_csv(results / "report" / "summary.csv")
     comparison = pd.read_csv(results / "report" / "comparison.csv")
-    oneshot = pd.read_csv(results / "oneshot.csv")
+    oneshot = oneshot_long(replicates).groupby(["method", "target"], as_index=False)[
+        ["macs_reduction", "val_dice", "test_dice"]].mean()
     methods = config["pruning"]["methods"]
     targets = config["pruning"]["cycle_targets"]
-    room = headroom(metrics_long(results, methods, targets))
+    room = headroom(metrics_long(replicates, methods, targets))
 
-    print(f"\n## Controls and last cycles (run {run}, test cases: {room.n_cases})")
+    print(f"\n## Controls and last cycles (run {run}: {room.n_cases} test cases × {room.n_replicates} "
+          "replicates; means)")
     print(controls_table(summary).to_markdown(index=False))
     print(f"\nHeadroom: {verdict('dense_long', 'transformer_off', room)}")
 
-    print("\n## One-shot (from dense, no fine-tuning; Dice on the model grid)")
+    print("\n## One-shot (from dense, no fine-tuning; Dice on the model grid, mean over replicates)")
     wide = oneshot[oneshot.method != "dense"].pivot_table(index="target", columns="method",
                                                            values=["val_dice", "test_dice"])
     wide.columns = [f"{method} {split.split('_')[0]}" for split, method in wide.columns]

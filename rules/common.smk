@@ -116,7 +116,7 @@ wildcard_constraints:
     method=method_pattern(),
     k=r"[1-9]\d*",
     case=r"ircad\d{2}",
-    run=r"[A-Za-z0-9_.-]+",
+    run=r"[A-Za-z0-9_.-]+(/seed\d+)?",
     model="|".join(["dense", *CONTROLS, r"[a-z]+/cycle\d+"]),
     fmt=r"onnx|torchscript",
 
@@ -140,6 +140,33 @@ def cfg(dotted):
     for key in dotted.split("."):
         node = node[key]
     return canonical(node)
+
+
+# Replicates: one per seed of `replicates.seeds`, each at results/{run}/seed{s}/ (the seed sets
+# train.seed, finetune.seed and pruning.seed); none given: one replicate at results/{run}/.
+SEEDS = config["replicates"]["seeds"] or []
+
+
+def replicate_runs(run):
+    """The result folders (as `run` wildcard values) of every replicate of `run`."""
+    return [f"{run}/seed{s}" for s in SEEDS] if SEEDS else [run]
+
+
+def replicate_seed(run):
+    """The seed of a replicate folder, or None for the single replicate of a run."""
+    head, _, tail = run.rpartition("/seed")
+    return int(tail) if head and tail.isdigit() else None
+
+
+def seeded(section):
+    """Params function: the config slice `section` with its seed set to the replicate's."""
+
+    def params(wildcards):
+        value = cfg(section)
+        seed = replicate_seed(wildcards.run)
+        return value if seed is None else canonical({**value, "seed": seed})
+
+    return params
 
 
 def code_version(*modules):
@@ -186,21 +213,23 @@ def cycle_pruning(wildcards):
     k = int(wildcards.k)
     if k > len(TARGETS):
         raise ValueError(f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets")
-    slice_ = {key: value for key, value in config["pruning"].items() if key not in ("methods", "cycle_targets")}
+    slice_ = seeded("pruning")(wildcards)
+    slice_ = {key: value for key, value in slice_.items() if key not in ("methods", "cycle_targets")}
     slice_["target"] = TARGETS[k - 1]
     slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
     return canonical(slice_)
 
 
-def oneshot_pruning():
-    """The pruning slice the one-shot curves need: everything but the cycle targets (and the
-    method list, passed on its own), so appending a cycle does not redo them."""
-    return canonical({k: v for k, v in config["pruning"].items() if k not in ("methods", "cycle_targets")})
+def oneshot_pruning(wildcards):
+    """Params function: the pruning slice the one-shot curves need, everything but the cycle
+    targets (and the method list, passed on its own), so appending a cycle does not redo them."""
+    slice_ = seeded("pruning")(wildcards)
+    return canonical({k: v for k, v in slice_.items() if k not in ("methods", "cycle_targets")})
 
 
-def model_outputs(model):
-    """The files every model (dense or a pruning cycle) gets: checkpoint, metrics, cost."""
-    base = f"results/{config['run']}/{model}"
+def model_outputs(model, run):
+    """The files every model (dense, a control or a pruning cycle) gets: checkpoint, metrics, cost."""
+    base = f"results/{run}/{model}"
     return [f"{base}/model.pt", f"{base}/metrics.csv", f"{base}/cost.json"]
 
 
@@ -222,50 +251,53 @@ def input_folder(key, up=1):
     return folder
 
 
-def run_folder(wildcards):
-    """Params function: results/{run}."""
-    return f"results/{wildcards.run}"
-
-
 def report_inputs(wildcards):
-    """Everything the report reads: every model's outputs, predictions, logs and sequences."""
-    base = f"results/{wildcards.run}"
-    cycles = {f"{m}_cycle{k}": f"{base}/{m}/cycle{k}" for m in METHODS for k in range(1, len(TARGETS) + 1)}
+    """Everything the report reads, of every replicate: every model's outputs, predictions,
+    logs and sequences, and the one-shot table."""
     inputs = {
         "splits": "data/splits.json",
         "truth": expand("data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")),
-        "train_log": f"{base}/dense/train_log.csv",
     }
-    controls = {name: f"{base}/{name}" for name in CONTROLS}
-    for key, folder in {"dense": f"{base}/dense", **controls, **cycles}.items():
-        inputs[f"{key}_metrics"] = f"{folder}/metrics.csv"
-        inputs[f"{key}_cost"] = f"{folder}/cost.json"
-        inputs[f"{key}_pred"] = f"{folder}/pred"
-    for key, folder in controls.items():
-        inputs[f"{key}_log"] = f"{folder}/train_log.csv"
-    for key, folder in cycles.items():
-        inputs[f"{key}_sequence"] = f"{folder}/sequence.csv"
-        inputs[f"{key}_log"] = f"{folder}/finetune_log.csv"
-        inputs[f"{key}_oneshot"] = f"{folder}/oneshot.json"
-    inputs["oneshot"] = f"{base}/oneshot.csv"
-    inputs["exports"] = export_outputs(wildcards.run)
+    for index, run in enumerate(replicate_runs(wildcards.run)):
+        base = f"results/{run}"
+        tag = f"r{index}_"
+        cycles = {f"{m}_cycle{k}": f"{base}/{m}/cycle{k}" for m in METHODS for k in range(1, len(TARGETS) + 1)}
+        controls = {name: f"{base}/{name}" for name in CONTROLS}
+        inputs[f"{tag}train_log"] = f"{base}/dense/train_log.csv"
+        for key, folder in {"dense": f"{base}/dense", **controls, **cycles}.items():
+            inputs[f"{tag}{key}_metrics"] = f"{folder}/metrics.csv"
+            inputs[f"{tag}{key}_cost"] = f"{folder}/cost.json"
+            inputs[f"{tag}{key}_pred"] = f"{folder}/pred"
+        for key, folder in controls.items():
+            inputs[f"{tag}{key}_log"] = f"{folder}/train_log.csv"
+        for key, folder in cycles.items():
+            inputs[f"{tag}{key}_sequence"] = f"{folder}/sequence.csv"
+            inputs[f"{tag}{key}_log"] = f"{folder}/finetune_log.csv"
+            inputs[f"{tag}{key}_oneshot"] = f"{folder}/oneshot.json"
+        inputs[f"{tag}oneshot"] = f"{base}/oneshot.csv"
+    inputs["exports"] = export_outputs(replicate_runs(wildcards.run)[0])
     return inputs
 
 
+def replicate_folders(wildcards):
+    """Params function: results/{run} of every replicate (the report reads them all)."""
+    return [f"results/{run}" for run in replicate_runs(wildcards.run)]
+
+
 def export_outputs(run):
-    """The exported last cycle of every method, in every configured format."""
+    """The exported last cycle of every method, in every configured format (the first replicate's:
+    deployment files are examples, not statistics)."""
     k = len(TARGETS)
     return [f"results/{run}/{m}/cycle{k}/model.{fmt}" for m in METHODS for fmt in config["export"]["formats"]]
 
 
 def final_outputs():
-    """What `rule all` builds."""
-    cycles = [f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1)]
-    return [
-        "data/splits.json",
-        *model_outputs("dense"),
-        *(path for control in CONTROLS for path in model_outputs(control)),
-        f"results/{config['run']}/oneshot.csv",
-        *(path for model in cycles for path in model_outputs(model)),
-        f"results/{config['run']}/report/report.html",
-    ]
+    """What `rule all` builds: every model of every replicate, and the run's report."""
+    models = ["dense", *CONTROLS,
+              *(f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1))]
+    outputs = ["data/splits.json"]
+    for run in replicate_runs(config["run"]):
+        outputs += [path for model in models for path in model_outputs(model, run)]
+        outputs.append(f"results/{run}/oneshot.csv")
+    outputs.append(f"results/{config['run']}/report/report.html")
+    return outputs

@@ -10,7 +10,7 @@ rule dense_long:
         model="results/{run}/dense_long/model.pt",
         log="results/{run}/dense_long/train_log.csv",
     params:
-        finetune=cfg("finetune"),
+        finetune=seeded("finetune"),
         # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
         rounds=len(TARGETS),
         preprocessed=input_folder("data"),
@@ -40,7 +40,7 @@ rule transformer_off:
         model="results/{run}/transformer_off/model.pt",
         log="results/{run}/transformer_off/train_log.csv",
     params:
-        finetune=cfg("finetune"),
+        finetune=seeded("finetune"),
         preprocessed=input_folder("data"),
         state_dir=state_dir("transformer_off"),
         code=code_version(*CONTROL_CODE),
@@ -68,7 +68,7 @@ rule oneshot:
         "results/{run}/oneshot.csv",
     params:
         methods=METHODS,
-        pruning=oneshot_pruning(),
+        pruning=oneshot_pruning,
         oneshot=cfg("oneshot"),
         device=config["finetune"]["device"],
         preprocessed=input_folder("data"),

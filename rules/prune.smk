@@ -13,7 +13,7 @@ rule prune_cycle:
         oneshot="results/{run}/{method}/cycle{k}/oneshot.json",
     params:
         pruning=cycle_pruning,
-        finetune=cfg("finetune"),
+        finetune=seeded("finetune"),
         preprocessed=input_folder("data"),
         state_dir=state_dir("{method}/cycle{k}"),
         code=code_version(*PRUNE_CODE),

@@ -41,7 +41,7 @@ rule report:
     params:
         report=cfg("report"),
         config=canonical(config),
-        results=run_folder,
+        replicates=replicate_folders,
         nifti=input_folder("truth", up=2),
         code=code_version("report.py", "compare.py", "stats.py", "methods.py"),
     log:

@@ -10,7 +10,7 @@ rule train:
         log="results/{run}/dense/train_log.csv",
     params:
         model=cfg("model"),
-        train=cfg("train"),
+        train=seeded("train"),
         preprocess=cfg("preprocess"),
         preprocessed=input_folder("data"),
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.

@@ -7,7 +7,7 @@ from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     build_report(
-        results_dir=snakemake.params.results,
+        replicates=snakemake.params.replicates,
         nifti_dir=snakemake.params.nifti,
         splits_json=snakemake.input.splits,
         config=snakemake.params.config,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from varprune.model import load_model
+from varprune.report import FIGURES, build_report
 from varprune.stats import COMPARISON_COLUMNS
 
-from .workflow_helpers import budget_met
+from .workflow_helpers import TINY_CONFIG, budget_met, edited_config, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
 METHODS = ("variable", "fixed", "global", "random")
@@ -82,3 +85,44 @@ def test_comparison_pairs_every_method_with_the_controls_at_every_budget(done_ru
     page = (report / "report.html").read_text(encoding="utf-8")
     assert page.index("What the numbers support") < page.index("<h2>Summary</h2>")
     assert "Transformer headroom" in page and "dense_long" in page
+
+
+def test_a_study_with_three_seeds_expands_to_every_replicate_job(done_run, tmp_path):
+    config = edited_config(tmp_path, **{"replicates.seeds": [0, 1, 2]})
+    models = 3 + len(METHODS) * len(TARGETS)  # dense, dense_long, transformer_off and every cycle
+    assert scheduled(done_run, config=config) == {
+        "train": 3, "dense_long": 3, "transformer_off": 3, "oneshot": 3, "prune_cycle": 3 * len(METHODS) * 2,
+        "evaluate": 3 * models, "cost": 3 * models, "export": len(METHODS), "report": 1, "all": 1}
+
+
+def test_a_replicate_trains_with_its_own_seed(done_run, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(done_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    config = edited_config(tmp_path, **{"replicates.seeds": [0, 1]})
+    snakemake(workdir, "results/tiny/seed1/dense/model.pt", config=config)
+    _, _, provenance = load_model(workdir / "results" / "tiny" / "seed1" / "dense" / "model.pt")
+    assert provenance["config"]["train"]["seed"] == 1
+    seed1 = pd.read_csv(workdir / "results" / "tiny" / "seed1" / "dense" / "train_log.csv")
+    seed0 = pd.read_csv(done_run / "results" / "tiny" / "dense" / "train_log.csv")
+    assert seed1.loss.tolist() != seed0.loss.tolist()
+
+
+def test_the_report_pools_replicates_in_its_tables_and_statistics(done_run, tmp_path):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["pruning"]["methods"] = list(METHODS)
+    config["data"] = {"source": "synthetic"}
+    folders = []
+    for seed in (0, 1):  # two replicates that agree: the plumbing, not the statistics, is tested
+        folder = tmp_path / "results" / f"seed{seed}"
+        shutil.copytree(done_run / "results" / "tiny", folder,
+                        ignore=shutil.ignore_patterns("report", ".state"))
+        folders.append(folder)
+    out = tmp_path / "report"
+    figures = {name: str(out / f"{name}.png") for name in FIGURES}
+    table = build_report(folders, done_run / "data" / "nifti", done_run / "data" / "splits.json", config, {},
+                         out / "summary.csv", out / "report.html", figures, out / "comparison.csv")
+    assert (table.replicates == 2).all()
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert (comparison.n_replicates == 2).all()
+    single = pd.read_csv(done_run / "results" / "tiny" / "report" / "summary.csv")
+    assert table.dice_mean.to_numpy() == pytest.approx(single.dice_mean.to_numpy())

@@ -39,20 +39,28 @@ def _oneshot(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def summary_table(results: Path, methods: list[str], targets: list[float]) -> pd.DataFrame:
-    """One row per model: size, cost and their reductions vs dense, metrics (mean, std over test
-    cases), Dice against dense_long, and validation Dice before and after fine-tuning."""
+def _mean(records: list[dict], key: str) -> float:
+    values = [r[key] for r in records if key in r]
+    return float(np.mean(values)) if values else math.nan
+
+
+def summary_table(replicates: list[Path], methods: list[str], targets: list[float]) -> pd.DataFrame:
+    """One row per model over all replicates (result folders): size and cost (mean over
+    replicates) and their reductions vs dense, metrics (mean, std over replicates × test cases),
+    Dice against dense_long, and validation Dice before and after fine-tuning."""
     rows = []
     for method, cycle, folder in model_names(methods, len(targets)):
-        cost = json.loads((results / folder / "cost.json").read_text())
-        metrics = pd.read_csv(results / folder / "metrics.csv")
-        oneshot = _oneshot(results / folder)
+        costs = [json.loads((r / folder / "cost.json").read_text()) for r in replicates]
+        metrics = pd.concat([pd.read_csv(r / folder / "metrics.csv") for r in replicates], ignore_index=True)
+        oneshots = [_oneshot(r / folder) for r in replicates]
         row = {"method": method, "cycle": cycle, "target": targets[cycle - 1] if cycle else 0.0,
-               "params": cost["params"], "macs_thop": cost["macs_thop"], "macs_full": cost["macs_full"],
-               "macs_transformer": cost["macs_transformer"], "latency_ms": cost["latency_ms_median"],
-               "latency_encoder_ms": cost["latency_encoder_ms_median"],
-               "val_dice_before_finetune": oneshot.get("val_dice_before", math.nan),
-               "val_dice_after_finetune": oneshot.get("val_dice_after", math.nan)}
+               "replicates": len(replicates)}
+        for key in ("params", "macs_thop", "macs_full", "macs_transformer"):
+            row[key] = int(round(_mean(costs, key)))  # equal over replicates but for rounding of widths
+        row["latency_ms"] = _mean(costs, "latency_ms_median")
+        row["latency_encoder_ms"] = _mean(costs, "latency_encoder_ms_median")
+        row["val_dice_before_finetune"] = _mean(oneshots, "val_dice_before")
+        row["val_dice_after_finetune"] = _mean(oneshots, "val_dice_after")
         for metric in METRICS:
             row[f"{metric}_mean"] = metrics[metric].mean()
             row[f"{metric}_std"] = metrics[metric].std(ddof=0)
@@ -63,24 +71,32 @@ def summary_table(results: Path, methods: list[str], targets: list[float]) -> pd
         table[f"{key}_reduction"] = 1 - table[key] / dense[key]
     long = table[table.method == "dense_long"].iloc[0]
     table["dice_vs_dense_long"] = table["dice_mean"] - long["dice_mean"]
-    order = ["method", "cycle", "target", "params", "params_reduction", "macs_thop", "macs_thop_reduction",
-             "macs_full", "macs_full_reduction", "macs_transformer", "macs_transformer_reduction",
-             "latency_ms", "latency_ms_reduction", "latency_encoder_ms", "latency_encoder_ms_reduction"]
+    order = ["method", "cycle", "target", "replicates", "params", "params_reduction", "macs_thop",
+             "macs_thop_reduction", "macs_full", "macs_full_reduction", "macs_transformer",
+             "macs_transformer_reduction", "latency_ms", "latency_ms_reduction", "latency_encoder_ms",
+             "latency_encoder_ms_reduction"]
     order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     order += ["dice_vs_dense_long", "val_dice_before_finetune", "val_dice_after_finetune"]
     return table[order]
 
 
-def metrics_long(results: Path, methods: list[str], targets: list[float]) -> pd.DataFrame:
-    """Per-case metrics of every model in long form (method, budget, replicate, case, metrics):
-    the references carry no budget (they are compared at every budget)."""
+def metrics_long(replicates: list[Path], methods: list[str], targets: list[float]) -> pd.DataFrame:
+    """Per-case metrics of every model of every replicate in long form (method, budget,
+    replicate, case, metrics); the references carry no budget (compared at every budget)."""
     frames = []
-    for method, cycle, folder in model_names(methods, len(targets)):
-        frame = pd.read_csv(results / folder / "metrics.csv")
-        frame["method"] = method
-        frame["budget"] = targets[cycle - 1] if cycle else math.nan
-        frame["replicate"] = 0
-        frames.append(frame)
+    for index, folder_of_run in enumerate(replicates):
+        for method, cycle, folder in model_names(methods, len(targets)):
+            frame = pd.read_csv(folder_of_run / folder / "metrics.csv")
+            frame["method"] = method
+            frame["budget"] = targets[cycle - 1] if cycle else math.nan
+            frame["replicate"] = index
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def oneshot_long(replicates: list[Path]) -> pd.DataFrame:
+    """Every replicate's oneshot.csv, with a replicate column."""
+    frames = [pd.read_csv(folder / "oneshot.csv").assign(replicate=i) for i, folder in enumerate(replicates)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -102,8 +118,9 @@ def comparison_table(long: pd.DataFrame, methods: list[str], seed: int = 0) -> p
 
 
 def headroom(long: pd.DataFrame) -> PairedComparison:
-    """dense_long − transformer_off test Dice, paired over cases: what the transformer carries."""
-    a = long[long.method == "dense_long"].set_index("case")["dice"]
-    b = long[long.method == "transformer_off"].set_index("case")["dice"]
-    cases = sorted(set(a.index) & set(b.index))
-    return paired_comparison(np.array([a[c] for c in cases]), np.array([b[c] for c in cases]))
+    """dense_long − transformer_off test Dice, paired over cases and replicates: what the
+    transformer carries."""
+    grids = [long[long.method == name].pivot(index="replicate", columns="case", values="dice")
+             for name in ("dense_long", "transformer_off")]
+    a, b = grids[0].align(grids[1], join="inner")
+    return paired_comparison(a.to_numpy(float), b.to_numpy(float))

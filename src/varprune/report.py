@@ -34,6 +34,7 @@ from varprune.compare import (  # noqa: E402
     comparison_table,
     headroom,
     metrics_long,
+    oneshot_long,
     summary_table,
 )
 from varprune.methods import COLOURS, CONTROLS, LABELS, PRUNING_METHODS  # noqa: E402
@@ -85,7 +86,7 @@ def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> 
             ax.axhline(row.dice_mean.iloc[0], color=COLOURS[control], ls=style, lw=1.2,
                        label=f"{control} ({row.dice_mean.iloc[0]:.3f})")
     ax.set_xlabel("MACs removed vs dense (%, FlopCounterMode, attention included)")
-    ax.set_ylabel("test Dice (mean ± std over cases)")
+    ax.set_ylabel("test Dice (mean ± std over test cases × replicates)")
     ax.set_title("Accuracy against compression")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -441,20 +442,26 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
     return "\n".join(parts)
 
 
-def build_report(results_dir: str | os.PathLike, nifti_dir: str | os.PathLike, splits_json: str | os.PathLike,
-                 config: dict, settings: dict, out_summary: str | os.PathLike, out_html: str | os.PathLike,
-                 out_figures: dict[str, str], out_comparison: str | os.PathLike | None = None,
+def build_report(replicates: list[str | os.PathLike], nifti_dir: str | os.PathLike,
+                 splits_json: str | os.PathLike, config: dict, settings: dict, out_summary: str | os.PathLike,
+                 out_html: str | os.PathLike, out_figures: dict[str, str],
+                 out_comparison: str | os.PathLike | None = None,
                  repo: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Write summary.csv, comparison.csv, the figures and report.html for one run."""
-    results = Path(results_dir)
+    """Write summary.csv, comparison.csv, the figures and report.html for one run.
+
+    `replicates` are the result folders of the run's replicates: the tables and statistics pool
+    them; the illustrations (sequences, widths, curves, cases, deployment files) show the first.
+    """
+    folders = [Path(r) for r in replicates]
+    results = folders[0]
     opts = ReportSettings.from_config(settings)
     methods = config["pruning"]["methods"]
     targets = list(config["pruning"]["cycle_targets"])
     cycles = len(targets)
-    table = summary_table(results, methods, targets)
+    table = summary_table(folders, methods, targets)
     with atomic_path(out_summary) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    long = metrics_long(results, methods, targets)
+    long = metrics_long(folders, methods, targets)
     comparison = comparison_table(long, methods)
     if out_comparison is not None:
         with atomic_path(out_comparison) as tmp:
@@ -463,7 +470,9 @@ def build_report(results_dir: str | os.PathLike, nifti_dir: str | os.PathLike, s
     sequences = read_sequences(results, methods, cycles)
     figures = {name: Path(out_figures[name]) for name in FIGURES}
     plot_tradeoff(table, opts, figures["tradeoff"])
-    plot_oneshot(pd.read_csv(results / "oneshot.csv"), table, opts, figures["oneshot"])
+    oneshot = oneshot_long(folders).groupby(["method", "target"], as_index=False)[
+        ["macs_reduction", "val_dice", "test_dice"]].mean()
+    plot_oneshot(oneshot, table, opts, figures["oneshot"])
     plot_sequence(sequences, opts, figures["sequence"])
     plot_widths(sequences, opts, figures["widths"])
     plot_curves(read_logs(results, methods, cycles), opts, figures["curves"])
