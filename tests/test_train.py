@@ -99,3 +99,31 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
         train(build_model(spec), spec, train_vols, val_vols, SETTINGS, tmp_path / "m.pt",
               tmp_path / "log.csv", tmp_path / "state", {}, threads=1, progress=False)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_exponential_moving_average_is_validated_saved_and_resumed(tmp_path, monkeypatch):
+    # decay 0: the average is the raw weights, so the run equals one without it.
+    _, raw, raw_rows = run(tmp_path, "raw")
+    _, zero, zero_rows = run(tmp_path, "zero", TrainSettings(**{**SETTINGS.__dict__, "ema": 0.0}))
+    assert same_weights(raw, zero) and [r["val_dice"] for r in raw_rows] == [r["val_dice"] for r in zero_rows]
+
+    ema = TrainSettings(**{**SETTINGS.__dict__, "ema": 0.9})
+    _, averaged, _ = run(tmp_path, "ema", ema)
+    assert not same_weights(raw, averaged)
+
+    # Killed in epoch 3, then resumed: the average continues from the saved state.
+    calls = {"n": 0}
+    real_validation = train_module.validation_dice
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_dice", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "ema_resumed", ema)
+    monkeypatch.setattr(train_module, "validation_dice", real_validation)
+    result, resumed, _ = run(tmp_path, "ema_resumed", ema)
+    assert result.resumed_from == 2 and same_weights(resumed, averaged)

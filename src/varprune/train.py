@@ -2,6 +2,8 @@
 
 - DiceCE loss, AdamW, linear warm-up then cosine decay (per step), gradient clipping.
 - Validation Dice (3D, per case, on the model grid) after every epoch; `model.pt` is the best.
+- Optionally an exponential moving average of the weights (`ema`, torch's AveragedModel),
+  validated and saved instead of the raw weights: a steadier reference.
 - CUDA with mixed precision when present, else the CPU with a fixed thread count.
 - Seeded per epoch (data order and augmentations), so two runs of one config agree and a
   resumed run equals an uninterrupted one.
@@ -29,6 +31,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -53,6 +56,9 @@ class TrainSettings:
 
     `steps`, when set, is the budget in optimiser steps and overrides `epochs` (fine-tuning
     budgets are naturally counted in steps); the last epoch may then be partial.
+    `ema`, when set, is the decay of an exponential moving average of the weights, updated after
+    every step: validation, the best-epoch choice and the checkpoint then use the averaged
+    weights, which swing far less from epoch to epoch than the raw ones.
     """
 
     epochs: int = 16
@@ -66,6 +72,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    ema: float | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
 
     @classmethod
@@ -172,6 +179,9 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
+                if settings.ema is not None else None)
+    evaluated = averaged.module if averaged is not None else model
     # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
     # slice is 0 or 1 whatever the model does, which drowns the signal of the others.
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -185,6 +195,8 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if averaged is not None:
+            averaged.load_state_dict(state["ema"])
         history, start_epoch, step = state["history"], state["epoch"], state["step"]
         best = {"epoch": state["best_epoch"], "dice": state["best_dice"], "weights": state["best_model"]}
         log.info("resuming after epoch %d of %d (step %d) from %s", start_epoch, epochs, step, state_path)
@@ -220,11 +232,13 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.close()
-        dice = validation_dice(model, spec, val_volumes, device, batch_size * 2)
+        dice = validation_dice(evaluated, spec, val_volumes, device, batch_size * 2)
         row = {
             "epoch": epoch + 1, "step": step, "loss": round(float(np.mean(losses)), 6),
             "val_dice": round(dice, 6), "lr": f"{optimizer.param_groups[0]['lr']:.3e}",
@@ -234,13 +248,14 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
         # No validation split: the last epoch counts as the best.
         if math.isnan(dice) or dice > best["dice"]:
             best = {"epoch": epoch + 1, "dice": dice,
-                    "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "weights": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}}
         log.info("epoch %d/%d: loss %.4f, val Dice %.4f, lr %s, %.1f s", epoch + 1, epochs,
                  row["loss"], dice, row["lr"], row["seconds"])
         _save_state(state_path, {
             "format": STATE_FORMAT, "fingerprint": key, "epoch": epoch + 1, "step": step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
+            "ema": averaged.state_dict() if averaged is not None else None,
             "best_epoch": best["epoch"], "best_dice": best["dice"], "best_model": best["weights"],
         })
 
