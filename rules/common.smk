@@ -1,6 +1,7 @@
 """Config validation, wildcard constraints and input functions shared by the rules."""
 
 import hashlib
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -154,8 +155,8 @@ def replicate_runs(run):
 
 def replicate_seed(run):
     """The seed of a replicate folder, or None for the single replicate of a run."""
-    head, _, tail = run.rpartition("/seed")
-    return int(tail) if head and tail.isdigit() else None
+    match = re.fullmatch(r".+/seed(\d+)", run)
+    return int(match.group(1)) if match else None
 
 
 def seeded(section):
@@ -292,7 +293,7 @@ def export_outputs(run):
 
 
 def final_outputs():
-    """What `rule all` builds: every model of every replicate, and the run's report."""
+    """What `rule all` builds (every model of every replicate, and the run's report)."""
     models = ["dense", *CONTROLS,
               *(f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1))]
     outputs = ["data/splits.json"]

@@ -80,6 +80,7 @@ rule oneshot:
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,
+        gpu=gpus("finetune"),
         runtime=60,
     conda:
         "../envs/varprune.yaml"
