@@ -268,7 +268,7 @@ def test_comparison_rows_compares_every_budget_pair_and_metric_in_the_given_orde
     pairs = [("variable", "fixed"), ("variable", "dense"), ("variable", "other"), ("fixed", "absent")]
     out = comparison_rows(table, pairs, ["dice", "hd95_mm"], resamples=2000)
     assert list(out.columns) == ["budget", "method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high",
-                                 "p_value", "n_cases", "n_replicates", "min_p_value", "verdict"]
+                                 "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "verdict"]
     keys = list(zip(out["budget"], out["method_a"], out["method_b"], out["metric"], strict=True))
     assert keys == [
         (0.3, "variable", "fixed", "dice"), (0.3, "variable", "fixed", "hd95_mm"),
@@ -299,7 +299,8 @@ def test_comparison_rows_equal_paired_comparison_on_the_same_grid():
     c = paired_comparison(grid("variable"), grid("fixed"), resamples=2000, seed=3)
     assert (row["mean_diff"], row["ci_low"], row["ci_high"], row["p_value"]) == (
         c.mean_diff, c.ci_low, c.ci_high, c.p_value)
-    assert row["verdict"] == verdict("variable", "fixed", c, metric="hd95_mm")
+    assert row["verdict"] == verdict("variable", "fixed", c, metric="hd95_mm")  # a family of one
+    assert row["p_adjusted"] == row["p_value"]
 
 
 def test_comparison_rows_refuses_a_table_without_the_needed_columns():
@@ -331,3 +332,25 @@ def test_the_power_note_appears_until_six_cases_can_reach_significance():
     assert power_note(6) == ""  # 2 / 2**6 = 0.031
     compact = verdict("a", "b", paired_comparison([0.9, 0.7], [0.8, 0.8]), explain_power=False)
     assert "cannot reach" not in compact and "no difference detectable" in compact
+
+
+def test_one_lucky_pair_among_many_is_not_called_a_difference_after_adjustment():
+    """Nine pairs at one budget, one of them with all six cases on one side (p = 2/2**6): the
+    Benjamini-Hochberg adjustment over the family keeps it from being called better."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for m in range(10):
+        for case in range(6):
+            lucky = m == 1
+            dice = 0.8 + (0.01 if lucky else rng.normal(0, 0.01))
+            rows.append({"method": f"m{m}", "budget": 0.5, "replicate": 0, "case": case, "dice": dice})
+    table = pd.DataFrame(rows)
+    table.loc[table.method == "m0", "dice"] = 0.8
+    pairs = [(f"m{m}", "m0") for m in range(1, 10)]
+    out = comparison_rows(table, pairs, ["dice"], resamples=2000).set_index("method_a")
+    assert out.loc["m1", "p_value"] == pytest.approx(2 / 2**6)
+    assert out.loc["m1", "p_adjusted"] > 0.05
+    assert "adjusted for 9 comparisons" in out.loc["m1", "verdict"]
+    assert not out.loc["m1", "verdict"].endswith("m1 is better.")
+    alone = comparison_rows(table, [("m1", "m0")], ["dice"], resamples=2000).iloc[0]
+    assert alone["verdict"].endswith("m1 is better.")

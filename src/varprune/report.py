@@ -347,6 +347,7 @@ def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFr
             "Mean difference": "" if pd.isna(r.mean_diff) else f"{scale * r.mean_diff:+.2f} {unit}",
             "95 % CI": "" if pd.isna(r.ci_low) else f"[{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}]",
             "p (paired permutation)": "" if pd.isna(r.p_value) else f"{r.p_value:.2g}",
+            "p adjusted (BH, per budget and metric)": "" if pd.isna(r.p_adjusted) else f"{r.p_adjusted:.2g}",
             "Cases × replicates": f"{r.n_cases} × {r.n_replicates}",
         })
     return pd.DataFrame(rows)
@@ -370,7 +371,8 @@ def findings(table: pd.DataFrame, comparison: pd.DataFrame, room: PairedComparis
                      "cases:")
         at_last = dice[dice.budget == last]
         for r in at_last.itertuples():
-            text = verdict(r.method_a, r.method_b, comparison_from_row(r), explain_power=False)
+            text = verdict(r.method_a, r.method_b, comparison_from_row(r), explain_power=False,
+                           p_adjusted=r.p_adjusted, family=len(at_last))
             lines.append(f"&nbsp;&nbsp;• {html.escape(text)}")
         note = power_note(int(at_last.n_cases.min()))
         if note:

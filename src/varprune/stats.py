@@ -58,7 +58,7 @@ METRICS: dict[str, _Metric] = {
 }
 
 COMPARISON_COLUMNS = ["budget", "method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high",
-                      "p_value", "n_cases", "n_replicates", "min_p_value", "verdict"]
+                      "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "verdict"]
 
 
 # ---------------------------------------------------------------- one comparison
@@ -176,21 +176,28 @@ def _plural(n: int, word: str) -> str:
 
 
 def verdict(name_a: str, name_b: str, c: PairedComparison, *, metric: str = "dice",
-            alpha: float = 0.05, explain_power: bool = True) -> str:
+            alpha: float = 0.05, explain_power: bool = True, p_adjusted: float | None = None,
+            family: int = 1) -> str:
     """One plain-English sentence on `c` (a = name_a, b = name_b) that claims no more than it shows.
 
-    `explain_power=False` leaves out the note that the test cannot reach significance with this
-    few cases (for a page that says it once for all comparisons).
+    `p_adjusted` (with the number of comparisons in its `family`) is the p-value corrected for
+    multiple comparisons; when given, it decides significance. `explain_power=False` leaves out
+    the note that the test cannot reach significance with this few cases (for a page that says
+    it once for all comparisons).
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     m = METRICS[metric]
     sample = f"{_plural(c.n_cases, 'test case')} × {_plural(c.n_replicates, 'replicate')}"
+    adjusted = p_adjusted is not None and family > 1 and not math.isnan(p_adjusted)
+    tested = _p(c.p_value)
+    if adjusted:
+        tested += f", {p_adjusted:.2g} adjusted for {family} comparisons"
     head = (f"{name_a} {MINUS} {name_b} = {_signed(c.mean_diff * m.scale)} {m.unit} "
             f"[{_signed(c.ci_low * m.scale)}, {_signed(c.ci_high * m.scale)}] "
-            f"({_p(c.p_value)}; {sample})")
+            f"({tested}; {sample})")
     excludes_zero = c.ci_low > 0 or c.ci_high < 0
-    significant = c.p_value <= alpha
+    significant = (p_adjusted if adjusted else c.p_value) <= alpha
     if c.n_cases < 2:
         # One case: the "interval" is the difference itself; nothing separates it from noise.
         tail = "a single test case gives no interval and no test: nothing can be concluded."
@@ -202,7 +209,7 @@ def verdict(name_a: str, name_b: str, c: PairedComparison, *, metric: str = "dic
             a_better = (c.ci_low > 0) == (m.direction > 0)
             tail = f"{name_a} is {'better' if a_better else 'worse'}."
     elif excludes_zero:
-        tail = (f"the interval excludes 0 but the paired test does not confirm it ({_p(c.p_value)}); "
+        tail = (f"the interval excludes 0 but the paired test does not confirm it ({tested}); "
                 "treat as suggestive only.")
     elif significant:
         tail = (f"the paired test gives {_p(c.p_value)} but the interval includes 0; "
@@ -255,7 +262,7 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
     if not budgets:
         budgets = [math.nan]  # no budget at all: one group holding everything
 
-    rows = []
+    rows, tests = [], []
     for budget in budgets:
         at_budget = table[everywhere | (table[budget_column] == budget)]
         for method_a, method_b in pairs:
@@ -271,15 +278,32 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
                                n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan,
                                verdict=f"{method_a} {MINUS} {method_b}: no test case has {metric} "
                                        "for both methods in every replicate.")
+                    tests.append(None)
                 else:
                     c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples,
                                           seed=seed)
                     row.update(mean_diff=c.mean_diff, ci_low=c.ci_low, ci_high=c.ci_high,
                                p_value=c.p_value, n_cases=c.n_cases, n_replicates=c.n_replicates,
-                               min_p_value=c.min_p_value,
-                               verdict=verdict(method_a, method_b, c, metric=metric))
+                               min_p_value=c.min_p_value)
+                    tests.append(c)
                 rows.append(row)
-    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    # The comparisons of one metric at one budget are one family: Benjamini-Hochberg adjusts
+    # their p-values, so that one lucky pair among many is not called a difference.
+    out["p_adjusted"] = math.nan
+    families = out.groupby(["budget", "metric"], dropna=False)["p_value"]
+    for _, family in families:
+        tested = family.dropna()
+        if len(tested):
+            out.loc[tested.index, "p_adjusted"] = sps.false_discovery_control(tested.to_numpy())
+    sizes = families.transform("count")
+    out["verdict"] = out["verdict"].astype(object)
+    for index, c in zip(out.index, tests, strict=True):
+        if c is not None:
+            row = out.loc[index]
+            out.loc[index, "verdict"] = verdict(row["method_a"], row["method_b"], c, metric=row["metric"],
+                                                p_adjusted=row["p_adjusted"], family=int(sizes[index]))
+    return out
 
 
 def _merge_pair(at_budget: pd.DataFrame, method_a: str, method_b: str, budget) -> pd.DataFrame:
