@@ -98,7 +98,7 @@ def main() -> int:
     print(f"\n## Paired verdicts at the highest budget ({100 * max(targets):.0f} % of the MACs)")
     last = comparison[comparison.budget == comparison.budget.max()]
     table = last[["method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
-                  "n_cases", "n_replicates"]]
+                  "p_adjusted", "n_cases", "n_replicates"]]
     print(table.to_markdown(index=False, floatfmt=".4g"))
     for line in last[last.metric == "dice"].verdict:
         print(f"- {line}")
