@@ -82,8 +82,8 @@ def main() -> int:
     targets = config["pruning"]["cycle_targets"]
     room = headroom(metrics_long(replicates, methods, targets))
 
-    replicates = "1 replicate" if room.n_replicates == 1 else f"{room.n_replicates} replicates"
-    print(f"\n## Controls and last cycles (run {run}: {room.n_cases} test cases × {replicates}; means)")
+    sample = "1 replicate" if room.n_replicates == 1 else f"{room.n_replicates} replicates"
+    print(f"\n## Controls and last cycles (run {run}: {room.n_cases} test cases × {sample}; means)")
     print(controls_table(summary).to_markdown(index=False))
     print(f"\nHeadroom: {verdict('dense_long', 'transformer_off', room)}")
 
