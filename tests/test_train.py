@@ -53,10 +53,8 @@ def test_two_runs_of_one_config_agree(tmp_path):
     assert [r["loss"] for r in rows1] == [r["loss"] for r in rows2]
 
 
-def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    _, uninterrupted, rows = run(tmp_path, "straight")
-
-    # Kill the run during the third epoch's validation: epochs 1-2 are in the resume state.
+def killed_in_epoch_3(tmp_path, name, monkeypatch, settings=SETTINGS) -> None:
+    """Run `name` and kill it during the third epoch's validation: epochs 1-2 are in the resume state."""
     calls = {"n": 0}
     real_validation = train_module.validation_dice
 
@@ -68,10 +66,14 @@ def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp
 
     monkeypatch.setattr(train_module, "validation_dice", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "resumed")
-    assert not (tmp_path / "resumed" / "model.pt").exists()
+        run(tmp_path, name, settings)
+    assert not (tmp_path / name / "model.pt").exists()
     monkeypatch.setattr(train_module, "validation_dice", real_validation)
 
+
+def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    _, uninterrupted, rows = run(tmp_path, "straight")
+    killed_in_epoch_3(tmp_path, "resumed", monkeypatch)
     result, resumed, resumed_rows = run(tmp_path, "resumed")
     assert result.resumed_from == 2
     assert same_weights(resumed, uninterrupted)
@@ -112,18 +114,6 @@ def test_an_exponential_moving_average_is_validated_saved_and_resumed(tmp_path, 
     assert not same_weights(raw, averaged)
 
     # Killed in epoch 3, then resumed: the average continues from the saved state.
-    calls = {"n": 0}
-    real_validation = train_module.validation_dice
-
-    def dies_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_validation(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "validation_dice", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "ema_resumed", ema)
-    monkeypatch.setattr(train_module, "validation_dice", real_validation)
+    killed_in_epoch_3(tmp_path, "ema_resumed", monkeypatch, ema)
     result, resumed, _ = run(tmp_path, "ema_resumed", ema)
     assert result.resumed_from == 2 and same_weights(resumed, averaged)
