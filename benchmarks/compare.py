@@ -74,6 +74,10 @@ def main() -> int:
         subprocess.run(cmd, cwd=REPO, check=True)
         print(f"\npipeline: {time.perf_counter() - started:.0f} s wall (nothing is redone when up to date)")
 
+    if not (results / "report" / "comparison.csv").exists():
+        print(f"compare: {results / 'report'} holds no finished report of run {run!r}; run without --no-run",
+              file=sys.stderr)
+        return 2
     summary = pd.read_csv(results / "report" / "summary.csv")
     comparison = pd.read_csv(results / "report" / "comparison.csv")
     oneshot = oneshot_long(replicates).groupby(["method", "target"], as_index=False)[
