@@ -68,8 +68,8 @@ def main() -> int:
     replicates = [results / f"seed{s}" for s in seeds] or [results]
     if not args.no_run:
         cmd = [sys.executable, "-m", "snakemake", "--cores", "all", f"results/{run}/report/report.html"]
-        for path in args.configfile:
-            cmd += ["--configfile", str(path)]
+        if args.configfile:  # one flag for all files: a repeated --configfile replaces the earlier ones
+            cmd += ["--configfile", *map(str, args.configfile)]
         started = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True)
         print(f"\npipeline: {time.perf_counter() - started:.0f} s wall (nothing is redone when up to date)")
