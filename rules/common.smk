@@ -39,16 +39,17 @@ def check_config(cfg):
     unknown = unknown_methods(cfg["pruning"]["methods"])
     if unknown:
         config_error("pruning.methods", f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}")
+    check_model(cfg)
     check_pruning(cfg)
 
 
 def check_pruning(cfg):
     """Targets increasing and reachable within the rate bound and the minimum widths.
 
-    Uses the closed-form MAC count of UNETR (varprune.unetr_macs: pure arithmetic, no torch at
+    Uses the closed-form MAC count of the segmenter (varprune.macs: pure arithmetic, no torch at
     parse time), the same count the cycle jobs budget with.
     """
-    from varprune.unetr_macs import layer_macs, rest_macs
+    from varprune.macs import img_size, layer_macs, rest_macs
 
     pruning, model = cfg["pruning"], cfg["model"]
     targets = pruning["cycle_targets"]
@@ -60,10 +61,10 @@ def check_pruning(cfg):
     head_dim = hidden // heads
     if pruning["min_head_dim"] > head_dim or pruning["min_heads"] > heads or pruning["min_ffn"] > ffn:
         config_error("pruning.min_head_dim", "minimum widths larger than the dense model's")
-    size = cfg["preprocess"]["input_size"]
-    img = (size, size) if model["spatial_dims"] == 2 else (model["depth"], size, size)
-    rest = rest_macs(img, 1, 2, hidden, model["feature_size"])
-    dense = rest + 12 * layer_macs(img, hidden, hidden, ffn)
+    geometry = {**model, "input_size": cfg["preprocess"]["input_size"]}
+    img, patch, layers = img_size(geometry), model["patch"], model["num_layers"]
+    rest = rest_macs(geometry)
+    dense = rest + layers * layer_macs(img, patch, hidden, hidden, ffn)
     h, d, f = heads, head_dim, ffn
     rate = pruning["rate_max"]
     for k, target in enumerate(targets, start=1):
@@ -72,13 +73,35 @@ def check_pruning(cfg):
         else:
             d = max(pruning["min_head_dim"], d - round(rate * d))
         f = max(pruning["min_ffn"], f - round(rate * f))
-        reachable = 1 - (rest + 12 * layer_macs(img, hidden, h * d, f)) / dense
+        reachable = 1 - (rest + layers * layer_macs(img, patch, hidden, h * d, f)) / dense
         if reachable < target:
             config_error(
                 "pruning.cycle_targets",
                 f"cycle {k} target {target} cannot be reached: with pruning.rate_max={rate} and the "
                 f"minimum widths, at most {reachable:.1%} of the dense MACs can be removed by then "
-                f"(the unpruned patch embedding and decoder carry {rest / dense:.1%})")
+                f"(what lies outside the transformer layers carries {rest / dense:.1%})")
+
+
+def check_model(cfg):
+    """The model spec's own checks (patch, head stages, layers), at parse time."""
+    model = cfg["model"]
+    if model["arch"] == "unetr" and (model["patch"] != 16 or model["num_layers"] != 12):
+        config_error("model.arch", f"unetr has patch 16 and 12 layers (got model.patch "
+                     f"{model['patch']}, model.num_layers {model['num_layers']}); use arch setr")
+    if model["arch"] == "setr":
+        patch, stages = model["patch"], model["patch"].bit_length() - 1
+        if 2 ** stages != patch:
+            config_error("model.patch", f"{patch} is not a power of 2 (setr upsamples x2 per stage)")
+        if len(model["head_channels"]) != stages:
+            config_error("model.head_channels", f"{model['head_channels']} needs {stages} widths, "
+                         f"one per x2 stage for patch {patch}")
+        layers = model["num_layers"]
+        if any(not -layers <= i < layers for i in model["head_layers"]):
+            config_error("model.head_layers", f"{model['head_layers']} outside [-{layers}, {layers - 1}]")
+    size = cfg["preprocess"]["input_size"]
+    if size % model["patch"] or (model["spatial_dims"] == 3 and model["depth"] % model["patch"]):
+        config_error("preprocess.input_size", f"{size} (and model.depth in 3D) must be a multiple "
+                     f"of model.patch {model['patch']}")
 
 
 check_config(config)
@@ -195,7 +218,7 @@ def state_dir(model):
 
 METHODS = config["pruning"]["methods"]
 TARGETS = config["pruning"]["cycle_targets"]
-PRUNE_CODE = (*TRAIN_CODE, "cost.py", "unetr_macs.py", "methods.py", "pruning/groups.py",
+PRUNE_CODE = (*TRAIN_CODE, "cost.py", "macs.py", "methods.py", "pruning/groups.py",
               "pruning/significance.py", "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
 CONTROL_CODE = (*TRAIN_CODE, "controls.py", "pruning/surgery.py", "pruning/groups.py")
 

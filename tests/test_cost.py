@@ -55,12 +55,12 @@ def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
 
 
 def test_closed_form_unetr_macs_equal_the_counter_for_dense_pruned_2d_and_3d():
-    from varprune.unetr_macs import layer_macs, rest_macs
+    from varprune.macs import layer_macs, rest_macs
 
     off = tiny_spec().with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
     for spec in (tiny_spec(), pruned_spec(), tiny_spec(spatial_dims=3, depth=16, feature_size=2), off):
         model = build_model(spec)
         expected = macs_full(model, torch.zeros(spec.input_shape(1)))
-        formula = rest_macs(spec.img_size, 1, 2, spec.hidden, spec.feature_size) + sum(
-            layer_macs(spec.img_size, spec.hidden, ls.inner, ls.ffn) for ls in spec.layers)
+        formula = rest_macs(spec.to_dict()) + sum(
+            layer_macs(spec.img_size, spec.patch, spec.hidden, ls.inner, ls.ffn) for ls in spec.layers)
         assert formula == expected

@@ -1,9 +1,15 @@
-"""The segmenter: MONAI UNETR built from a spec that can differ per transformer layer.
+"""The segmenter, built from a spec that can differ per transformer layer.
 
-UNETR builds twelve identical transformer layers. A pruned model has its own number of heads,
-head dimension and FFN width in every layer, so the model is built dense and each layer's
-`attn` (SABlock) and `mlp` (MLPBlock) is then resized to the spec. The spec travels in every
-checkpoint, so `load_model` rebuilds any pruned model without the code that pruned it.
+Two architectures share MONAI's ViT backbone (`model.vit`, its `blocks` the transformer layers):
+- `unetr`: MONAI's UNETR (12 layers, patch 16), whose convolutional decoder also reads the patch
+  embeddings and a full-resolution convolution of the image;
+- `setr`: SETR-PUP style: the tokens of the last layer (or of a few chosen layers) reshaped to
+  the patch grid and upsampled by conv + x2 stages to the input size. No skip from the image and
+  no convolutional encoder, so the prediction goes through the transformer.
+MONAI builds identical layers. A pruned model has its own number of heads, head dimension and
+FFN width in every layer, so the model is built dense and each layer's `attn` (SABlock) and
+`mlp` (MLPBlock) is then resized to the spec. The spec travels in every checkpoint, so
+`load_model` rebuilds any pruned model without the code that pruned it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import torch
 from einops.layers.torch import Rearrange
 from monai.networks.blocks.mlp import MLPBlock
 from monai.networks.blocks.selfattention import SABlock
-from monai.networks.nets import UNETR
+from monai.networks.nets import UNETR, ViT
 from torch import nn
 
+ARCHS = ("unetr", "setr")
 UNETR_LAYERS = 12  # fixed in MONAI's UNETR (skips from layers 3, 6 and 9)
-PATCH = 16  # fixed in MONAI's UNETR
+UNETR_PATCH = 16  # fixed in MONAI's UNETR
 
 
 class CheckpointError(Exception):
@@ -47,8 +54,10 @@ class LayerSpec:
 
 @dataclass
 class ModelSpec:
-    """Everything needed to build the network, dense or pruned."""
+    """Everything needed to build the network, dense or pruned (checkpoints written before
+    `arch` existed load as `unetr`)."""
 
+    arch: str = "unetr"
     spatial_dims: int = 2
     input_size: int = 128
     depth: int = 16  # input depth (slices) of a 3D model; unused in 2D
@@ -57,25 +66,52 @@ class ModelSpec:
     hidden: int = 384
     ffn: int = 1536
     heads: int = 6
-    feature_size: int = 8
+    feature_size: int = 8  # unetr: decoder feature size
     qkv_bias: bool = False
+    patch: int = 16  # side of a patch token (unetr: 16 only)
+    num_layers: int = 12  # transformer layers (unetr: 12 only)
+    head_channels: list[int] = field(default_factory=lambda: [64, 32, 16, 16])  # setr: per x2 stage
+    head_kernel: int = 3  # setr: convolution kernel of the head's stages (1 or 3)
+    head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
     layers: list[LayerSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"model.spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.input_size % PATCH or (self.spatial_dims == 3 and self.depth % PATCH):
-            raise ValueError(f"model input sizes must be multiples of the patch size {PATCH}")
+        if self.arch == "unetr" and (self.patch != UNETR_PATCH or self.num_layers != UNETR_LAYERS):
+            raise ValueError(f"MONAI's UNETR has patch {UNETR_PATCH} and {UNETR_LAYERS} layers "
+                             f"(got model.patch {self.patch}, model.num_layers {self.num_layers})")
+        if self.arch == "setr":
+            self._check_setr()
+        if self.input_size % self.patch or (self.spatial_dims == 3 and self.depth % self.patch):
+            raise ValueError(f"model input sizes must be multiples of the patch size {self.patch}")
         if self.hidden % self.heads:
             raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
         if not self.layers:
             head_dim = self.hidden // self.heads
             self.layers = [
-                LayerSpec(self.heads, head_dim, self.ffn, head_dim**-0.5) for _ in range(UNETR_LAYERS)
+                LayerSpec(self.heads, head_dim, self.ffn, head_dim**-0.5) for _ in range(self.num_layers)
             ]
         self.layers = [LayerSpec(**ls) if isinstance(ls, dict) else ls for ls in self.layers]
-        if len(self.layers) != UNETR_LAYERS:
-            raise ValueError(f"a UNETR spec needs {UNETR_LAYERS} layers, got {len(self.layers)}")
+        if len(self.layers) != self.num_layers:
+            raise ValueError(f"the spec has {self.num_layers} layers but lists {len(self.layers)}")
+
+    def _check_setr(self) -> None:
+        stages = self.patch.bit_length() - 1
+        if self.patch < 2 or 2 ** stages != self.patch:
+            raise ValueError(f"model.patch must be a power of 2 for setr (one x2 stage per factor), "
+                             f"got {self.patch}")
+        if len(self.head_channels) != stages or min(self.head_channels, default=1) < 1:
+            raise ValueError(f"model.head_channels needs one positive width per x2 stage: {stages} "
+                             f"for patch {self.patch}, got {self.head_channels}")
+        if self.head_kernel not in (1, 3):
+            raise ValueError(f"model.head_kernel must be 1 or 3, got {self.head_kernel}")
+        if not self.head_layers or any(not -self.num_layers <= i < self.num_layers
+                                       for i in self.head_layers):
+            raise ValueError(f"model.head_layers must list layers in [-{self.num_layers}, "
+                             f"{self.num_layers - 1}], got {self.head_layers}")
 
     @property
     def img_size(self) -> tuple[int, ...]:
@@ -96,7 +132,8 @@ class ModelSpec:
     @classmethod
     def from_config(cls, model_cfg: dict, input_size: int) -> ModelSpec:
         """A dense spec from the `model` config slice and the preprocess grid size."""
-        keys = {"spatial_dims", "depth", "hidden", "ffn", "heads", "feature_size", "qkv_bias"}
+        keys = {"arch", "spatial_dims", "depth", "hidden", "ffn", "heads", "feature_size", "qkv_bias",
+                "patch", "num_layers", "head_channels", "head_kernel", "head_layers"}
         return cls(input_size=input_size, **{k: v for k, v in model_cfg.items() if k in keys})
 
     def with_layers(self, layers: list[LayerSpec]) -> ModelSpec:
@@ -135,26 +172,55 @@ def resize_mlp(mlp: MLPBlock, width: int) -> None:
     mlp.linear2 = nn.Linear(width, hidden)
 
 
-def transformer_layers(model: UNETR) -> list[nn.Module]:
-    """The twelve TransformerBlocks of a UNETR, in depth order."""
+def transformer_layers(model: nn.Module) -> list[nn.Module]:
+    """The TransformerBlocks of either segmenter, in depth order."""
     return list(model.vit.blocks)
 
 
-def build_model(spec: ModelSpec) -> UNETR:
-    """Build a UNETR with the per-layer widths of `spec` (weights freshly initialised)."""
-    model = UNETR(
-        in_channels=spec.in_channels,
-        out_channels=spec.out_channels,
-        img_size=spec.img_size,
-        feature_size=spec.feature_size,
-        hidden_size=spec.hidden,
-        mlp_dim=spec.ffn,
-        num_heads=spec.heads,
-        proj_type="conv",
-        norm_name="instance",
-        spatial_dims=spec.spatial_dims,
-        qkv_bias=spec.qkv_bias,
-    )
+class SETR(nn.Module):
+    """SETR-PUP style segmenter: ViT tokens -> patch grid -> (conv, norm, ReLU, x2 upsampling)
+    per stage -> 1x1 convolution to the classes.
+
+    With `head_kernel` 1 the head cannot mix neighbouring positions at all before the last
+    stages' upsampling; every spatial relation then has to come from the transformer.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        d = spec.spatial_dims
+        self.vit = ViT(
+            in_channels=spec.in_channels, img_size=spec.img_size, patch_size=spec.patch,
+            hidden_size=spec.hidden, mlp_dim=spec.ffn, num_layers=spec.num_layers,
+            num_heads=spec.heads, proj_type="conv", classification=False, spatial_dims=d,
+            qkv_bias=spec.qkv_bias,
+        )
+        self.grid = [side // spec.patch for side in spec.img_size]
+        self.head_layers = [i % spec.num_layers for i in spec.head_layers]
+        self.last = spec.num_layers - 1
+        conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if d == 2 else (nn.Conv3d, nn.InstanceNorm3d)
+        mode = "bilinear" if d == 2 else "trilinear"
+        stages: list[nn.Module] = []
+        cin = spec.hidden * len(spec.head_layers)
+        for cout in spec.head_channels:
+            stages += [conv(cin, cout, spec.head_kernel, padding=spec.head_kernel // 2),
+                       norm(cout, affine=True), nn.ReLU(inplace=True),
+                       nn.Upsample(scale_factor=2.0, mode=mode, align_corners=False)]
+            cin = cout
+        self.head = nn.Sequential(*stages)
+        self.out = conv(cin, spec.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last, hidden_states = self.vit(x)
+        # The last layer is read after the ViT's final LayerNorm; earlier ones as they leave it.
+        features = [last if i == self.last else hidden_states[i] for i in self.head_layers]
+        tokens = torch.cat(features, dim=-1) if len(features) > 1 else features[0]
+        grid = tokens.transpose(1, 2).unflatten(2, self.grid)
+        return self.out(self.head(grid))
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the segmenter with the per-layer widths of `spec` (weights freshly initialised)."""
+    model = SETR(spec) if spec.arch == "setr" else _build_unetr(spec)
     dense_dim = spec.hidden // spec.heads
     for block, layer in zip(transformer_layers(model), spec.layers, strict=True):
         if layer.inner == 0:
@@ -168,6 +234,22 @@ def build_model(spec: ModelSpec) -> UNETR:
         elif layer.ffn != spec.ffn:
             resize_mlp(block.mlp, layer.ffn)
     return model
+
+
+def _build_unetr(spec: ModelSpec) -> UNETR:
+    return UNETR(
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        img_size=spec.img_size,
+        feature_size=spec.feature_size,
+        hidden_size=spec.hidden,
+        mlp_dim=spec.ffn,
+        num_heads=spec.heads,
+        proj_type="conv",
+        norm_name="instance",
+        spatial_dims=spec.spatial_dims,
+        qkv_bias=spec.qkv_bias,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -203,7 +285,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_model(path: str | os.PathLike) -> tuple[UNETR, ModelSpec, dict]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild the model of any checkpoint, dense or pruned; return (model, spec, provenance)."""
     payload = read_checkpoint(path)
     try:

@@ -98,7 +98,11 @@ def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSet
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     dense = oneshot[oneshot.method == "dense"]
     pruned = oneshot[oneshot.method != "dense"].dropna(subset=["macs_reduction"])
+    off_oneshot = oneshot[oneshot.method == "transformer_off"]
     for ax, split in zip(axes, ("val", "test"), strict=True):
+        if len(off_oneshot):
+            ax.plot(100 * off_oneshot.macs_reduction, off_oneshot[f"{split}_dice"], marker="X", ls="",
+                    ms=9, color=COLOURS["transformer_off"], label="transformer_off, no fine-tuning")
         for method in [m for m in PRUNING_METHODS if m in set(pruned.method)]:
             part = pruned[pruned.method == method].sort_values("macs_reduction")
             ax.plot(100 * part.macs_reduction, part[f"{split}_dice"], marker="o", label=method,

@@ -1,4 +1,4 @@
-"""Prunable channel groups of a UNETR: which weights go away together, and what they cost.
+"""Prunable channel groups of the transformer layers (UNETR or SETR): which weights go away together, and what they cost.
 
 A group couples every parameter that must disappear at once:
 - MSA head-dimension channel (head h, dim j) of a layer: row h·d+j of q, of k and of v in
@@ -19,19 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from varprune import unetr_macs
-from varprune.model import PATCH, LayerSpec, ModelSpec, transformer_layers
+from varprune import macs
+from varprune.model import LayerSpec, ModelSpec, transformer_layers
 
 BLOCKS = ("msa", "ffn")
 Scores = dict[tuple[int, str], torch.Tensor]
 
 
 def tokens(spec: ModelSpec) -> int:
-    """Number of patch tokens the transformer sees (UNETR has no class token)."""
-    count = 1
-    for size in spec.img_size:
-        count *= size // PATCH
-    return count
+    """Number of patch tokens the transformer sees (neither segmenter has a class token)."""
+    return macs.tokens(spec.img_size, spec.patch)
 
 
 def msa_channel_macs(spec: ModelSpec) -> int:
@@ -46,19 +43,13 @@ def ffn_channel_macs(spec: ModelSpec) -> int:
 
 
 def layer_macs(spec: ModelSpec, layer: LayerSpec) -> int:
-    """MACs of one transformer layer's matmuls (varprune.unetr_macs, in terms of a spec)."""
-    return unetr_macs.layer_macs(spec.img_size, spec.hidden, layer.inner, layer.ffn)
+    """MACs of one transformer layer's matmuls (varprune.macs, in terms of a spec)."""
+    return macs.layer_macs(spec.img_size, spec.patch, spec.hidden, layer.inner, layer.ffn)
 
 
 def transformer_macs(spec: ModelSpec) -> int:
     """MACs of every layer's MSA and FFN matmuls: the part transformer pruning can remove."""
     return sum(layer_macs(spec, layer) for layer in spec.layers)
-
-
-def qkv_rows(layer: LayerSpec, head: int, dim: int) -> list[int]:
-    """Rows of `qkv` that belong to head-dimension channel (head, dim): q, k and v."""
-    index = head * layer.head_dim + dim
-    return [part * layer.inner + index for part in range(3)]
 
 
 @dataclass

@@ -6,6 +6,9 @@ dense model, each method prunes to each target in one step, with the significanc
 cycle 1 (same criterion, same calibration sample, computed once), and the pruned model's
 validation and test Dice are measured on the model grid (3D Dice per case, averaged: the
 validation measure of training). Minutes, not a training run.
+
+A `transformer_off` row (every MSA and FFN block removed, no fine-tuning) marks the far end:
+how much the prediction falls when the transformer contributes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from varprune.model import ModelSpec, load_model
 from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
 from varprune.pruning.sequence import BudgetError, SequenceSettings, counts_for_rates, removed_macs
 from varprune.pruning.significance import make_criterion
+from varprune.pruning.surgery import remove_transformer_blocks
 from varprune.train import load_split, validation_dice
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,16 @@ def run_oneshot(dense_model: str | os.PathLike, splits_json: str | os.PathLike,
              "val_dice": round(dice(model, spec, "val"), 6),
              "test_dice": round(dice(model, spec, "test"), 6)}]
     model.cpu()
+    off = copy.deepcopy(model)
+    off_spec = remove_transformer_blocks(off, spec)
+    off_reduction = 1 - macs_full(off, torch.zeros(spec.input_shape(1))) / dense
+    rows.append({"method": "transformer_off", "target": round(off_reduction, 6),
+                 "macs_reduction": round(off_reduction, 6),
+                 "val_dice": round(dice(off, off_spec, "val"), 6),
+                 "test_dice": round(dice(off, off_spec, "test"), 6)})
+    log.info("one-shot transformer_off: MACs -%.1f %%, val Dice %.4f, test Dice %.4f",
+             100 * off_reduction, rows[-1]["val_dice"], rows[-1]["test_dice"])
+    del off
     for method in methods:
         for target in targets:
             pruned = copy.deepcopy(model)
