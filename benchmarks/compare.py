@@ -92,11 +92,14 @@ def main() -> int:
     print(f"\nHeadroom: {verdict('dense_long', 'transformer_off', room)}")
 
     print("\n## One-shot (from dense, no fine-tuning; Dice on the model grid, mean over replicates)")
-    wide = oneshot[oneshot.method != "dense"].pivot_table(index="target", columns="method",
-                                                           values=["val_dice", "test_dice"])
+    wide = oneshot[~oneshot.method.isin(["dense", "transformer_off"])].pivot_table(
+        index="target", columns="method", values=["val_dice", "test_dice"])
     wide.columns = [f"{method} {split.split('_')[0]}" for split, method in wide.columns]
     dense = oneshot[oneshot.method == "dense"].iloc[0]
     print(f"dense: val {dense.val_dice:.4f}, test {dense.test_dice:.4f}")
+    for off in oneshot[oneshot.method == "transformer_off"].itertuples():
+        print(f"transformer_off (MACs -{100 * off.macs_reduction:.1f} %, no fine-tuning): "
+              f"val {off.val_dice:.4f}, test {off.test_dice:.4f}")
     print(wide.round(4).to_markdown())
 
     print(f"\n## Paired verdicts at the highest budget ({100 * max(targets):.0f} % of the MACs)")

@@ -41,6 +41,8 @@ rule transformer_off:
         log="results/{run}/transformer_off/train_log.csv",
     params:
         finetune=seeded("finetune"),
+        # The same fine-tuning as dense_long: the headroom compares equal training.
+        rounds=len(TARGETS),
         preprocessed=input_folder("data"),
         state_dir=state_dir("transformer_off"),
         code=code_version(*CONTROL_CODE),
@@ -52,7 +54,7 @@ rule transformer_off:
     resources:
         mem_mb=8000,
         gpu=gpus("finetune"),
-        runtime=60,
+        runtime=120,
     conda:
         "../envs/varprune.yaml"
     script:

@@ -9,6 +9,7 @@ with to_log_file(snakemake.log[0]):
         splits_json=snakemake.input.splits,
         preprocessed_dir=snakemake.params.preprocessed,
         finetune=snakemake.params.finetune,
+        rounds=snakemake.params.rounds,
         out_model=snakemake.output.model,
         out_log=snakemake.output.log,
         state_dir=snakemake.params.state_dir,

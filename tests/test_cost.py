@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.tiny_model import pruned_spec, tiny_spec
+from tests.tiny_model import ARCHS, pruned_spec, tiny_spec
 from varprune.cost import macs_full, macs_thop, measure_cost
 from varprune.model import LayerSpec, build_model, count_parameters, transformer_layers
 
@@ -49,16 +50,24 @@ def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
         assert record["macs_full"] >= record["macs_full_encoder"] > 0
         assert record["latency_ms_median"] > 0 and record["latency_ms_iqr"] >= 0
         assert record["latency_runs"] == 20
+        assert 0 < record["params_transformer"] < record["params_encoder"] < record["params"]
     assert records[1]["params"] < records[0]["params"]
     assert records[1]["macs_full"] < records[0]["macs_full"]
     assert records[1]["macs_thop"] < records[0]["macs_thop"]
 
 
-def test_closed_form_unetr_macs_equal_the_counter_for_dense_pruned_2d_and_3d():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_closed_form_macs_equal_the_counter_for_dense_pruned_off_2d_and_3d(arch):
     from varprune.macs import layer_macs, rest_macs
 
-    off = tiny_spec().with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
-    for spec in (tiny_spec(), pruned_spec(), tiny_spec(spatial_dims=3, depth=16, feature_size=2), off):
+    off = tiny_spec(arch).with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
+    specs = [tiny_spec(arch), pruned_spec(arch), off,
+             tiny_spec(arch, spatial_dims=3, depth=16, feature_size=2)]
+    if arch == "setr":  # 1x1 head, patch 16 (four stages), several layers read, in 2D and 3D
+        specs += [tiny_spec(arch, patch=16, head_channels=[8, 8, 4, 4], head_kernel=1,
+                            head_layers=[0, 3, -1]),
+                  tiny_spec(arch, spatial_dims=3, depth=8, head_kernel=1)]
+    for spec in specs:
         model = build_model(spec)
         expected = macs_full(model, torch.zeros(spec.input_shape(1)))
         formula = rest_macs(spec.to_dict()) + sum(

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.tiny_model import pruned_spec, tiny_spec
+from tests.tiny_model import ARCHS, pruned_spec, tiny_spec
 from varprune.cli import main
 from varprune.model import LayerSpec, build_model, save_checkpoint
 
@@ -62,6 +62,23 @@ def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path
     # voxels at the 0.5 threshold may flip, which moves a tiny case's Dice by well under 0.005.
     assert score == pytest.approx(tiny["dice"], abs=0.005)
     assert preview.stat().st_size > 1000
+
+
+def test_predict_runs_a_setr_model_onto_the_input_grid(tiny, tmp_path):
+    """A pruned SETR with the tiny run's preprocessing: predict needs nothing but the checkpoint."""
+    from varprune.model import read_checkpoint
+
+    torch.manual_seed(0)
+    spec = pruned_spec("setr")
+    model_path = tmp_path / "setr.pt"
+    save_checkpoint(model_path, build_model(spec), spec, read_checkpoint(tiny["model"])["provenance"])
+    out = tmp_path / "mask.nii.gz"
+    code = main(["predict", "--model", str(model_path), "--input", str(tiny["nifti"]), "--output", str(out),
+                 "--threads", str(threads_for_tests() or 1)])
+    assert code == 0
+    mask, truth = sitk.ReadImage(str(out)), sitk.ReadImage(str(tiny["truth"]))
+    assert mask.GetSize() == truth.GetSize() and mask.GetSpacing() == truth.GetSpacing()
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
 
 
 def _expect_error(capsys, tmp_path, model, source, message):
@@ -136,11 +153,12 @@ def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys
     _expect_error(capsys, tmp_path, bare, tiny["nifti"], "does not record its preprocessing")
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_round_trip_dense_and_pruned(tmp_path, fmt, capsys):
+def test_export_round_trip_dense_and_pruned(tmp_path, fmt, arch, capsys):
     sizes = {}
-    off = tiny_spec().with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
-    for name, spec in (("dense", tiny_spec()), ("pruned", pruned_spec()), ("transformer_off", off)):
+    off = tiny_spec(arch).with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
+    for name, spec in (("dense", tiny_spec(arch)), ("pruned", pruned_spec(arch)), ("transformer_off", off)):
         torch.manual_seed(0)
         path = tmp_path / f"{name}.pt"
         save_checkpoint(path, build_model(spec), spec, {})
@@ -151,8 +169,9 @@ def test_export_round_trip_dense_and_pruned(tmp_path, fmt, capsys):
     assert sizes["transformer_off"] < sizes["pruned"] < sizes["dense"]
 
 
-def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys):
-    spec = pruned_spec()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys, arch):
+    spec = pruned_spec(arch)
     path = tmp_path / "pruned.pt"
     save_checkpoint(path, build_model(spec), spec, {"kind": "pruned", "method": "variable", "cycle": 2})
     assert main(["inspect", str(path)]) == 0
@@ -160,3 +179,5 @@ def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys):
     for i, layer in enumerate(spec.layers, start=1):
         assert f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}" in out
     assert "method variable, cycle 2" in out and "MACs:" in out
+    assert {"unetr": "UNETR 2D", "setr": "SETR-PUP 2D, input 1x1x32x32, patch 8"}[arch] in out
+    assert out.count("MSA and FFN: ") == 2  # their share of the params and of the MACs

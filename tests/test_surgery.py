@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_model import tiny_spec
+from tests.tiny_model import ARCHS, tiny_spec
 from varprune.model import build_model, count_parameters, load_model, save_checkpoint
 from varprune.pruning.groups import LayerPlan
 from varprune.pruning.surgery import apply_plan, mask_plan, remove_transformer_blocks
@@ -29,11 +29,12 @@ def plans_for(spec, kind: str, seed: int = 0) -> list[LayerPlan]:
     return plans
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("kind", ["dims", "heads", "ffn", "all"])
-def test_removal_equals_masking(spatial_dims, kind):
+def test_removal_equals_masking(arch, spatial_dims, kind):
     torch.manual_seed(0)
-    spec = tiny_spec(spatial_dims=spatial_dims, heads=4, qkv_bias=True)
+    spec = tiny_spec(arch, spatial_dims=spatial_dims, heads=4, qkv_bias=True)
     model = build_model(spec).eval()
     x = torch.randn(spec.input_shape(2))
     plans = plans_for(spec, kind)
@@ -49,9 +50,10 @@ def test_removal_equals_masking(spatial_dims, kind):
         assert new.scale == layer.scale  # the dense softmax scale is kept
 
 
-def test_pruned_model_rebuilds_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pruned_model_rebuilds_from_its_checkpoint(tmp_path, arch):
     torch.manual_seed(0)
-    spec = tiny_spec(heads=4)
+    spec = tiny_spec(arch, heads=4)
     model = build_model(spec).eval()
     new_spec = apply_plan(model, spec, plans_for(spec, "all", seed=1))
     save_checkpoint(tmp_path / "m.pt", model, new_spec, {})
@@ -70,10 +72,11 @@ def test_a_plan_that_empties_a_layer_is_refused():
         apply_plan(build_model(spec), spec, plans)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_removing_every_block_equals_zeroing_their_outputs_and_round_trips(tmp_path, spatial_dims):
+def test_removing_every_block_equals_zeroing_their_outputs_and_round_trips(tmp_path, arch, spatial_dims):
     torch.manual_seed(0)
-    spec = tiny_spec(spatial_dims=spatial_dims, depth=16)
+    spec = tiny_spec(arch, spatial_dims=spatial_dims, depth=16)
     model = build_model(spec).eval()
     zeroed = build_model(spec).eval()
     zeroed.load_state_dict(model.state_dict())

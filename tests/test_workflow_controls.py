@@ -32,6 +32,8 @@ def test_dense_long_gets_exactly_the_fine_tuning_the_last_cycle_had(done_run):
         assert len(long) == sum(len(c) for c in cycles)
         assert long.step.iloc[-1] == sum(int(c.step.iloc[-1]) for c in cycles)
     assert long.epoch.tolist() == list(range(1, len(long) + 1))
+    off = pd.read_csv(results / "transformer_off" / "train_log.csv")  # the headroom compares equal training
+    assert off.epoch.tolist() == long.epoch.tolist() and off.step.tolist() == long.step.tolist()
 
 
 def test_transformer_off_has_no_msa_or_ffn_and_is_evaluated_like_any_model(done_run):
@@ -52,7 +54,11 @@ def test_oneshot_table_has_every_method_and_target_and_matches_cycle_one(done_ru
     table = pd.read_csv(results / "oneshot.csv")
     assert list(table.columns) == ["method", "target", "macs_reduction", "val_dice", "test_dice"]
     assert table[table.method == "dense"].macs_reduction.tolist() == [0.0]
-    pruned = table[table.method != "dense"]
+    off = table[table.method == "transformer_off"]  # the far end: no MSA/FFN, no fine-tuning
+    assert len(off) == 1 and off.val_dice.between(0, 1).all() and off.test_dice.between(0, 1).all()
+    dense_cost = json.loads((results / "dense" / "cost.json").read_text())
+    assert off.macs_reduction.iloc[0] == pytest.approx(dense_cost["macs_transformer"] / dense_cost["macs_full"])
+    pruned = table[~table.method.isin(["dense", "transformer_off"])]
     assert sorted(zip(pruned.method, pruned.target, strict=True)) == sorted(
         (m, t) for m in METHODS for t in ONESHOT_TARGETS)
     dense_macs = json.loads((results / "dense" / "cost.json").read_text())["macs_full"]

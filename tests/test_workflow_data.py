@@ -67,6 +67,11 @@ def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
         ({"preprocess.window": [400, -100]}, "preprocess.window"),
         ({"split.ratios": [1, 0, 0]}, "split"),
         ({"data.patients": [1, 9]}, "data.patients"),
+        ({"model.arch": "swin"}, "arch"),
+        ({"model.arch": "unetr", "model.patch": 8}, "model.arch"),
+        ({"model.arch": "setr", "model.patch": 12}, "model.patch"),
+        ({"model.arch": "setr", "model.patch": 16, "model.head_channels": [8, 8, 8]}, "model.head_channels"),
+        ({"model.arch": "setr", "model.head_layers": [12]}, "model.head_layers"),
     ],
 )
 def test_a_wrong_config_value_stops_before_any_job_naming_the_key(tmp_path, change, key):

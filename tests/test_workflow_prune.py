@@ -41,9 +41,10 @@ def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(
 
 def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.07, 0.09]})
-    # dense_long follows: it gets one fine-tuning round per cycle.
+    # The controls follow: dense_long and transformer_off get one fine-tuning round per cycle.
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 4, "dense_long": 1, "evaluate": 5, "cost": 5, "export": 4, "report": 1, "all": 1}
+        "prune_cycle": 4, "dense_long": 1, "transformer_off": 1, "evaluate": 6, "cost": 6, "export": 4,
+        "report": 1, "all": 1}
 
 
 def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
@@ -64,7 +65,7 @@ def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run
     [
         ({"pruning.cycle_targets": [0.05, 0.05]}, "pruning.cycle_targets"),
         ({"pruning.cycle_targets": []}, "cycle_targets"),
-        ({"pruning.cycle_targets": [0.04, 0.5]}, "pruning.cycle_targets"),
+        ({"pruning.cycle_targets": [0.04, 0.999]}, "pruning.cycle_targets"),
         ({"pruning.rate_max": 1.0}, "rate_max"),
         ({"pruning.rate_min": 0.6, "pruning.rate_max": 0.5}, "pruning.rate_min"),
         ({"pruning.criterion": "fisher"}, "criterion"),

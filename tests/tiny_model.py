@@ -8,15 +8,18 @@ from varprune.data.datasets import Volume
 from varprune.model import LayerSpec, ModelSpec
 
 TINY_MODEL = dict(input_size=32, hidden=32, ffn=64, heads=2, feature_size=4)
+# Per architecture, what a tiny spec changes: setr with patch 8 (three x2 head stages) reading
+# an intermediate layer too, so the concatenated head input is covered.
+ARCHS = {"unetr": {}, "setr": dict(arch="setr", patch=8, head_channels=[8, 6, 4], head_layers=[5, -1])}
 
 
-def tiny_spec(**changes) -> ModelSpec:
-    return ModelSpec(**{**TINY_MODEL, **changes})
+def tiny_spec(arch: str = "unetr", **changes) -> ModelSpec:
+    return ModelSpec(**{**TINY_MODEL, **ARCHS[arch], **changes})
 
 
-def pruned_spec() -> ModelSpec:
+def pruned_spec(arch: str = "unetr") -> ModelSpec:
     """A tiny spec whose layers all differ (as after pruning), keeping the dense softmax scale."""
-    dense = tiny_spec()
+    dense = tiny_spec(arch)
     scale = dense.layers[0].scale
     layers = [LayerSpec(heads=1 + i % 2, head_dim=4 + i, ffn=8 + 4 * i, scale=scale) for i in range(12)]
     return dense.with_layers(layers)

@@ -7,8 +7,8 @@
   best-epoch choice, as a cycle has), without pruning. "Dice unchanged vs dense" is only
   meaningful against it.
 - `transformer_off`: every MSA and FFN block removed (width 0, the residual stream passes
-  through the layer), fine-tuned with one cycle's budget. The gap dense_long − transformer_off
-  is the headroom: how much of the accuracy the transformer carries on this data. Where it is
+  through the layer), fine-tuned exactly as dense_long (same rounds, same recipe), so that the
+  gap dense_long − transformer_off compares equal training. That gap is the headroom: how much of the accuracy the transformer carries on this data. Where it is
   small, every allocation of transformer widths looks lossless and methods cannot be ranked.
 """
 
@@ -42,17 +42,15 @@ def _provenance(kind: str, parent: str | os.PathLike, parent_provenance: dict, f
     }
 
 
-def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
+def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.PathLike,
+                     parent_provenance: dict, splits_json: str | os.PathLike,
                      preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
                      out_model: str | os.PathLike, out_log: str | os.PathLike,
                      state_dir: str | os.PathLike, threads: int | None = None) -> None:
-    """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle)."""
+    """Fine-tune `model` `rounds` times in a row, each round exactly as a pruning cycle's."""
     if rounds < 1:
-        raise ValueError(f"dense_long needs at least one fine-tuning round, got {rounds}")
-    if threads:
-        torch.set_num_threads(threads)
+        raise ValueError(f"{kind} needs at least one fine-tuning round, got {rounds}")
     settings = TrainSettings.from_config(finetune)
-    model, spec, parent_provenance = load_model(parent)
     data = load_split(splits_json, preprocessed_dir)
     state = Path(state_dir)
     logs = []
@@ -62,9 +60,9 @@ def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
         # Intermediate rounds live in the undeclared state folder; only the last writes the outputs.
         round_model = out_model if last else state / f"round{r}" / "model.pt"
         round_log = state / f"round{r}" / "train_log.csv"
-        provenance = _provenance("dense_long", parent, parent_provenance, finetune, splits_json,
+        provenance = _provenance(kind, parent, parent_provenance, finetune, splits_json,
                                  rounds=rounds, round=r)
-        log.info("dense_long: fine-tuning round %d of %d", r, rounds)
+        log.info("%s: fine-tuning round %d of %d", kind, r, rounds)
         result = train(model, spec, data["train"], data["val"], settings, round_model, round_log,
                        state / f"round{r}" / "state", provenance, threads)
         frame = pd.DataFrame(result.history)
@@ -77,17 +75,26 @@ def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
         pd.concat(logs, ignore_index=True)[LOG_COLUMNS].to_csv(tmp, index=False)
 
 
-def train_transformer_off(parent: str | os.PathLike, splits_json: str | os.PathLike,
-                          preprocessed_dir: str | os.PathLike, finetune: dict,
-                          out_model: str | os.PathLike, out_log: str | os.PathLike,
-                          state_dir: str | os.PathLike, threads: int | None = None) -> None:
-    """Remove every MSA and FFN block of the dense model, then fine-tune it for one cycle."""
+def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
+                     preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                     out_model: str | os.PathLike, out_log: str | os.PathLike,
+                     state_dir: str | os.PathLike, threads: int | None = None) -> None:
+    """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle)."""
     if threads:
         torch.set_num_threads(threads)
-    settings = TrainSettings.from_config(finetune)
+    model, spec, parent_provenance = load_model(parent)
+    fine_tune_rounds("dense_long", model, spec, parent, parent_provenance, splits_json, preprocessed_dir,
+                     finetune, rounds, out_model, out_log, state_dir, threads)
+
+
+def train_transformer_off(parent: str | os.PathLike, splits_json: str | os.PathLike,
+                          preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                          out_model: str | os.PathLike, out_log: str | os.PathLike,
+                          state_dir: str | os.PathLike, threads: int | None = None) -> None:
+    """Remove every MSA and FFN block of the dense model, then fine-tune it as dense_long is."""
+    if threads:
+        torch.set_num_threads(threads)
     model, spec, parent_provenance = load_model(parent)
     new_spec = remove_transformer_blocks(model, spec)
-    data = load_split(splits_json, preprocessed_dir)
-    provenance = _provenance("transformer_off", parent, parent_provenance, finetune, splits_json)
-    train(model, new_spec, data["train"], data["val"], settings, out_model, out_log, state_dir,
-          provenance, threads)
+    fine_tune_rounds("transformer_off", model, new_spec, parent, parent_provenance, splits_json,
+                     preprocessed_dir, finetune, rounds, out_model, out_log, state_dir, threads)

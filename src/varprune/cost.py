@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from varprune.model import ModelSpec, count_parameters
+from varprune.model import ModelSpec, count_parameters, transformer_parameters
 from varprune.pruning.groups import transformer_macs
 
 
@@ -80,6 +80,7 @@ def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int 
             "macs_full_encoder": macs_full(model.vit, x),
             # The MSA and FFN matmuls (closed form, equal to the counter): what pruning can remove.
             "macs_transformer": transformer_macs(spec),
+            "params_transformer": transformer_parameters(model),
             "input_shape": list(x.shape),
             "latency_ms_median": round(latency, 3),
             "latency_ms_iqr": round(iqr, 3),
@@ -106,7 +107,9 @@ def write_cost(model_path: str, out_json: str, threads: int = 1, runs: int = 20,
     record = measure_cost(model, spec, threads=threads, runs=runs, warmup=warmup)
     write_json(out_json, record)
     logging.getLogger(__name__).info(
-        "%s: %d params, %.3f GMACs (thop) / %.3f GMACs (full), %.1f ms at batch 1 (%d threads)",
+        "%s: %d params, %.3f GMACs (thop) / %.3f GMACs (full), %.1f ms at batch 1 (%d threads); "
+        "MSA and FFN carry %.1f %% of the MACs and %.1f %% of the params",
         model_path, record["params"], record["macs_thop"] / 1e9, record["macs_full"] / 1e9,
-        record["latency_ms_median"], threads)
+        record["latency_ms_median"], threads, 100 * record["macs_transformer"] / record["macs_full"],
+        100 * record["params_transformer"] / record["params"])
     return record

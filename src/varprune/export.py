@@ -102,16 +102,18 @@ def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathL
 def describe(model_path: str | os.PathLike, with_macs: bool = True) -> str:
     """What `varprune inspect` prints: spec per layer, size, MACs (both counters), provenance."""
     from varprune.cost import macs_full, macs_thop
+    from varprune.model import describe_arch, transformer_parameters
+    from varprune.pruning.groups import transformer_macs
 
     model, spec, provenance = load_model(model_path)
-    lines = [f"checkpoint {model_path}",
-             f"model: UNETR {spec.spatial_dims}D, input {'x'.join(map(str, spec.input_shape(1)))}, "
-             f"hidden {spec.hidden}, feature size {spec.feature_size}, {spec.out_channels} classes",
-             f"params: {count_parameters(model):,}"]
+    params = count_parameters(model)
+    lines = [f"checkpoint {model_path}", f"model: {describe_arch(spec)}",
+             f"params: {params:,} (MSA and FFN: {transformer_parameters(model) / params:.1%})"]
     if with_macs:
         x = torch.zeros(spec.input_shape(1))
-        lines.append(f"MACs: {macs_full(model, x) / 1e9:.3f} G full (FlopCounterMode, attention included), "
-                     f"{macs_thop(model, x) / 1e9:.3f} G thop")
+        full = macs_full(model, x)
+        lines.append(f"MACs: {full / 1e9:.3f} G full (FlopCounterMode, attention included; MSA and FFN: "
+                     f"{transformer_macs(spec) / full:.1%}), {macs_thop(model, x) / 1e9:.3f} G thop")
     lines.append("layer  heads  head_dim  msa_channels  ffn  softmax_scale")
     for i, layer in enumerate(spec.layers, start=1):
         lines.append(f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}  "

@@ -257,6 +257,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def transformer_parameters(model: nn.Module) -> int:
+    """Parameters of every layer's MSA and FFN: the part transformer pruning can remove."""
+    return sum(count_parameters(block.attn) + count_parameters(block.mlp)
+               for block in transformer_layers(model))
+
+
+def describe_arch(spec: ModelSpec) -> str:
+    """One line naming the architecture and its fixed sizes."""
+    shape = "x".join(map(str, spec.input_shape(1)))
+    if spec.arch == "setr":
+        head = "->".join(map(str, spec.head_channels))
+        return (f"SETR-PUP {spec.spatial_dims}D, input {shape}, patch {spec.patch}, {spec.num_layers} "
+                f"layers, hidden {spec.hidden}, head {head} ({spec.head_kernel}x{spec.head_kernel} "
+                f"convolutions) reading layers {spec.head_layers}, {spec.out_channels} classes")
+    return (f"UNETR {spec.spatial_dims}D, input {shape}, hidden {spec.hidden}, feature size "
+            f"{spec.feature_size}, {spec.out_channels} classes")
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, provenance: dict) -> None:
     """Write spec, weights and provenance in one file, atomically."""
     from varprune.atomic import atomic_path

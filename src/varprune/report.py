@@ -357,6 +357,14 @@ def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def arch_phrase(model: dict) -> str:
+    """The segmenter in a few words, from the `model` config slice."""
+    if model.get("arch", "unetr") == "setr":
+        return (f"SETR-PUP (MONAI ViT, patch {model.get('patch')}, {model.get('num_layers')} layers, "
+                f"hidden {model.get('hidden')}, upsampling head {model.get('head_channels')})")
+    return f"MONAI UNETR (hidden {model.get('hidden')})"
+
+
 def findings(table: pd.DataFrame, comparison: pd.DataFrame, room: PairedComparison | None) -> list[str]:
     """The opening sentences: what the numbers support, and what they cannot."""
     lines = []
@@ -419,8 +427,9 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         "figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}pre{background:#f7f7f7;"
         "padding:1em;font-size:11px;overflow:auto}.findings p{margin:.4em 0}</style></head><body>",
         f"<h1>varprune report: run <code>{html.escape(run)}</code></h1>",
-        "<p>Cross-layer channel pruning with variable pruning-rate sequences on a MONAI UNETR liver "
-        "segmenter, compared with fixed-rate, global-ranking and random allocations at the same MAC "
+        "<p>Cross-layer channel pruning with variable pruning-rate sequences on a "
+        f"{html.escape(arch_phrase(config.get('model', {})))} liver segmenter, compared with "
+        "fixed-rate, global-ranking and random allocations at the same MAC "
         "budgets, and read against the controls dense_long and transformer_off.</p>",
         "<h2>What the numbers support</h2><div class='findings'>",
         *[f"<p>{line}</p>" for line in findings(table, comparison if comparison is not None

@@ -1,4 +1,5 @@
-"""Prunable channel groups of the transformer layers (UNETR or SETR): which weights go away together, and what they cost.
+"""Prunable channel groups of the transformer layers (UNETR or SETR): which weights go away
+together, and what they cost.
 
 A group couples every parameter that must disappear at once:
 - MSA head-dimension channel (head h, dim j) of a layer: row h·d+j of q, of k and of v in
