@@ -9,7 +9,8 @@
 - `transformer_off`: every MSA and FFN block removed (width 0, the residual stream passes
   through the layer), fine-tuned exactly as dense_long (same rounds, same recipe), so that the
   gap dense_long − transformer_off compares equal training. That gap is the headroom: how much
-  of the accuracy the transformer carries on this data. Where it is small, every allocation of transformer widths looks lossless and methods cannot be ranked.
+  of the accuracy the transformer carries on this data. Where it is small, every allocation of
+  transformer widths looks lossless and methods cannot be ranked.
 """
 
 from __future__ import annotations
