@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def block_shares(model_path: Path) -> tuple[float, float]:
-    """Shares of the whole model's MACs (full counter) and params that sit in the 12 layers."""
+    """Shares of the whole model's MACs (full counter) and params that sit in the transformer layers."""
     model, spec, _ = load_model(model_path)
     x = torch.zeros(spec.input_shape(1))
     captured = {}

@@ -99,6 +99,9 @@ def check_model(cfg):
         if any(not -layers <= i < layers for i in model["head_layers"]):
             config_error("model.head_layers", f"{model['head_layers']} outside [-{layers}, {layers - 1}]")
     size = cfg["preprocess"]["input_size"]
+    if model["arch"] == "setr" and size // model["patch"] < 2:
+        config_error("preprocess.input_size", f"{size} gives setr fewer than 2 tokens per axis with "
+                     f"model.patch {model['patch']}")
     if size % model["patch"] or (model["spatial_dims"] == 3 and model["depth"] % model["patch"]):
         config_error("preprocess.input_size", f"{size} (and model.depth in 3D) must be a multiple "
                      f"of model.patch {model['patch']}")
@@ -220,7 +223,7 @@ METHODS = config["pruning"]["methods"]
 TARGETS = config["pruning"]["cycle_targets"]
 PRUNE_CODE = (*TRAIN_CODE, "cost.py", "macs.py", "methods.py", "pruning/groups.py",
               "pruning/significance.py", "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
-CONTROL_CODE = (*TRAIN_CODE, "controls.py", "pruning/surgery.py", "pruning/groups.py")
+CONTROL_CODE = (*TRAIN_CODE, "controls.py", "pruning/surgery.py", "pruning/groups.py", "macs.py")
 
 
 def previous_model(wildcards):

@@ -36,7 +36,7 @@ rule cost:
         "results/{run}/{model}/cost.json",
     params:
         cost=cfg("cost"),
-        code=code_version("model.py", "cost.py"),
+        code=code_version("model.py", "cost.py", "pruning/groups.py", "macs.py"),
     log:
         "logs/{run}/{model}/cost.log",
     benchmark:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_model import pruned_spec, tiny_spec
+from tests.tiny_model import ARCHS, TINY_MODEL, pruned_spec, tiny_spec
 from varprune.model import (
     CheckpointError,
     ModelSpec,
@@ -49,6 +49,37 @@ def test_3d_spec_builds_and_runs():
     spec = tiny_spec(spatial_dims=3, depth=16)
     out = build_model(spec)(torch.randn(spec.input_shape(1)))
     assert out.shape == (1, 2, 16, 32, 32)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(patch=12), "power of 2"),
+    (dict(patch=8, head_channels=[8, 8]), "one positive width per x2 stage"),
+    (dict(patch=8, head_channels=[8, 0, 8]), "one positive width per x2 stage"),
+    (dict(patch=8, head_channels=[8, 8, 8], head_layers=[12]), "head_layers"),
+    (dict(patch=8, head_channels=[8, 8, 8], head_kernel=5), "head_kernel"),
+    (dict(patch=32, head_channels=[8, 8, 8, 8, 8]), "at least 2 tokens"),
+    (dict(arch="unetr", patch=8), "UNETR has patch 16"),
+    (dict(arch="unetr", num_layers=6), "UNETR has patch 16"),
+    (dict(arch="vit"), "model.arch"),
+])
+def test_spec_rejects_inconsistent_setr_and_unetr_settings(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(**{**TINY_MODEL, **ARCHS["setr"], **changes})
+
+
+def test_setr_head_reads_the_chosen_layers_concatenated():
+    """head_layers [3, -1]: layer 3's tokens as they leave it, next to the normed last layer."""
+    torch.manual_seed(0)
+    spec = tiny_spec("setr", head_layers=[3, -1])
+    model = build_model(spec).eval()
+    x = torch.randn(spec.input_shape(2))
+    assert model.head[0].in_channels == 2 * spec.hidden
+    with torch.no_grad():
+        last, hidden_states = model.vit(x)
+        tokens = torch.cat([hidden_states[3], last], dim=-1)
+        grid = tokens.transpose(1, 2).reshape(2, 2 * spec.hidden, *(s // spec.patch for s in spec.img_size))
+        assert torch.allclose(model(x), model.out(model.head(grid)))
+        assert not torch.allclose(hidden_states[3], last)
 
 
 def test_spec_rejects_sizes_that_do_not_fit_the_patch():

@@ -57,7 +57,7 @@ def test_oneshot_table_has_every_method_and_target_and_matches_cycle_one(done_ru
     off = table[table.method == "transformer_off"]  # the far end: no MSA/FFN, no fine-tuning
     assert len(off) == 1 and off.val_dice.between(0, 1).all() and off.test_dice.between(0, 1).all()
     cost = json.loads((results / "dense" / "cost.json").read_text())
-    assert off.macs_reduction.iloc[0] == pytest.approx(cost["macs_transformer"] / cost["macs_full"])
+    assert off.macs_reduction.iloc[0] == pytest.approx(cost["macs_transformer"] / cost["macs_full"], abs=1e-6)
     pruned = table[~table.method.isin(["dense", "transformer_off"])]
     assert sorted(zip(pruned.method, pruned.target, strict=True)) == sorted(
         (m, t) for m in METHODS for t in ONESHOT_TARGETS)

@@ -2,17 +2,18 @@
 
 Which counter counts what:
 - `params`: every parameter tensor of the model, exactly (`count_parameters`). thop's own
-  parameter count misses `nn.Parameter`s used directly (UNETR's position embedding, cls token).
+  parameter count misses `nn.Parameter`s used directly (the ViT's position embedding).
 - `macs_thop`: thop's module hooks: Linear, Conv, norm layers... as the paper reports them. It
   does not see the attention matmuls (`torch.einsum` q·kᵀ and attn·v inside SABlock), so it
   underestimates a transformer's cost, and more so at long token sequences.
 - `macs_full`: `torch.utils.flop_counter.FlopCounterMode` counts every matmul, einsum, bmm and
   convolution at the ATen level, attention included; it reports FLOPs (2 per MAC) and we
   divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
-  it counts `scaled_dot_product_attention` as 0 (UNETR does not use that path).
+  it counts `scaled_dot_product_attention` as 0 (MONAI's SABlock does not use that path by default).
 - Latency: batch 1 on the CPU, fixed threads, warm-up, then the median and inter-quartile
   range of at least 20 timed runs; the transformer encoder alone is timed too, because the
-  decoder's convolutions are not pruned and set a floor under the whole model's latency.
+  decoder's (UNETR) or head's (SETR) convolutions are not pruned and set a floor under the
+  whole model's latency.
 """
 
 from __future__ import annotations

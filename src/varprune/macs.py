@@ -90,9 +90,3 @@ def rest_macs(model: Mapping) -> int:
     return setr_rest_macs(size, model["patch"], in_ch, out_ch, model["hidden"],
                           list(model["head_channels"]), model["head_kernel"],
                           len(model["head_layers"]))
-
-
-def dense_layer_macs(model: Mapping) -> int:
-    """MACs of one dense transformer layer."""
-    return layer_macs(img_size(model), model.get("patch", 16), model["hidden"], model["hidden"],
-                      model["ffn"])

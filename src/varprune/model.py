@@ -54,8 +54,11 @@ class LayerSpec:
 
 @dataclass
 class ModelSpec:
-    """Everything needed to build the network, dense or pruned (checkpoints written before
-    `arch` existed load as `unetr`)."""
+    """Everything needed to build the network, dense or pruned.
+
+    The defaults describe checkpoints written before `arch` existed (a UNETR); configs set every
+    key (config/config.yaml), so a new model never depends on them.
+    """
 
     arch: str = "unetr"
     spatial_dims: int = 2
@@ -103,6 +106,9 @@ class ModelSpec:
         if self.patch < 2 or 2 ** stages != self.patch:
             raise ValueError(f"model.patch must be a power of 2 for setr (one x2 stage per factor), "
                              f"got {self.patch}")
+        if min(self.img_size[-1], self.img_size[0]) // self.patch < 2:
+            raise ValueError(f"setr needs at least 2 tokens along every axis (input {self.img_size}, "
+                             f"patch {self.patch}): the head normalises over the token grid")
         if len(self.head_channels) != stages or min(self.head_channels, default=1) < 1:
             raise ValueError(f"model.head_channels needs one positive width per x2 stage: {stages} "
                              f"for patch {self.patch}, got {self.head_channels}")
@@ -181,8 +187,8 @@ class SETR(nn.Module):
     """SETR-PUP style segmenter: ViT tokens -> patch grid -> (conv, norm, ReLU, x2 upsampling)
     per stage -> 1x1 convolution to the classes.
 
-    With `head_kernel` 1 the head cannot mix neighbouring positions at all before the last
-    stages' upsampling; every spatial relation then has to come from the transformer.
+    With `head_kernel` 1 neighbouring tokens mix only through the x2 interpolations (about two
+    tokens per axis): every longer-range relation has to come from the transformer.
     """
 
     def __init__(self, spec: ModelSpec) -> None:

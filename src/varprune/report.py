@@ -361,7 +361,8 @@ def arch_phrase(model: dict) -> str:
     """The segmenter in a few words, from the `model` config slice."""
     if model.get("arch", "unetr") == "setr":
         return (f"SETR-PUP (MONAI ViT, patch {model.get('patch')}, {model.get('num_layers')} layers, "
-                f"hidden {model.get('hidden')}, upsampling head {model.get('head_channels')})")
+                f"hidden {model.get('hidden')}, upsampling head {model.get('head_channels')} of "
+                f"{model.get('head_kernel')}x{model.get('head_kernel')} convolutions)")
     return f"MONAI UNETR (hidden {model.get('hidden')})"
 
 
