@@ -106,9 +106,9 @@ class ModelSpec:
         if self.patch < 2 or 2 ** stages != self.patch:
             raise ValueError(f"model.patch must be a power of 2 for setr (one x2 stage per factor), "
                              f"got {self.patch}")
-        if min(self.img_size[-1], self.img_size[0]) // self.patch < 2:
-            raise ValueError(f"setr needs at least 2 tokens along every axis (input {self.img_size}, "
-                             f"patch {self.patch}): the head normalises over the token grid")
+        if self.input_size // self.patch < 2:
+            raise ValueError(f"setr needs at least 2 tokens along each in-plane axis (input "
+                             f"{self.input_size}, patch {self.patch}): the head normalises over the grid")
         if len(self.head_channels) != stages or min(self.head_channels, default=1) < 1:
             raise ValueError(f"model.head_channels needs one positive width per x2 stage: {stages} "
                              f"for patch {self.patch}, got {self.head_channels}")
