@@ -28,7 +28,7 @@ rule dense_long:
     conda:
         "../envs/varprune.yaml"
     script:
-        "../scripts/dense_long.py"
+        "../scripts/control.py"
 
 
 rule transformer_off:
@@ -58,7 +58,7 @@ rule transformer_off:
     conda:
         "../envs/varprune.yaml"
     script:
-        "../scripts/transformer_off.py"
+        "../scripts/control.py"
 
 
 rule oneshot:

@@ -76,26 +76,21 @@ def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.P
         pd.concat(logs, ignore_index=True)[LOG_COLUMNS].to_csv(tmp, index=False)
 
 
-def train_dense_long(parent: str | os.PathLike, splits_json: str | os.PathLike,
-                     preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
-                     out_model: str | os.PathLike, out_log: str | os.PathLike,
-                     state_dir: str | os.PathLike, threads: int | None = None) -> None:
-    """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle)."""
+CONTROLS = ("dense_long", "transformer_off")
+
+
+def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.PathLike,
+                  preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                  out_model: str | os.PathLike, out_log: str | os.PathLike,
+                  state_dir: str | os.PathLike, threads: int | None = None) -> None:
+    """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle); for
+    `transformer_off`, first remove every MSA and FFN block."""
+    if kind not in CONTROLS:
+        raise ValueError(f"unknown control {kind!r}; choose from {', '.join(CONTROLS)}")
     if threads:
         torch.set_num_threads(threads)
     model, spec, parent_provenance = load_model(parent)
-    fine_tune_rounds("dense_long", model, spec, parent, parent_provenance, splits_json, preprocessed_dir,
+    if kind == "transformer_off":
+        spec = remove_transformer_blocks(model, spec)
+    fine_tune_rounds(kind, model, spec, parent, parent_provenance, splits_json, preprocessed_dir,
                      finetune, rounds, out_model, out_log, state_dir, threads)
-
-
-def train_transformer_off(parent: str | os.PathLike, splits_json: str | os.PathLike,
-                          preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
-                          out_model: str | os.PathLike, out_log: str | os.PathLike,
-                          state_dir: str | os.PathLike, threads: int | None = None) -> None:
-    """Remove every MSA and FFN block of the dense model, then fine-tune it as dense_long is."""
-    if threads:
-        torch.set_num_threads(threads)
-    model, spec, parent_provenance = load_model(parent)
-    new_spec = remove_transformer_blocks(model, spec)
-    fine_tune_rounds("transformer_off", model, new_spec, parent, parent_provenance, splits_json,
-                     preprocessed_dir, finetune, rounds, out_model, out_log, state_dir, threads)

@@ -1,10 +1,12 @@
-"""Snakemake script: the dense_long control. Logic lives in varprune.controls."""
+"""Snakemake script: the dense_long and transformer_off controls (the rule's name says which).
+Logic lives in varprune.controls."""
 
-from varprune.controls import train_dense_long
+from varprune.controls import train_control
 from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
-    train_dense_long(
+    train_control(
+        kind=snakemake.rule,
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
         preprocessed_dir=snakemake.params.preprocessed,
