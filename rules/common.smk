@@ -28,6 +28,11 @@ def check_config(cfg):
     if syn["slices_min"] > syn["slices_max"]:
         config_error("synthetic.slices_min", f"{syn['slices_min']} > synthetic.slices_max {syn['slices_max']}")
     data = cfg["data"]
+    if data["source"] == "synthetic" and data["archive"]:
+        config_error("data.archive", f"{data['archive']} is set but data.source is synthetic; "
+                     "set data.source: ircadb to use your archive, or remove data.archive")
+    if data["archive"] and not Path(data["archive"]).is_file():
+        config_error("data.archive", f"{data['archive']}: no such file")
     if data["source"] == "synthetic" and data["patients"]:
         too_big = [p for p in data["patients"] if p > syn["patients"]]
         if too_big:

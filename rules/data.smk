@@ -73,7 +73,8 @@ rule convert:
         liver="data/nifti/{case}/liver.nii.gz",
         meta="data/nifti/{case}/meta.json",
     params:
-        code=code_version(*DATA_CODE, "data/convert.py"),
+        assume_hu=cfg("data.assume_hu"),
+        code=code_version(*DATA_CODE, "data/convert.py", "data/dicom.py"),
     log:
         "logs/data/convert/{case}.log",
     benchmark:

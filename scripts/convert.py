@@ -6,4 +6,5 @@ from varprune.data.convert import convert_case
 from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
-    convert_case(snakemake.input.archive, snakemake.wildcards.case, Path(snakemake.output.meta).parent)
+    convert_case(snakemake.input.archive, snakemake.wildcards.case, Path(snakemake.output.meta).parent,
+                 assume_hu=snakemake.params.assume_hu)

@@ -125,7 +125,7 @@ def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys
         image.SetMetaData("0008|0060", "MR")
         writer.SetFileName(str(mr / path.name))
         writer.Execute(image)
-    _expect_error(capsys, tmp_path, model, mr, "modality MR, not CT")
+    _expect_error(capsys, tmp_path, model, mr, "Modality (0008,0060) is MR, not CT")
 
     two = tmp_path / "two"
     shutil.copytree(series, two)

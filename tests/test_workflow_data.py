@@ -72,6 +72,11 @@ def test_editing_the_cohort_reruns_everything(done_run, tmp_path):
         ({"model.arch": "setr", "model.patch": 12}, "model.patch"),
         ({"model.arch": "setr", "model.patch": 16, "model.head_channels": [8, 8, 8]}, "model.head_channels"),
         ({"model.arch": "setr", "model.head_layers": [12]}, "model.head_layers"),
+        ({"run": ".."}, "run"),
+        ({"run": "../elsewhere"}, "run"),
+        ({"data.archive": "3Dircadb1.zip"}, "3Dircadb1.zip is set but data.source is synthetic"),
+        ({"data.source": "ircadb", "data.archive": "/no/such/3Dircadb1.zip"},
+         "data.archive: /no/such/3Dircadb1.zip: no such file"),
     ],
 )
 def test_a_wrong_config_value_stops_before_any_job_naming_the_key(tmp_path, change, key):

@@ -7,6 +7,7 @@ name: the next run would take it as done. Every writer in varprune goes through 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -18,17 +19,40 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, outputs get the usual mode
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Remove the temporary files of `final` left by writers that were killed (kill -9, power
+    loss: no `finally` ran). Their names carry the writer's pid; a live writer's file is kept."""
+    for path in final.parent.glob(f".{glob.escape(final.name)}.pid*.tmp*"):
+        pid = path.name[len(final.name) + 5:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
 
     The temporary name keeps the final suffix (e.g. `.nii.gz`) because some writers choose
-    the format from it.
+    the format from it, and the writer's pid, so that the next writer removes what a killed
+    one left behind.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     suffix = suffix if suffix is not None else "".join(final.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}",
+                                    dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -45,7 +45,7 @@ def _convert(args: argparse.Namespace) -> None:
         patients = args.patients or list_patients(archive)
     for patient in patients:
         case = case_id(patient)
-        meta = convert_case(args.archive, case, f"{args.output}/{case}")
+        meta = convert_case(args.archive, case, f"{args.output}/{case}", assume_hu=args.assume_hu)
         print(
             f"{case}: {meta['slices']} slices, spacing {meta['spacing_mm']} mm, "
             f"liver {meta['liver_volume_ml']} ml, structures {', '.join(meta['structures'])}"
@@ -57,7 +57,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     result = predict(args.model, args.input, args.output, preview=args.preview, series=args.series,
                      device=args.device, threads=args.threads, batch_size=args.batch_size,
-                     largest_component=not args.no_largest_component)
+                     largest_component=not args.no_largest_component, assume_hu=args.assume_hu)
     print(f"{result['output']}: liver {result['liver_ml']:.1f} ml, grid {result['size']}")
 
 
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", help="3Dircadb1.zip (real or synthetic) or a one-patient zip")
     p.add_argument("output", help="folder; each case goes to OUTPUT/ircadNN/")
     p.add_argument("--patients", type=int, nargs="+", help="patient numbers (default: all)")
+    p.add_argument("--assume-hu", action="store_true",
+                   help="take CT values without RescaleIntercept as HU (default: refuse them unless they "
+                        "look like HU)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("predict", help="segment the liver of a CT with a checkpoint")
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--no-largest-component", action="store_true",
                    help="keep every predicted island (default: only the largest, the liver is one organ)")
+    p.add_argument("--assume-hu", action="store_true",
+                   help="take the values of a DICOM series without RescaleIntercept as HU (default: refuse "
+                        "them unless they look like HU)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (verified)")

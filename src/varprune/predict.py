@@ -9,6 +9,7 @@ switched off. Every failure names the input and the problem, and leaves no outpu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -21,7 +22,8 @@ import torch
 
 from varprune.atomic import atomic_path
 from varprune.data.archive import ArchiveError, list_patients, open_zip, safe_extract, series_folders
-from varprune.data.preprocess import PreprocessSpec, preprocess_arrays, to_original_grid
+from varprune.data.dicom import MODALITY, DicomTagError, Header, check_hu, check_series, read_header
+from varprune.data.preprocess import PreprocessSpec, finite_ct, preprocess_arrays, to_original_grid
 from varprune.evaluate import keep_largest_component
 from varprune.inference import pick_device, predict_volume
 from varprune.model import CheckpointError, ModelSpec, load_model
@@ -36,50 +38,59 @@ class InputError(Exception):
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
-def _dicom_modality(path: str) -> str:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.LoadPrivateTagsOff()
+def _dicom_header(path: Path, shown: str) -> Header:
     try:
-        reader.ReadImageInformation()
+        return read_header(path, shown)
     except RuntimeError as err:
-        raise InputError(f"{path}: not a readable DICOM file ({str(err).strip().splitlines()[0]})") from err
-    return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
+        raise InputError(f"{shown}: not a readable DICOM file ({str(err).strip().splitlines()[0]})") from err
 
 
-def read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
-    """The CT series of a folder; several series need `series` (their UIDs are listed)."""
+def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool = False,
+                      shown_as: str | None = None) -> sitk.Image:
+    """The CT series of a folder; several series need `series` (their UIDs are listed).
+
+    The tags the reading relies on are checked first (`varprune.data.dicom`); messages name the
+    files as `shown_as/name` (the user's zip rather than a temporary folder)."""
+    shown_as = shown_as or str(folder)
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     if not files:
-        raise InputError(f"{folder}: the folder is empty")
+        raise InputError(f"{shown_as}: the folder is empty")
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
-        raise InputError(f"{folder}: no DICOM series found among its {len(files)} file(s)")
+        raise InputError(f"{shown_as}: no DICOM series found among its {len(files)} file(s)")
     if series is None and len(ids) > 1:
-        raise InputError(f"{folder}: holds {len(ids)} series; choose one with --series UID: {', '.join(ids)}")
+        raise InputError(f"{shown_as}: holds {len(ids)} series; choose one with --series UID: "
+                         f"{', '.join(ids)}")
     if series is not None and series not in ids:
-        raise InputError(f"{folder}: no series {series}; it holds {', '.join(ids)}")
+        raise InputError(f"{shown_as}: no series {series}; it holds {', '.join(ids)}")
     in_series = {Path(n).resolve() for uid in ids
                  for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)}
     for path in files:
         if path.resolve() not in in_series:
-            _dicom_modality(str(path))  # raises, naming the file, when it is not readable DICOM
-            raise InputError(f"{path}: a DICOM file that belongs to no readable series")
-    names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or ids[0]))
-    modality = _dicom_modality(names[0])
-    if modality and modality != "CT":
-        raise InputError(f"{folder}: the series is modality {modality}, not CT")
-    for name in names:
-        _dicom_modality(name)  # a corrupt slice fails here, naming its file
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(names)
+            _dicom_header(path, f"{shown_as}/{path.name}")  # raises when it is not readable DICOM
+            raise InputError(f"{shown_as}/{path.name}: a DICOM file that belongs to no readable series")
+    names = [Path(n) for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or ids[0])]
+    headers = [_dicom_header(p, f"{shown_as}/{p.name}") for p in names]  # a corrupt slice fails here
     try:
-        return reader.Execute()
+        check = check_series(headers)
+    except DicomTagError as err:
+        raise InputError(str(err)) from err
+    names = [names[i] for i in check.order]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in names])
+    try:
+        ct = reader.Execute()
     except RuntimeError as err:
-        raise InputError(f"{folder}: cannot read the series ({str(err).strip().splitlines()[0]})") from err
+        raise InputError(f"{shown_as}: cannot read the series ({str(err).strip().splitlines()[0]})") from err
+    try:
+        check_hu(check, float(sitk.GetArrayViewFromImage(ct).min()), headers[check.order[0]].name, assume_hu)
+    except DicomTagError as err:
+        raise InputError(str(err)) from err
+    return ct
 
 
-def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None) -> sitk.Image:
+def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None, assume_hu: bool,
+                           shown_as: str) -> sitk.Image:
     """An IRCADb patient folder: PATIENT_DICOM.zip (as in the archive) or PATIENT_DICOM/."""
     inner = folder / "PATIENT_DICOM.zip"
     if inner.is_file():
@@ -87,15 +98,18 @@ def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None) -> sitk.
             with zipfile.ZipFile(inner) as zf:
                 safe_extract(zf, tmp / "ct", folder.name)
         except (zipfile.BadZipFile, ArchiveError) as err:
-            raise InputError(f"{inner}: not a readable zip ({err})") from err
+            raise InputError(f"{shown_as}/PATIENT_DICOM.zip: not a readable zip ({err})") from err
         groups = series_folders(tmp / "ct", "PATIENT_DICOM")
         if len(groups) != 1:
-            raise InputError(f"{inner}: expected one series folder, found {sorted(groups)}")
-        return read_dicom_folder(next(iter(groups.values()))[0].parent, series)
-    return read_dicom_folder(folder / "PATIENT_DICOM", series)
+            raise InputError(f"{shown_as}/PATIENT_DICOM.zip: expected one series folder, "
+                             f"found {sorted(groups)}")
+        ct_folder = next(iter(groups.values()))[0].parent
+        return read_dicom_folder(ct_folder, series, assume_hu,
+                                 f"{shown_as}/PATIENT_DICOM.zip:{ct_folder.relative_to(tmp / 'ct')}")
+    return read_dicom_folder(folder / "PATIENT_DICOM", series, assume_hu, f"{shown_as}/PATIENT_DICOM")
 
 
-def read_ct(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool = False) -> sitk.Image:
     """Read a CT from any supported input (see the module docstring)."""
     path = Path(path)
     if not path.exists():
@@ -104,8 +118,8 @@ def read_ct(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
         tmp = Path(tmp_name)
         if path.is_dir():
             if (path / "PATIENT_DICOM.zip").exists() or (path / "PATIENT_DICOM").is_dir():
-                return _ircadb_patient_folder(path, tmp, series)
-            return read_dicom_folder(path, series)
+                return _ircadb_patient_folder(path, tmp, series, assume_hu, str(path))
+            return read_dicom_folder(path, series, assume_hu)
         if path.name.lower().endswith(".zip"):
             try:
                 with open_zip(path, path.name) as archive:
@@ -118,13 +132,14 @@ def read_ct(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
             folders = [p.parent for p in (tmp / "patient").rglob("PATIENT_DICOM.zip")]
             if len(folders) != 1:
                 raise InputError(f"{path}: no PATIENT_DICOM.zip inside")
-            return _ircadb_patient_folder(folders[0], tmp / "inner", series)
+            return _ircadb_patient_folder(folders[0], tmp / "inner", series, assume_hu,
+                                          f"{path}:{folders[0].relative_to(tmp / 'patient')}")
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             try:
                 return sitk.ReadImage(str(path))
             except RuntimeError as err:
                 raise InputError(f"{path}: cannot read ({str(err).strip().splitlines()[0]})") from err
-        if _dicom_modality(str(path)) not in ("", "CT"):
+        if _dicom_header(path, str(path)).tags.get(MODALITY, "CT").upper() != "CT":
             raise InputError(f"{path}: not a CT")
         raise InputError(f"{path}: a single DICOM file; give the folder that holds the series")
 
@@ -135,8 +150,9 @@ def check_fits(ct: sitk.Image, spec: ModelSpec, source: str) -> None:
         if spec.spatial_dims == 3:
             raise InputError(f"{source}: a 2D image, but the model is 3D and needs a volume")
         raise InputError(f"{source}: expected a 3D CT volume (slices), got a {ct.GetDimension()}D image")
-    if spec.spatial_dims == 3 and ct.GetSize()[2] < 2:
-        raise InputError(f"{source}: a single slice, but the model is 3D and needs a volume")
+    if spec.spatial_dims == 3 and ct.GetSize()[2] < spec.depth:
+        raise InputError(f"{source}: {ct.GetSize()[2]} slice(s), but the model is 3D and reads slabs of "
+                         f"{spec.depth} slices: give a CT of at least {spec.depth} slices")
     if ct.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{source}: a colour/vector image, not a CT")
 
@@ -189,27 +205,59 @@ def write_preview(ct: sitk.Image, mask: sitk.Image, window: tuple[float, float],
         ax.set_title(f"slice {z}: {area[z] * float(np.prod(ct.GetSpacing())) / 1000:.1f} ml", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=90, format="png")  # predict passes a temporary path
+    finally:
+        plt.close(fig)
+
+
+OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def check_options(model_path, input_path, output, preview, device: str, threads: int | None,
+                  batch_size: int) -> None:
+    """Refuse bad options before anything is read or computed."""
+    if not str(output).lower().endswith(OUTPUT_SUFFIXES):
+        raise InputError(f"--output {output}: the mask needs a NIfTI name ({', '.join(OUTPUT_SUFFIXES)})")
+    if preview and not str(preview).lower().endswith(".png"):
+        raise InputError(f"--preview {preview}: the preview is a PNG; give a name ending in .png")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: give a positive number of CPU threads")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: give a positive number of slices per pass")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
+    inputs = {Path(p).resolve() for p in (model_path, input_path)}
+    outputs = [Path(p) for p in (output, preview) if p]
+    for out in outputs:
+        if out.resolve() in inputs:
+            raise InputError(f"{out}: the output would overwrite an input; choose another name")
+        if out.is_dir():
+            raise InputError(f"{out}: is a folder; give a file name")
+    if preview and Path(preview).resolve() == Path(output).resolve():
+        raise InputError(f"{output}: --output and --preview must differ")
 
 
 def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike,
             preview: str | os.PathLike | None = None, series: str | None = None, device: str = "auto",
-            threads: int | None = None, batch_size: int = 16, largest_component: bool = True) -> dict:
-    """The whole command: read, check, segment, write (atomically)."""
+            threads: int | None = None, batch_size: int = 16, largest_component: bool = True,
+            assume_hu: bool = False) -> dict:
+    """The whole command: check the options, read, check, segment, then write the mask and the
+    preview together (both or neither)."""
+    check_options(model_path, input_path, output, preview, device, threads, batch_size)
     if threads:
         torch.set_num_threads(threads)
     model, spec, provenance = load_model(model_path)
     prep = preprocess_spec(provenance, model_path)
-    ct = read_ct(input_path, series)
+    ct = finite_ct(read_ct(input_path, series, assume_hu), str(input_path))
     check_fits(ct, spec, str(input_path))
     target = pick_device(device)
     mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component)
-    with atomic_path(output) as tmp:
-        sitk.WriteImage(mask, str(tmp), useCompression=True)
-    if preview:
-        write_preview(ct, mask, prep.window, preview)
+    with contextlib.ExitStack() as stack:
+        tmp_mask = stack.enter_context(atomic_path(output))
+        if preview:
+            write_preview(ct, mask, prep.window, stack.enter_context(atomic_path(preview)))
+        sitk.WriteImage(mask, str(tmp_mask), useCompression=True)
     volume_ml = float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing())) / 1000
     log.info("%s -> %s: liver %.1f ml", input_path, output, volume_ml)
     return {"output": str(output), "liver_ml": volume_ml, "size": list(mask.GetSize())}

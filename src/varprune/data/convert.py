@@ -27,6 +27,7 @@ from varprune.data.archive import (
     safe_extract,
     series_folders,
 )
+from varprune.data.dicom import DicomTagError, check_hu, check_series, read_header
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,15 @@ def check_dicom(path: Path, case: str, label: str) -> None:
         raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file") from err
 
 
-def _z_position(path: Path) -> float:
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    if not reader.HasMetaDataKey("0020|0032"):
-        return 0.0
-    return float(reader.GetMetaData("0020|0032").split("\\")[2])
+def ct_headers(files: list[Path], case: str, label: str) -> list:
+    """The headers of the CT slices, failing with the case and file name on a non-DICOM file."""
+    headers = []
+    for path in files:
+        try:
+            headers.append(read_header(path, f"{label}/{path.name}"))
+        except RuntimeError as err:
+            raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file") from err
+    return headers
 
 
 def read_series(files: list[Path], case: str, label: str) -> sitk.Image:
@@ -98,8 +100,9 @@ def read_mask(files: list[Path], ct: sitk.Image, ct_files: list[Path], case: str
     return binary
 
 
-def read_case(archive_path: str | os.PathLike, case: str) -> ConvertedCase:
-    """Read one case's CT, liver and tumour masks from the archive and check them."""
+def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = False) -> ConvertedCase:
+    """Read one case's CT, liver and tumour masks from the archive and check them (the CT's
+    DICOM tags too: `varprune.data.dicom`)."""
     patient = patient_of(case)
     with open_zip(archive_path, case) as archive, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -114,15 +117,22 @@ def read_case(archive_path: str | os.PathLike, case: str) -> ConvertedCase:
         ct_files = next(iter(ct_groups.values()))
         if not ct_files:
             raise ArchiveError(f"{case}: PATIENT_DICOM.zip holds no slices")
-        for path in ct_files:
-            check_dicom(path, case, "PATIENT_DICOM")
-        # Natural file order; reversed when the positions run downwards, so that the volume's
-        # geometry is right. Masks follow the same permutation (slice k <-> image_k).
-        order = "natural"
-        if len(ct_files) > 1 and _z_position(ct_files[-1]) < _z_position(ct_files[0]):
-            ct_files = ct_files[::-1]
-            order = "natural, reversed to follow ImagePositionPatient"
-        ct = sitk.Cast(read_series(ct_files, case, "PATIENT_DICOM"), sitk.sitkInt16)
+        try:
+            check = check_series(ct_headers(ct_files, case, "PATIENT_DICOM"))
+        except DicomTagError as err:
+            raise ArchiveError(f"{case}: {err}") from err
+        # Sorted by ImagePositionPatient along the slice normal (feet to head), so that the
+        # volume's geometry is right whatever the file names say. Masks follow the same
+        # permutation (slice k <-> image_k, by file name).
+        order = "by ImagePositionPatient" if check.order != sorted(check.order) else "natural"
+        ct_files = [ct_files[i] for i in check.order]
+        ct = read_series(ct_files, case, "PATIENT_DICOM")
+        try:
+            check_hu(check, float(sitk.GetArrayViewFromImage(ct).min()), f"PATIENT_DICOM/{ct_files[0].name}",
+                     assume_hu)
+        except DicomTagError as err:
+            raise ArchiveError(f"{case}: {err}") from err
+        ct = sitk.Cast(ct, sitk.sitkInt16)
 
         masks = series_folders(tmp / "masks", "MASKS_DICOM")
         names = {name.lower(): name for name in masks}
@@ -168,9 +178,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
-def convert_case(archive_path: str | os.PathLike, case: str, out_dir: str | os.PathLike) -> dict:
+def convert_case(archive_path: str | os.PathLike, case: str, out_dir: str | os.PathLike,
+                 assume_hu: bool = False) -> dict:
     """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta."""
-    converted = read_case(archive_path, case)
+    converted = read_case(archive_path, case, assume_hu)
     out = Path(out_dir)
     write_image(converted.ct, out / "ct.nii.gz")
     write_image(converted.liver, out / "liver.nii.gz")

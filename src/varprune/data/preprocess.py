@@ -1,15 +1,19 @@
 """Turn a converted case into model-ready arrays, and map predictions back onto the CT grid.
 
-Per case: find the body, take a square in-plane field of view around it, resample the CT and
+Per case: reorient the CT and mask to one canonical orientation (`orientation`, DICOM
+letters, LPS by default: the way IRCADb and most DICOM CTs are stored), so that the model sees
+the patient the same way whatever the file's layout (a RAS NIfTI is a mirrored array otherwise);
+find the body, take a square in-plane field of view around it, resample the CT and
 the liver mask onto a `input_size` x `input_size` grid (at `spacing_mm`, or fitted to the body
 when `spacing_mm` is None), clip to the HU window and scale to [0, 1]. Slices are kept as they
 are along z, so the saved (slices, H, W) array is the stack of slices a 2D model reads and the
 volume a 3D model reads. The reference geometry saved with it maps any prediction back onto
 the original NIfTI grid (`to_original_grid`), which evaluation and `varprune predict` use.
 
-`.npz` contents: `image` float32 (S, H, W) in [0, 1]; `label` uint8 (S, H, W); `origin`,
-`spacing`, `direction`, `size` of the reference grid (SimpleITK x, y, z order); `source_size`,
-`source_spacing`, `source_origin`, `source_direction` of the CT; `window`; `case`.
+`.npz` contents: `image` float32 (S, H, W) in [0, 1], canonical orientation; `label` uint8
+(S, H, W); `origin`, `spacing`, `direction`, `size` of the reference grid (SimpleITK x, y, z
+order); `source_size`, `source_spacing`, `source_origin`, `source_direction` of the CT as
+stored (before reorientation); `window`; `case`.
 """
 
 from __future__ import annotations
@@ -40,8 +44,12 @@ class PreprocessSpec:
     input_size: int = 128
     body_threshold_hu: float = -500.0
     margin_mm: float = 10.0
+    orientation: str = "LPS"
 
     def __post_init__(self) -> None:
+        if not is_orientation(self.orientation):
+            raise ValueError(f"preprocess.orientation must be three DICOM letters, one of L/R, one of "
+                             f"P/A and one of S/I (e.g. LPS), got {self.orientation!r}")
         low, high = self.window
         if low >= high:
             raise ValueError(f"preprocess.window: low ({low}) must be below high ({high})")
@@ -58,7 +66,23 @@ class PreprocessSpec:
             input_size=int(cfg["input_size"]),
             body_threshold_hu=float(cfg.get("body_threshold_hu", -500.0)),
             margin_mm=float(cfg.get("margin_mm", 10.0)),
+            # Checkpoints written before the key existed were trained on LPS-stored CTs.
+            orientation=str(cfg.get("orientation", "LPS")),
         )
+
+
+def is_orientation(code: str) -> bool:
+    """Three DICOM orientation letters naming each axis once (LPS, RAS, ...)."""
+    return (isinstance(code, str) and len(code) == 3
+            and all(sum(letter in pair for letter in code) == 1 for pair in ("LR", "PA", "SI")))
+
+
+def canonical(image: sitk.Image, orientation: str = "LPS") -> sitk.Image:
+    """`image` with its axes permuted and flipped to `orientation` (the voxels stay where they
+    are in physical space; only the array layout changes)."""
+    if image.GetDimension() != 3:
+        return image
+    return sitk.DICOMOrient(image, orientation)
 
 
 def body_box(ct: sitk.Image, threshold_hu: float) -> tuple[float, float, float, float]:
@@ -102,11 +126,20 @@ def _antialias(image: sitk.Image, step: float) -> sitk.Image:
     if step <= 1.2 * min(sx, sy):
         return image
     sigma = 0.5 * np.sqrt(max(step**2 - sx**2, 0.0))
+    if image.GetSize()[2] < 4:  # the recursive filter needs 4 voxels along every axis: slice by slice
+        smoothed = sitk.JoinSeries([sitk.SmoothingRecursiveGaussian(image[:, :, k], sigma=(sigma, sigma))
+                                    for k in range(image.GetSize()[2])])
+        smoothed.CopyInformation(image)
+        return smoothed
     return sitk.SmoothingRecursiveGaussian(image, sigma=(sigma, sigma, 1e-3 * image.GetSpacing()[2]))
 
 
 def preprocess_arrays(ct: sitk.Image, liver: sitk.Image, spec: PreprocessSpec) -> dict[str, np.ndarray]:
-    """Resample, window and normalise one case; return the arrays of the .npz."""
+    """Reorient, resample, window and normalise one case; return the arrays of the .npz.
+
+    The source geometry saved is the CT's own, so `to_original_grid` lands on the input grid."""
+    source = ct
+    ct, liver = canonical(ct, spec.orientation), canonical(liver, spec.orientation)
     ref = reference_grid(ct, spec)
     ct_f = _antialias(sitk.Cast(ct, sitk.sitkFloat32), ref.GetSpacing()[0])
     image = sitk.Resample(ct_f, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
@@ -121,12 +154,35 @@ def preprocess_arrays(ct: sitk.Image, liver: sitk.Image, spec: PreprocessSpec) -
         "spacing": np.asarray(ref.GetSpacing()),
         "direction": np.asarray(ref.GetDirection()),
         "size": np.asarray(ref.GetSize()),
-        "source_size": np.asarray(ct.GetSize()),
-        "source_spacing": np.asarray(ct.GetSpacing()),
-        "source_origin": np.asarray(ct.GetOrigin()),
-        "source_direction": np.asarray(ct.GetDirection()),
+        "source_size": np.asarray(source.GetSize()),
+        "source_spacing": np.asarray(source.GetSpacing()),
+        "source_origin": np.asarray(source.GetOrigin()),
+        "source_direction": np.asarray(source.GetDirection()),
         "window": np.asarray(spec.window, dtype=np.float64),
     }
+
+
+NONFINITE_LIMIT = 0.001  # share of NaN/inf voxels refused; a smaller trace becomes air, with a warning
+
+
+def finite_ct(ct: sitk.Image, source: str) -> sitk.Image:
+    """Refuse a CT with more than a trace of NaN/inf voxels (a NaN compares false with every
+    threshold, so it would silently become tissue or air); replace a trace by air, warning."""
+    values = sitk.GetArrayViewFromImage(ct)
+    if np.issubdtype(values.dtype, np.integer):
+        return ct
+    bad = ~np.isfinite(values)
+    share = float(bad.mean())
+    if share == 0:
+        return ct
+    if share > NONFINITE_LIMIT:
+        raise PreprocessError(f"{source}: {share:.1%} of the voxels are NaN or infinite "
+                              f"(more than {NONFINITE_LIMIT:.1%}): not a usable CT")
+    log.warning("%s: %d NaN/infinite voxel(s) (%.3f%%) replaced by air (-1024 HU)", source, int(bad.sum()),
+                100 * share)
+    fixed = sitk.GetImageFromArray(np.where(bad, -1024.0, values).astype(np.float32))
+    fixed.CopyInformation(ct)
+    return fixed
 
 
 def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
@@ -141,7 +197,7 @@ def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
 def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, case: str,
                     spec: PreprocessSpec, out_npz: str | os.PathLike) -> dict[str, np.ndarray]:
     """Preprocess one converted case into `out_npz` (written atomically)."""
-    ct = read_image(ct_path, case)
+    ct = finite_ct(read_image(ct_path, case), f"{case}: {ct_path}")
     liver = read_image(liver_path, case)
     if ct.GetSize() != liver.GetSize():
         raise PreprocessError(f"{case}: {liver_path} is {liver.GetSize()}, the CT {ct.GetSize()}")

@@ -1,0 +1,413 @@
+"""Real inputs that used to give a wrong answer with exit code 0: another orientation, DICOM
+tags that are missing or inconsistent, non-finite and thin CTs, and bad predict options."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from varprune.atomic import atomic_path
+from varprune.cli import main
+from varprune.data.archive import ArchiveError
+from varprune.data.convert import convert_case
+from varprune.data.phantom import make_phantom
+from varprune.data.preprocess import (
+    PreprocessSpec,
+    canonical,
+    is_orientation,
+    preprocess_arrays,
+    preprocess_case,
+)
+from varprune.evaluate import evaluate_checkpoint
+from varprune.model import read_checkpoint
+
+from .conftest import TINY, rewrite_inner
+from .workflow_helpers import threads_for_tests
+
+Members = dict[str, bytes]
+FLIPS = {"LPS": (False, False, False), "RAS": (True, True, False), "RPS": (True, False, False),
+         "LAS": (False, True, False), "LPI": (False, False, True)}
+
+
+def orientation_of(image: sitk.Image) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+# ---- DICOM edits (pydicom, on the members of an inner zip) ----
+
+Change = Callable[[str, pydicom.Dataset], pydicom.Dataset | None]
+
+
+def _edit_slices(change: Change) -> Callable[[Members], Members]:
+    """Apply `change(name, dataset)` to every slice; None drops the slice."""
+    def edit(members: Members) -> Members:
+        out = {}
+        for name, data in members.items():
+            if "image_" not in name:
+                out[name] = data
+                continue
+            changed = change(name, pydicom.dcmread(io.BytesIO(data)))
+            if changed is not None:
+                buffer = io.BytesIO()
+                changed.save_as(buffer)
+                out[name] = buffer.getvalue()
+        return out
+    return edit
+
+
+def _slice_number(name: str) -> int:
+    return int(name.rsplit("image_", 1)[1])
+
+
+def _flip(flips: tuple[bool, bool, bool]) -> Callable[[Members], Members]:
+    """Store every slice mirrored along x and/or y (direction cosines and position follow, so the
+    patient stays where it is), and/or the files in head-to-feet order."""
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        pixels = ds.pixel_array
+        position = [float(v) for v in ds.ImagePositionPatient]
+        cosines = [float(v) for v in ds.ImageOrientationPatient]
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        if flips[0]:
+            pixels = pixels[:, ::-1]
+            position[0] += (ds.Columns - 1) * dx * cosines[0]
+            cosines[0:3] = [-c for c in cosines[0:3]]
+        if flips[1]:
+            pixels = pixels[::-1, :]
+            position[1] += (ds.Rows - 1) * dy * cosines[4]
+            cosines[3:6] = [-c for c in cosines[3:6]]
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:g}" for v in cosines]
+        return ds
+
+    def edit(members: Members) -> Members:
+        out = _edit_slices(change)(members)
+        if not flips[2]:
+            return out
+        by_folder: dict[str, list[str]] = {}
+        for name in out:
+            if "image_" in name:
+                by_folder.setdefault(name.rsplit("image_", 1)[0], []).append(name)
+        renamed = {n: d for n, d in out.items() if "image_" not in n}
+        for folder, names in by_folder.items():  # image_k gets the slice of image_{n-1-k}
+            last = max(_slice_number(n) for n in names)
+            for name in names:
+                renamed[f"{folder}image_{last - _slice_number(name)}"] = out[name]
+        return renamed
+    return edit
+
+
+def _archive_with(tiny_archive: Path, out: Path, patient: int, edit: Callable[[Members], Members],
+                  masks_too: bool = False) -> Path:
+    rewrite_inner(tiny_archive, out, patient, "PATIENT_DICOM.zip", edit)
+    if masks_too:
+        rewrite_inner(out, out.with_name(f"m-{out.name}"), patient, "MASKS_DICOM.zip", edit)
+        os.replace(out.with_name(f"m-{out.name}"), out)
+    return out
+
+
+# ---- orientation ----
+
+def test_orientation_codes_and_canonical_layout():
+    assert is_orientation("LPS") and is_orientation("SAR") and not is_orientation("LLS")
+    assert not is_orientation("LP") and not is_orientation("lps")
+    with pytest.raises(ValueError, match="preprocess.orientation"):
+        PreprocessSpec(orientation="XYZ")
+    image = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    for code, flips in FLIPS.items():
+        stored = sitk.Flip(image, flips)
+        assert orientation_of(stored) == code
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(canonical(stored)),
+                                      sitk.GetArrayFromImage(image))
+
+
+@pytest.mark.parametrize("code", [c for c in FLIPS if c != "LPS"])
+def test_preprocessing_sees_the_same_patient_in_every_orientation(code):
+    phantom = make_phantom(TINY.seed, 1, TINY.size, (TINY.slices_min, TINY.slices_max))
+    ct = sitk.GetImageFromArray(phantom.hu.astype(np.float32))
+    ct.SetSpacing(phantom.spacing)
+    ct.SetOrigin(phantom.origin)
+    liver = sitk.GetImageFromArray(phantom.masks["liver"].astype(np.uint8))
+    liver.CopyInformation(ct)
+    spec = PreprocessSpec(spacing_mm=6.0, input_size=32)
+    reference = preprocess_arrays(ct, liver, spec)
+    stored, stored_liver = sitk.Flip(ct, FLIPS[code]), sitk.Flip(liver, FLIPS[code])
+    arrays = preprocess_arrays(stored, stored_liver, spec)
+    np.testing.assert_allclose(arrays["image"], reference["image"], atol=1e-5)
+    np.testing.assert_array_equal(arrays["label"], reference["label"])
+    assert tuple(arrays["source_direction"]) == stored.GetDirection()  # maps back onto the stored grid
+
+
+@pytest.fixture(scope="module")
+def trained(done_run):
+    """The tiny run's dense model (trained, so its masks are livers) and its test case."""
+    case = json.loads((done_run / "data" / "splits.json").read_text())["test"][0]
+    model = done_run / "results" / "tiny" / "dense" / "model.pt"
+    provenance = read_checkpoint(model)["provenance"]
+    return {"model": model, "case": case, "patient": int(case[5:]), "run": done_run,
+            "prep": PreprocessSpec.from_config(provenance["config"]["preprocess"]),
+            "archive": done_run / "data" / "raw" / "3Dircadb1.zip",
+            "nifti": done_run / "data" / "nifti" / case / "ct.nii.gz"}
+
+
+def _predict(model: Path, source: Path, out: Path, *extra: str) -> int:
+    return main(["predict", "--model", str(model), "--input", str(source), "--output", str(out),
+                 "--threads", str(threads_for_tests() or 1), *extra])
+
+
+@pytest.mark.workflow
+def test_predict_gives_the_same_mask_in_every_orientation(trained, tmp_path):
+    ct = sitk.ReadImage(str(trained["nifti"]))
+    masks = {}
+    for code, flips in FLIPS.items():
+        stored = sitk.Flip(ct, flips)
+        source, out = tmp_path / f"{code}.nii.gz", tmp_path / f"{code}-mask.nii.gz"
+        sitk.WriteImage(stored, str(source))
+        assert _predict(trained["model"], source, out) == 0
+        mask = sitk.ReadImage(str(out))
+        assert mask.GetDirection() == stored.GetDirection() and mask.GetSize() == stored.GetSize()
+        back = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor)  # onto the LPS grid
+        masks[code] = sitk.GetArrayFromImage(back)
+    assert masks["LPS"].sum() > 100  # a liver, not an empty mask that trivially agrees
+    for code, mask in masks.items():
+        assert dice(mask, masks["LPS"]) >= 0.99, code
+
+
+def _convert_and_evaluate(trained: dict, archive: Path, root: Path) -> tuple[sitk.Image, float]:
+    """convert -> preprocess -> evaluate one case, as the pipeline's rules do."""
+    case = trained["case"]
+    convert_case(archive, case, root / "nifti" / case)
+    preprocess_case(root / "nifti" / case / "ct.nii.gz", root / "nifti" / case / "liver.nii.gz", case,
+                    trained["prep"], root / "preprocessed" / f"{case}.npz")
+    (root / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": [case]}))
+    rows = evaluate_checkpoint(trained["model"], root / "splits.json", root / "preprocessed", root / "nifti",
+                               root / "metrics.csv", root / "pred", threads=threads_for_tests() or 1)
+    return sitk.ReadImage(str(root / "pred" / f"{case}.nii.gz")), rows[0]["dice"]
+
+
+@pytest.mark.workflow
+def test_pipeline_gives_the_same_mask_in_every_stored_orientation(trained, tmp_path):
+    reference, reference_dice = _convert_and_evaluate(trained, trained["archive"], tmp_path / "LPS")
+    assert reference_dice > 0.2 and sitk.GetArrayViewFromImage(reference).any()  # a liver, however rough
+    for code, flips in FLIPS.items():
+        if code == "LPS":
+            continue
+        archive = _archive_with(trained["archive"], tmp_path / f"{code}.zip", trained["patient"],
+                                _flip(flips), masks_too=True)
+        pred, score = _convert_and_evaluate(trained, archive, tmp_path / code)
+        stored = sitk.ReadImage(str(tmp_path / code / "nifti" / trained["case"] / "ct.nii.gz"))
+        if code != "LPI":  # a reversed file order is sorted back by position: stored as LPS
+            assert orientation_of(stored) == code
+        back = sitk.Resample(pred, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+        assert dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference)) >= 0.99, code
+        assert score == pytest.approx(reference_dice, abs=0.01), code
+
+
+# ---- DICOM tags ----
+
+def _drop(*keywords: str, only: int | None = None):
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        if only is None or _slice_number(name) == only:
+            for keyword in keywords:
+                if keyword in ds:
+                    delattr(ds, keyword)
+        return ds
+    return _edit_slices(change)
+
+
+def _set(keyword: str, value, only: int | None = None):
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        if only is None or _slice_number(name) == only:
+            setattr(ds, keyword, value)
+        return ds
+    return _edit_slices(change)
+
+
+def _same_position(k: int, as_slice: int):
+    def edit(members: Members) -> Members:
+        source = next(d for n, d in members.items() if "image_" in n and _slice_number(n) == as_slice)
+        position = pydicom.dcmread(io.BytesIO(source)).ImagePositionPatient
+        return _set("ImagePositionPatient", position, only=k)(members)
+    return edit
+
+
+def _without_slice(k: int):
+    return _edit_slices(lambda name, ds: None if _slice_number(name) == k else ds)
+
+
+def _stored_as_hu(members: Members) -> Members:
+    """Signed HU values with no rescale tags, as some exporters write them."""
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        hu = ds.pixel_array.astype(np.int32) + int(float(ds.RescaleIntercept))
+        ds.PixelRepresentation = 1
+        ds.PixelData = hu.astype(np.int16).tobytes()
+        del ds.RescaleIntercept, ds.RescaleSlope
+        return ds
+    return _edit_slices(change)(members)
+
+
+@pytest.mark.parametrize("edit, masks_too, message", [
+    (_drop("RescaleIntercept", "RescaleSlope"), False, "PATIENT_DICOM/image_0: no RescaleIntercept"),
+    (_drop("RescaleSlope", only=4), False, "PATIENT_DICOM/image_4: RescaleIntercept (0028,1052) without"),
+    (_drop("RescaleIntercept", only=2), False, "image_2: no RescaleIntercept (0028,1052), which other"),
+    (_drop("PixelSpacing", only=3), False, "PATIENT_DICOM/image_3: no PixelSpacing (0028,0030)"),
+    (_set("PixelSpacing", "0.7", only=1), False, "PATIENT_DICOM/image_1: PixelSpacing (0028,0030) is"),
+    (_drop("ImagePositionPatient", only=5), False, "PATIENT_DICOM/image_5: no ImagePositionPatient"),
+    (_drop("ImageOrientationPatient", only=0), False, "image_0: no ImageOrientationPatient (0020,0037)"),
+    (_set("Modality", "MR"), False, "PATIENT_DICOM/image_0: Modality (0008,0060) is MR, not CT"),
+    (_without_slice(5), True, "PATIENT_DICOM/image_4 -> PATIENT_DICOM/image_6: slice gap"),
+    (_same_position(6, as_slice=5), False, "PATIENT_DICOM/image_5 and PATIENT_DICOM/image_6: two slices at"),
+])
+def test_missing_or_inconsistent_dicom_tags_stop_convert(tiny_archive, tmp_path, edit, masks_too, message):
+    archive = _archive_with(tiny_archive, tmp_path / "edited.zip", 2, edit, masks_too)
+    out = tmp_path / "out"
+    with pytest.raises(ArchiveError) as err:
+        convert_case(archive, "ircad02", out)
+    assert str(err.value).startswith("ircad02: ") and message in str(err.value), str(err.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_assume_hu_is_the_escape_hatch_and_signed_hu_is_accepted(tiny_archive, tmp_path, caplog):
+    unscaled = _archive_with(tiny_archive, tmp_path / "unscaled.zip", 2,
+                             _drop("RescaleIntercept", "RescaleSlope"))
+    meta = convert_case(unscaled, "ircad02", tmp_path / "assumed", assume_hu=True)
+    assert meta["hu_min"] >= 0 and "assume_hu is set" in caplog.text  # as asked, with a warning
+    signed = _archive_with(tiny_archive, tmp_path / "signed.zip", 2, _stored_as_hu)
+    meta = convert_case(signed, "ircad02", tmp_path / "signed")
+    reference = convert_case(tiny_archive, "ircad02", tmp_path / "reference")
+    assert meta["hu_min"] == reference["hu_min"] < -500
+    assert meta["liver_volume_ml"] == reference["liver_volume_ml"]
+
+
+@pytest.mark.workflow
+def test_predict_refuses_missing_tags_naming_the_users_file(trained, tmp_path, capsys):
+    patient_zip = tmp_path / "patient.zip"
+    edited = _archive_with(trained["archive"], tmp_path / "edited.zip", trained["patient"],
+                           _drop("RescaleIntercept", "RescaleSlope"))
+    with zipfile.ZipFile(edited) as src, zipfile.ZipFile(patient_zip, "w") as dst:
+        for info in src.infolist():
+            if f"3Dircadb1.{trained['patient']}/" in info.filename:
+                dst.writestr(info, src.read(info))
+    out = tmp_path / "mask.nii.gz"
+    assert _predict(trained["model"], patient_zip, out) == 1
+    err = capsys.readouterr().err
+    assert f"{patient_zip}:" in err and "no RescaleIntercept (0028,1052)" in err and "--assume-hu" in err, err
+    assert "/tmp" not in err.replace(str(tmp_path), "") and not out.exists()
+    assert _predict(trained["model"], patient_zip, out, "--assume-hu") == 0
+
+
+# ---- non-finite and thin CTs ----
+
+@pytest.mark.workflow
+def test_non_finite_ct_is_refused_and_a_trace_is_replaced(trained, tmp_path, capsys):
+    ct = sitk.Cast(sitk.ReadImage(str(trained["nifti"])), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(ct)
+    nan = sitk.GetImageFromArray(np.full_like(values, np.nan))
+    nan.CopyInformation(ct)
+    sitk.WriteImage(nan, str(tmp_path / "nan.nii.gz"))
+    out = tmp_path / "mask.nii.gz"
+    assert _predict(trained["model"], tmp_path / "nan.nii.gz", out) == 1
+    assert "100.0% of the voxels are NaN or infinite" in capsys.readouterr().err and not out.exists()
+    values.flat[:3] = [np.nan, np.inf, -np.inf]
+    trace = sitk.GetImageFromArray(values)
+    trace.CopyInformation(ct)
+    sitk.WriteImage(trace, str(tmp_path / "trace.nii.gz"))
+    assert _predict(trained["model"], tmp_path / "trace.nii.gz", out) == 0
+    assert "3 NaN/infinite voxel(s)" in capsys.readouterr().err
+
+
+def _series(trained: dict, tmp_path: Path, keep: int) -> Path:
+    """A plain DICOM folder of the test patient's middle `keep` slices."""
+    with zipfile.ZipFile(trained["archive"]) as archive:
+        wanted = f"3Dircadb1.{trained['patient']}/PATIENT_DICOM.zip"
+        inner = next(n for n in archive.namelist() if n.endswith(wanted))
+        members = zipfile.ZipFile(io.BytesIO(archive.read(inner)))
+        slices = sorted((n for n in members.namelist() if "image_" in n and "__MACOSX" not in n),
+                        key=_slice_number)
+        middle = len(slices) // 2
+        folder = tmp_path / f"series{keep}"
+        folder.mkdir()
+        for name in slices[middle:middle + keep]:
+            (folder / Path(name).name).write_bytes(members.read(name))
+    return folder
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("keep", [1, 3])
+def test_one_and_three_slice_series_get_a_mask_on_their_grid(trained, tmp_path, keep):
+    folder = _series(trained, tmp_path, keep)
+    out = tmp_path / "mask.nii.gz"
+    assert _predict(trained["model"], folder, out) == 0
+    mask = sitk.ReadImage(str(out))
+    assert mask.GetSize()[2] == keep
+    assert mask.GetSize()[:2] == sitk.ReadImage(str(trained["nifti"])).GetSize()[:2]
+
+
+# ---- predict options ----
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("args, message", [
+    (["--output", "{tmp}/mask.png"], "the mask needs a NIfTI name"),
+    (["--threads", "-2"], "--threads -2: give a positive number"),
+    (["--batch-size", "0"], "--batch-size 0: give a positive number"),
+    (["--output", "{input}"], "the output would overwrite an input"),
+    (["--preview", "{tmp}/preview.jpg"], "the preview is a PNG"),
+    (["--preview", "{tmp}/mask.nii.gz"], "--output and --preview must differ"),
+])
+def test_bad_predict_options_fail_before_any_work(trained, tmp_path, capsys, args, message):
+    names = {"tmp": tmp_path, "input": trained["nifti"]}
+    argv = ["predict", "--model", str(trained["model"]), "--input", str(trained["nifti"]),
+            "--output", str(tmp_path / "mask.nii.gz")]
+    argv += [a.format(**names) for a in args]
+    before = trained["nifti"].read_bytes()
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()) and trained["nifti"].read_bytes() == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_up_front(tmp_path, capsys):
+    code = main(["predict", "--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(tmp_path / "mask.nii.gz"), "--device", "cuda"])
+    assert code == 1 and "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.workflow
+def test_a_failed_preview_leaves_neither_file(trained, tmp_path, capsys, monkeypatch):
+    import varprune.predict as predict_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(predict_module, "write_preview", broken)
+    code = _predict(trained["model"], trained["nifti"], tmp_path / "mask.nii.gz", "--preview",
+                    str(tmp_path / "preview.png"))
+    assert code == 1 and "disk full" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
+    final = tmp_path / "mask.nii.gz"
+    dead = tmp_path / ".mask.nii.gz.pid999999999.abcd.tmp.nii.gz"  # no such pid
+    alive = tmp_path / f".mask.nii.gz.pid{os.getpid()}.efgh.tmp.nii.gz"
+    dead.write_bytes(b"")
+    alive.write_bytes(b"")
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"mask")
+    assert final.read_bytes() == b"mask" and not dead.exists() and alive.exists()
+    shutil.rmtree(tmp_path)
