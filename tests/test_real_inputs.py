@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from varprune.atomic import atomic_path
 from varprune.cli import main
-from varprune.data.archive import ArchiveError
+from varprune.data.archive import ArchiveError, is_debris
 from varprune.data.convert import convert_case
 from varprune.data.phantom import make_phantom
 from varprune.data.preprocess import (
@@ -58,7 +58,7 @@ def _edit_slices(change: Change) -> Callable[[Members], Members]:
     def edit(members: Members) -> Members:
         out = {}
         for name, data in members.items():
-            if "image_" not in name:
+            if not _is_slice(name):
                 out[name] = data
                 continue
             changed = change(name, pydicom.dcmread(io.BytesIO(data)))
@@ -68,6 +68,10 @@ def _edit_slices(change: Change) -> Callable[[Members], Members]:
                 out[name] = buffer.getvalue()
         return out
     return edit
+
+
+def _is_slice(name: str) -> bool:
+    return "image_" in Path(name).name and not is_debris(name)
 
 
 def _slice_number(name: str) -> int:
@@ -101,9 +105,9 @@ def _flip(flips: tuple[bool, bool, bool]) -> Callable[[Members], Members]:
             return out
         by_folder: dict[str, list[str]] = {}
         for name in out:
-            if "image_" in name:
+            if _is_slice(name):
                 by_folder.setdefault(name.rsplit("image_", 1)[0], []).append(name)
-        renamed = {n: d for n, d in out.items() if "image_" not in n}
+        renamed = {n: d for n, d in out.items() if not _is_slice(n)}
         for folder, names in by_folder.items():  # image_k gets the slice of image_{n-1-k}
             last = max(_slice_number(n) for n in names)
             for name in names:
@@ -211,8 +215,9 @@ def test_pipeline_gives_the_same_mask_in_every_stored_orientation(trained, tmp_p
                                 _flip(flips), masks_too=True)
         pred, score = _convert_and_evaluate(trained, archive, tmp_path / code)
         stored = sitk.ReadImage(str(tmp_path / code / "nifti" / trained["case"] / "ct.nii.gz"))
-        if code != "LPI":  # a reversed file order is sorted back by position: stored as LPS
-            assert orientation_of(stored) == code
+        # A mirrored row direction also turns the slice normal (x-flip: RPI); a reversed file
+        # order is sorted back by position (stored as LPS). Either way the mask must agree.
+        assert (orientation_of(stored) == "LPS") == (code == "LPI"), code
         back = sitk.Resample(pred, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
         assert dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference)) >= 0.99, code
         assert score == pytest.approx(reference_dice, abs=0.01), code
@@ -240,7 +245,7 @@ def _set(keyword: str, value, only: int | None = None):
 
 def _same_position(k: int, as_slice: int):
     def edit(members: Members) -> Members:
-        source = next(d for n, d in members.items() if "image_" in n and _slice_number(n) == as_slice)
+        source = next(d for n, d in members.items() if _is_slice(n) and _slice_number(n) == as_slice)
         position = pydicom.dcmread(io.BytesIO(source)).ImagePositionPatient
         return _set("ImagePositionPatient", position, only=k)(members)
     return edit
@@ -314,21 +319,26 @@ def test_predict_refuses_missing_tags_naming_the_users_file(trained, tmp_path, c
 # ---- non-finite and thin CTs ----
 
 @pytest.mark.workflow
-def test_non_finite_ct_is_refused_and_a_trace_is_replaced(trained, tmp_path, capsys):
+def test_non_finite_ct_is_refused_and_a_trace_is_replaced(trained, tmp_path, capsys, caplog):
     ct = sitk.Cast(sitk.ReadImage(str(trained["nifti"])), sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(ct)
-    nan = sitk.GetImageFromArray(np.full_like(values, np.nan))
-    nan.CopyInformation(ct)
-    sitk.WriteImage(nan, str(tmp_path / "nan.nii.gz"))
+
+    def write(array: np.ndarray, name: str) -> Path:
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(ct)
+        sitk.WriteImage(image, str(tmp_path / name))
+        return tmp_path / name
+
     out = tmp_path / "mask.nii.gz"
-    assert _predict(trained["model"], tmp_path / "nan.nii.gz", out) == 1
+    nan = np.full_like(values, np.nan)
+    assert _predict(trained["model"], write(nan, "nan.mha"), out) == 1
     assert "100.0% of the voxels are NaN or infinite" in capsys.readouterr().err and not out.exists()
+    # ITK's NIfTI reader turns NaN into 0: a CT without air is refused instead.
+    assert _predict(trained["model"], write(nan, "nan.nii.gz"), out) == 1
+    assert "no voxel below -500 HU" in capsys.readouterr().err and not out.exists()
     values.flat[:3] = [np.nan, np.inf, -np.inf]
-    trace = sitk.GetImageFromArray(values)
-    trace.CopyInformation(ct)
-    sitk.WriteImage(trace, str(tmp_path / "trace.nii.gz"))
-    assert _predict(trained["model"], tmp_path / "trace.nii.gz", out) == 0
-    assert "3 NaN/infinite voxel(s)" in capsys.readouterr().err
+    assert _predict(trained["model"], write(values, "trace.mha"), out) == 0
+    assert "3 NaN/infinite voxel(s)" in caplog.text
 
 
 def _series(trained: dict, tmp_path: Path, keep: int) -> Path:
@@ -337,8 +347,7 @@ def _series(trained: dict, tmp_path: Path, keep: int) -> Path:
         wanted = f"3Dircadb1.{trained['patient']}/PATIENT_DICOM.zip"
         inner = next(n for n in archive.namelist() if n.endswith(wanted))
         members = zipfile.ZipFile(io.BytesIO(archive.read(inner)))
-        slices = sorted((n for n in members.namelist() if "image_" in n and "__MACOSX" not in n),
-                        key=_slice_number)
+        slices = sorted((n for n in members.namelist() if _is_slice(n)), key=_slice_number)
         middle = len(slices) // 2
         folder = tmp_path / f"series{keep}"
         folder.mkdir()
@@ -367,7 +376,6 @@ def test_one_and_three_slice_series_get_a_mask_on_their_grid(trained, tmp_path, 
     (["--batch-size", "0"], "--batch-size 0: give a positive number"),
     (["--output", "{input}"], "the output would overwrite an input"),
     (["--preview", "{tmp}/preview.jpg"], "the preview is a PNG"),
-    (["--preview", "{tmp}/mask.nii.gz"], "--output and --preview must differ"),
 ])
 def test_bad_predict_options_fail_before_any_work(trained, tmp_path, capsys, args, message):
     names = {"tmp": tmp_path, "input": trained["nifti"]}

@@ -23,7 +23,13 @@ import torch
 from varprune.atomic import atomic_path
 from varprune.data.archive import ArchiveError, list_patients, open_zip, safe_extract, series_folders
 from varprune.data.dicom import MODALITY, DicomTagError, Header, check_hu, check_series, read_header
-from varprune.data.preprocess import PreprocessSpec, finite_ct, preprocess_arrays, to_original_grid
+from varprune.data.preprocess import (
+    PreprocessSpec,
+    check_hu_range,
+    finite_ct,
+    preprocess_arrays,
+    to_original_grid,
+)
 from varprune.evaluate import keep_largest_component
 from varprune.inference import pick_device, predict_volume
 from varprune.model import CheckpointError, ModelSpec, load_model
@@ -234,8 +240,6 @@ def check_options(model_path, input_path, output, preview, device: str, threads:
             raise InputError(f"{out}: the output would overwrite an input; choose another name")
         if out.is_dir():
             raise InputError(f"{out}: is a folder; give a file name")
-    if preview and Path(preview).resolve() == Path(output).resolve():
-        raise InputError(f"{output}: --output and --preview must differ")
 
 
 def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike,
@@ -250,6 +254,8 @@ def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output
     model, spec, provenance = load_model(model_path)
     prep = preprocess_spec(provenance, model_path)
     ct = finite_ct(read_ct(input_path, series, assume_hu), str(input_path))
+    if not assume_hu:
+        check_hu_range(ct, str(input_path))
     check_fits(ct, spec, str(input_path))
     target = pick_device(device)
     mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from varprune.data.preprocess import AIR_HU  # stored values without a rescale rarely go below 0
+
 log = logging.getLogger(__name__)
 
 MODALITY, SLOPE, INTERCEPT = "0008|0060", "0028|1053", "0028|1052"
@@ -28,7 +30,6 @@ TAG_NAMES = {
     INTERCEPT: "RescaleIntercept (0028,1052)", PIXEL_SPACING: "PixelSpacing (0028,0030)",
     POSITION: "ImagePositionPatient (0020,0032)", ORIENTATION: "ImageOrientationPatient (0020,0037)",
 }
-AIR_HU = -500.0  # a CT in HU has air (about -1000) around the body; stored values rarely go below 0
 SPACING_TOLERANCE = 0.05  # relative deviation of a slice gap from the median gap that is refused
 
 

@@ -185,6 +185,18 @@ def finite_ct(ct: sitk.Image, source: str) -> sitk.Image:
     return fixed
 
 
+AIR_HU = -500.0  # every CT in HU has air (about -1000) around or inside the body
+
+
+def check_hu_range(ct: sitk.Image, source: str) -> None:
+    """Refuse a volume with no air: stored values without their rescale, or NaN that a reader
+    turned into 0 (ITK's NIfTI reader does), would otherwise be segmented as if they were HU."""
+    lowest = float(np.min(sitk.GetArrayViewFromImage(ct)))
+    if lowest > AIR_HU:
+        raise PreprocessError(f"{source}: no voxel below {AIR_HU:.0f} HU (lowest {lowest:.0f}): this is "
+                              "not a CT in HU (values without their rescale, or NaN read as 0?)")
+
+
 def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
     """Read a NIfTI or fail naming the file."""
     try:
@@ -198,6 +210,7 @@ def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, c
                     spec: PreprocessSpec, out_npz: str | os.PathLike) -> dict[str, np.ndarray]:
     """Preprocess one converted case into `out_npz` (written atomically)."""
     ct = finite_ct(read_image(ct_path, case), f"{case}: {ct_path}")
+    check_hu_range(ct, f"{case}: {ct_path}")
     liver = read_image(liver_path, case)
     if ct.GetSize() != liver.GetSize():
         raise PreprocessError(f"{case}: {liver_path} is {liver.GetSize()}, the CT {ct.GetSize()}")
