@@ -74,6 +74,7 @@ rule convert:
         meta="data/nifti/{case}/meta.json",
     params:
         assume_hu=cfg("data.assume_hu"),
+        extract=cfg("data.extract"),
         code=code_version(*DATA_CODE, "data/convert.py", "data/dicom.py"),
     log:
         "logs/data/convert/{case}.log",

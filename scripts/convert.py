@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
+from varprune.data.archive import ExtractionLimits
 from varprune.data.convert import convert_case
 from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     convert_case(snakemake.input.archive, snakemake.wildcards.case, Path(snakemake.output.meta).parent,
-                 assume_hu=snakemake.params.assume_hu)
+                 assume_hu=snakemake.params.assume_hu, limits=ExtractionLimits(**snakemake.params.extract))

@@ -419,3 +419,96 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
         tmp.write_bytes(b"mask")
     assert final.read_bytes() == b"mask" and not dead.exists() and alive.exists()
     shutil.rmtree(tmp_path)
+
+
+# ---- archives ----
+
+def test_a_truncated_archive_fails_instead_of_converting_nothing(tiny_archive, tmp_path, capsys):
+    data = tiny_archive.read_bytes()
+    failures = 0
+    for share in (0.3, 0.6, 0.9, 0.99):
+        cut = tmp_path / f"cut{share}.zip"
+        cut.write_bytes(data[: int(len(data) * share)])
+        out = tmp_path / f"out{share}"
+        assert main(["convert", str(cut), str(out)]) == 1
+        err = capsys.readouterr().err
+        assert str(cut) in err, err
+        assert not out.exists() or not any(out.rglob("*.nii.gz"))
+        failures += 1
+    assert failures == 4
+
+
+def _corrupt_deflate(members: Members) -> bytes:
+    """The inner zip with bytes in the middle of one member's compressed stream overwritten."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    data = bytearray(buffer.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = next(i for i in zf.infolist() if _is_slice(i.filename) and i.compress_size > 64)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 8:start + 40] = b"\xff" * 32
+    return bytes(data)
+
+
+def _bomb(members: Members) -> Members:
+    return {**members, "PATIENT_DICOM/image_bomb": bytes(100 * 2**20)}  # 100 MB of zeros, ~100 kB zipped
+
+
+def test_damaged_streams_bombs_and_links_are_refused_naming_case_and_member(tiny_archive, tmp_path):
+    import resource
+
+    cases = {"corrupt": (_corrupt_deflate, "ircad02: "), "bomb": (_bomb, "would unpack to 100 MB")}
+    for name, (edit, message) in cases.items():
+        archive = rewrite_inner(tiny_archive, tmp_path / f"{name}.zip", 2, "PATIENT_DICOM.zip", edit)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(ArchiveError) as err:
+            convert_case(archive, "ircad02", tmp_path / name)
+        assert str(err.value).startswith("ircad02: ") and message in str(err.value), str(err.value)
+        assert "PATIENT_DICOM.zip" in str(err.value) and not (tmp_path / name).exists()
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000  # kB: not unpacked
+
+    def link(members: Members) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for member, content in members.items():
+                zf.writestr(member, content)
+            info = zipfile.ZipInfo("PATIENT_DICOM/sub")
+            info.external_attr = (0o120777) << 16  # a symbolic link to /etc
+            zf.writestr(info, "/etc")
+        return buffer.getvalue()
+
+    archive = rewrite_inner(tiny_archive, tmp_path / "link.zip", 2, "PATIENT_DICOM.zip", link)
+    with pytest.raises(ArchiveError, match="ircad02: .*PATIENT_DICOM/sub is a symbolic link"):
+        convert_case(archive, "ircad02", tmp_path / "link")
+
+
+# ---- checkpoints ----
+
+def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_path):
+    import resource
+    import time
+
+    import torch
+
+    from tests.tiny_model import tiny_spec
+    from varprune.model import CheckpointError, build_model, load_model, save_checkpoint
+
+    spec = tiny_spec("setr")
+    save_checkpoint(tmp_path / "ok.pt", build_model(spec), spec, {})
+    huge = {**spec.to_dict(), "hidden": 8192, "heads": 8, "ffn": 65536, "layers": []}
+    torch.save({"spec": huge, "state_dict": {}, "provenance": {}}, tmp_path / "huge.pt")
+    assert (tmp_path / "huge.pt").stat().st_size < 4096
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"huge.pt: the weights do not match the spec \([\d,]+ values"):
+        load_model(tmp_path / "huge.pt")
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert time.perf_counter() - start < 30 and grown_kb < 200_000
+    for key, value in {"hidden": 10**9, "num_layers": 10**7, "heads": -1, "input_size": "big"}.items():
+        bad = {"spec": {**spec.to_dict(), key: value}, "state_dict": {}, "provenance": {}}
+        torch.save(bad, tmp_path / "b.pt")
+        with pytest.raises(CheckpointError, match=f"invalid model spec \\({key} = "):
+            load_model(tmp_path / "b.pt")
+    model, loaded, _ = load_model(tmp_path / "ok.pt")
+    assert loaded == spec

@@ -38,11 +38,11 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from varprune.data.archive import case_id, list_patients, open_zip
+    from varprune.data.archive import case_id
     from varprune.data.convert import convert_case
+    from varprune.data.download import validate_archive
 
-    with open_zip(args.archive, "archive") as archive:
-        patients = args.patients or list_patients(archive)
+    patients = args.patients or validate_archive(args.archive)  # a truncated archive holds none
     for patient in patients:
         case = case_id(patient)
         meta = convert_case(args.archive, case, f"{args.output}/{case}", assume_hu=args.assume_hu)

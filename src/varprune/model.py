@@ -18,6 +18,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from einops.layers.torch import Rearrange
 from monai.networks.blocks.mlp import MLPBlock
@@ -309,13 +310,69 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+# Far above any segmenter this project builds (ViT-H has hidden 1280, FFN 5120, 32 layers), far
+# below what would exhaust a laptop while a spec is merely being checked.
+SPEC_LIMITS = {"input_size": 4096, "depth": 4096, "in_channels": 64, "out_channels": 1024, "hidden": 16384,
+               "ffn": 131072, "heads": 1024, "feature_size": 4096, "patch": 1024, "num_layers": 256}
+LAYER_LIMITS = {"heads": 1024, "head_dim": 4096, "ffn": 131072}
+
+
+def check_spec_bounds(data: dict) -> None:
+    """Refuse a spec whose sizes no real model has, before anything is built from it (a tiny
+    file that declares a huge model must not take the machine's memory)."""
+    if not isinstance(data, dict):
+        raise ValueError("the spec is not a mapping")
+    for key, limit in SPEC_LIMITS.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 < value <= limit):
+            raise ValueError(f"{key} = {value!r} is outside 1..{limit}")
+    for key in ("layers", "head_channels", "head_layers"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or len(value) > SPEC_LIMITS["num_layers"]:
+            raise ValueError(f"{key} must be a list of at most {SPEC_LIMITS['num_layers']} entries")
+    widths = data.get("head_channels", [])
+    if any(not isinstance(c, int) or not 0 < c <= SPEC_LIMITS["hidden"] for c in widths):
+        raise ValueError(f"head_channels {data.get('head_channels')} outside 1..{SPEC_LIMITS['hidden']}")
+    for k, layer in enumerate(data.get("layers", [])):
+        for key, limit in LAYER_LIMITS.items():
+            value = layer.get(key) if isinstance(layer, dict) else getattr(layer, key, None)
+            if not isinstance(value, int) or not 0 <= value <= limit:
+                raise ValueError(f"layers[{k}].{key} = {value!r} is outside 0..{limit}")
+
+
+def check_weights_fit(spec: ModelSpec, state_dict: dict, path: str | os.PathLike) -> None:
+    """Compare the tensors the spec needs (built on the meta device: no memory) with those present."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    present = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(present))
+    unexpected = sorted(set(present) - set(expected))
+    wrong = [k for k in expected if k in present and expected[k] != present[k]]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}" if unexpected
+                  else f"{wrong[0]} is {present[wrong[0]]}, the spec needs {expected[wrong[0]]}")
+        declared, found = sum(map(_numel, expected.values())), sum(map(_numel, present.values()))
+        raise CheckpointError(f"{path}: the weights do not match the spec ({declared:,} values declared, "
+                              f"{found:,} present): {detail}")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec, dict]:
-    """Rebuild the model of any checkpoint, dense or pruned; return (model, spec, provenance)."""
+    """Rebuild the model of any checkpoint, dense or pruned; return (model, spec, provenance).
+
+    The spec is checked against sane bounds and against the tensors present before any real
+    module is allocated."""
     payload = read_checkpoint(path)
     try:
+        check_spec_bounds(payload["spec"])
         spec = ModelSpec.from_dict(payload["spec"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid model spec ({err})") from err
+    check_weights_fit(spec, payload["state_dict"], path)
     model = build_model(spec)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

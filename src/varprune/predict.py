@@ -102,8 +102,10 @@ def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None, assume_h
     if inner.is_file():
         try:
             with zipfile.ZipFile(inner) as zf:
-                safe_extract(zf, tmp / "ct", folder.name)
-        except (zipfile.BadZipFile, ArchiveError) as err:
+                safe_extract(zf, tmp / "ct", folder.name, what=f"{shown_as}/PATIENT_DICOM.zip")
+        except ArchiveError as err:
+            raise InputError(str(err)) from err
+        except zipfile.BadZipFile as err:
             raise InputError(f"{shown_as}/PATIENT_DICOM.zip: not a readable zip ({err})") from err
         groups = series_folders(tmp / "ct", "PATIENT_DICOM")
         if len(groups) != 1:
@@ -132,7 +134,7 @@ def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool 
                     patients = list_patients(archive)
                     if len(patients) != 1:
                         raise InputError(f"{path}: expected one IRCADb patient, found {len(patients)}")
-                    safe_extract(archive, tmp / "patient", path.name)
+                    safe_extract(archive, tmp / "patient", path.name, what=str(path))
             except ArchiveError as err:
                 raise InputError(str(err)) from err
             folders = [p.parent for p in (tmp / "patient").rglob("PATIENT_DICOM.zip")]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 DEBRIS_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -19,6 +22,38 @@ TUMOUR_FOLDER = re.compile(r"^(liver)?tumou?rs?\d*$", re.IGNORECASE)
 
 class ArchiveError(Exception):
     """The archive, or one patient in it, cannot be read; the message names the file."""
+
+
+# Everything a damaged member can raise while it is read: bad CRC, truncated stream, bad deflate data.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError)
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """What one extraction may write, checked on the declared sizes before writing and again on
+    the bytes as they stream (declared sizes can lie). A DICOM slice is about 0.5 MB (512² int16);
+    an empty mask slice compresses about 1000:1, so the ratio applies to large members only."""
+
+    max_member_mb: float = 64.0
+    max_total_mb: float = 16384.0
+    max_ratio: float = 200.0
+    ratio_from_mb: float = 4.0  # members smaller than this may compress better than max_ratio
+
+    def check(self, infos: list[zipfile.ZipInfo], case: str, what: str) -> None:
+        total = 0
+        for info in infos:
+            size_mb = info.file_size / 2**20
+            if size_mb > self.max_member_mb:
+                raise ArchiveError(f"{case}: {what}:{info.filename} would unpack to {size_mb:.0f} MB, more "
+                                   f"than the {self.max_member_mb:.0f} MB a member may have (a zip bomb?)")
+            ratio = info.file_size / max(info.compress_size, 1)
+            if size_mb >= self.ratio_from_mb and ratio > self.max_ratio:
+                raise ArchiveError(f"{case}: {what}:{info.filename} expands {ratio:.0f}:1, more than "
+                                   f"{self.max_ratio:.0f}:1 (a zip bomb?)")
+            total += info.file_size
+        if total / 2**20 > self.max_total_mb:
+            raise ArchiveError(f"{case}: {what} would unpack to {total / 2**20:.0f} MB, more than "
+                               f"{self.max_total_mb:.0f} MB")
 
 
 def case_id(patient: int) -> str:
@@ -84,33 +119,57 @@ def read_inner_zip(archive: zipfile.ZipFile, prefix: str, inner: str, case: str)
         data = archive.read(member)
     except KeyError as err:
         raise ArchiveError(f"{case}: {member} is missing from {archive.filename}") from err
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except ZIP_ERRORS as err:
         raise ArchiveError(f"{case}: cannot read {member} ({err})") from err
     try:
         inner_zip = zipfile.ZipFile(io.BytesIO(data))
         bad = inner_zip.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except ZIP_ERRORS as err:
         raise ArchiveError(f"{case}: {member} is a corrupt zip ({err})") from err
     if bad is not None:
         raise ArchiveError(f"{case}: {member} is a corrupt zip (bad CRC in {bad})")
     return inner_zip
 
 
-def safe_extract(zf: zipfile.ZipFile, dest: Path, case: str) -> list[Path]:
-    """Extract all non-debris files of `zf` under `dest`, refusing paths that escape it."""
+def _is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def safe_extract(zf: zipfile.ZipFile, dest: Path, case: str, limits: ExtractionLimits | None = None,
+                 what: str | None = None) -> list[Path]:
+    """Extract all non-debris files of `zf` under `dest`, refusing paths that escape it, links,
+    and more data than `limits` allow; every failure names the case and the member as `what`
+    (the user's file name, never the temporary folder)."""
+    limits = limits or ExtractionLimits()
+    what = what or Path(str(zf.filename or "zip")).name
     dest = dest.resolve()
-    written = []
-    for info in zf.infolist():
-        if info.is_dir() or is_debris(info.filename):
-            continue
+    infos = [i for i in zf.infolist() if not i.is_dir() and not is_debris(i.filename)]
+    for info in infos:
         target = (dest / info.filename).resolve()
         if PurePosixPath(info.filename).is_absolute() or not target.is_relative_to(dest):
             raise ArchiveError(
                 f"{case}: refusing to extract {info.filename!r}: the path escapes the target folder"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(target, "wb") as out:
-            out.write(src.read())
+        if _is_link(info):
+            raise ArchiveError(f"{case}: {what}:{info.filename} is a symbolic link; refusing to extract it")
+    limits.check(infos, case, what)
+    budget = limits.max_member_mb * 2**20
+    written = []
+    for info in infos:
+        target = (dest / info.filename).resolve()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                size = 0
+                while chunk := src.read(1 << 20):
+                    size += len(chunk)
+                    if size > budget:
+                        raise ArchiveError(f"{case}: {what}:{info.filename} unpacks to more than "
+                                           f"{limits.max_member_mb:.0f} MB (its header said "
+                                           f"{info.file_size / 2**20:.1f} MB)")
+                    out.write(chunk)
+        except ZIP_ERRORS as err:
+            raise ArchiveError(f"{case}: {what}:{info.filename} cannot be extracted ({err})") from err
         written.append(target)
     return written
 

@@ -20,6 +20,7 @@ from varprune.atomic import atomic_path, write_json
 from varprune.data.archive import (
     TUMOUR_FOLDER,
     ArchiveError,
+    ExtractionLimits,
     open_zip,
     patient_of,
     patient_prefix,
@@ -100,15 +101,17 @@ def read_mask(files: list[Path], ct: sitk.Image, ct_files: list[Path], case: str
     return binary
 
 
-def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = False) -> ConvertedCase:
+def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = False,
+              limits: ExtractionLimits | None = None) -> ConvertedCase:
     """Read one case's CT, liver and tumour masks from the archive and check them (the CT's
     DICOM tags too: `varprune.data.dicom`)."""
     patient = patient_of(case)
     with open_zip(archive_path, case) as archive, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         prefix = patient_prefix(archive, patient)
-        safe_extract(read_inner_zip(archive, prefix, "PATIENT_DICOM.zip", case), tmp / "ct", case)
-        safe_extract(read_inner_zip(archive, prefix, "MASKS_DICOM.zip", case), tmp / "masks", case)
+        for inner, folder in (("PATIENT_DICOM.zip", "ct"), ("MASKS_DICOM.zip", "masks")):
+            safe_extract(read_inner_zip(archive, prefix, inner, case), tmp / folder, case, limits,
+                         f"{Path(archive_path).name}:{prefix}{inner}")
         ct_groups = series_folders(tmp / "ct", "PATIENT_DICOM")
         if len(ct_groups) != 1:
             raise ArchiveError(
@@ -179,9 +182,9 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
 
 
 def convert_case(archive_path: str | os.PathLike, case: str, out_dir: str | os.PathLike,
-                 assume_hu: bool = False) -> dict:
+                 assume_hu: bool = False, limits: ExtractionLimits | None = None) -> dict:
     """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta."""
-    converted = read_case(archive_path, case, assume_hu)
+    converted = read_case(archive_path, case, assume_hu, limits)
     out = Path(out_dir)
     write_image(converted.ct, out / "ct.nii.gz")
     write_image(converted.liver, out / "liver.nii.gz")
