@@ -8,17 +8,15 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 
 from varprune.atomic import atomic_path
 from varprune.cli import main
-from varprune.data.archive import ArchiveError, is_debris
+from varprune.data.archive import ArchiveError
 from varprune.data.convert import convert_case
 from varprune.data.phantom import make_phantom
 from varprune.data.preprocess import (
@@ -31,12 +29,9 @@ from varprune.data.preprocess import (
 from varprune.evaluate import evaluate_checkpoint
 from varprune.model import read_checkpoint
 
+from . import probes
 from .conftest import TINY, rewrite_inner
 from .workflow_helpers import threads_for_tests
-
-Members = dict[str, bytes]
-FLIPS = {"LPS": (False, False, False), "RAS": (True, True, False), "RPS": (True, False, False),
-         "LAS": (False, True, False), "LPI": (False, False, True)}
 
 
 def orientation_of(image: sitk.Image) -> str:
@@ -48,83 +43,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
-# ---- DICOM edits (pydicom, on the members of an inner zip) ----
-
-Change = Callable[[str, pydicom.Dataset], pydicom.Dataset | None]
-
-
-def _edit_slices(change: Change) -> Callable[[Members], Members]:
-    """Apply `change(name, dataset)` to every slice; None drops the slice."""
-    def edit(members: Members) -> Members:
-        out = {}
-        for name, data in members.items():
-            if not _is_slice(name):
-                out[name] = data
-                continue
-            changed = change(name, pydicom.dcmread(io.BytesIO(data)))
-            if changed is not None:
-                buffer = io.BytesIO()
-                changed.save_as(buffer)
-                out[name] = buffer.getvalue()
-        return out
-    return edit
-
-
-def _is_slice(name: str) -> bool:
-    return "image_" in Path(name).name and not is_debris(name)
-
-
-def _slice_number(name: str) -> int:
-    return int(name.rsplit("image_", 1)[1])
-
-
-def _flip(flips: tuple[bool, bool, bool]) -> Callable[[Members], Members]:
-    """Store every slice mirrored along x and/or y (direction cosines and position follow, so the
-    patient stays where it is), and/or the files in head-to-feet order."""
-    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
-        pixels = ds.pixel_array
-        position = [float(v) for v in ds.ImagePositionPatient]
-        cosines = [float(v) for v in ds.ImageOrientationPatient]
-        dy, dx = (float(v) for v in ds.PixelSpacing)
-        if flips[0]:
-            pixels = pixels[:, ::-1]
-            position[0] += (ds.Columns - 1) * dx * cosines[0]
-            cosines[0:3] = [-c for c in cosines[0:3]]
-        if flips[1]:
-            pixels = pixels[::-1, :]
-            position[1] += (ds.Rows - 1) * dy * cosines[4]
-            cosines[3:6] = [-c for c in cosines[3:6]]
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
-        ds.ImageOrientationPatient = [f"{v:g}" for v in cosines]
-        return ds
-
-    def edit(members: Members) -> Members:
-        out = _edit_slices(change)(members)
-        if not flips[2]:
-            return out
-        by_folder: dict[str, list[str]] = {}
-        for name in out:
-            if _is_slice(name):
-                by_folder.setdefault(name.rsplit("image_", 1)[0], []).append(name)
-        renamed = {n: d for n, d in out.items() if not _is_slice(n)}
-        for folder, names in by_folder.items():  # image_k gets the slice of image_{n-1-k}
-            last = max(_slice_number(n) for n in names)
-            for name in names:
-                renamed[f"{folder}image_{last - _slice_number(name)}"] = out[name]
-        return renamed
-    return edit
-
-
-def _archive_with(tiny_archive: Path, out: Path, patient: int, edit: Callable[[Members], Members],
-                  masks_too: bool = False) -> Path:
-    rewrite_inner(tiny_archive, out, patient, "PATIENT_DICOM.zip", edit)
-    if masks_too:
-        rewrite_inner(out, out.with_name(f"m-{out.name}"), patient, "MASKS_DICOM.zip", edit)
-        os.replace(out.with_name(f"m-{out.name}"), out)
-    return out
-
-
 # ---- orientation ----
 
 def test_orientation_codes_and_canonical_layout():
@@ -133,14 +51,14 @@ def test_orientation_codes_and_canonical_layout():
     with pytest.raises(ValueError, match="preprocess.orientation"):
         PreprocessSpec(orientation="XYZ")
     image = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
-    for code, flips in FLIPS.items():
+    for code, flips in probes.FLIPS.items():
         stored = sitk.Flip(image, flips)
         assert orientation_of(stored) == code
         np.testing.assert_array_equal(sitk.GetArrayFromImage(canonical(stored)),
                                       sitk.GetArrayFromImage(image))
 
 
-@pytest.mark.parametrize("code", [c for c in FLIPS if c != "LPS"])
+@pytest.mark.parametrize("code", [c for c in probes.FLIPS if c != "LPS"])
 def test_preprocessing_sees_the_same_patient_in_every_orientation(code):
     phantom = make_phantom(TINY.seed, 1, TINY.size, (TINY.slices_min, TINY.slices_max))
     ct = sitk.GetImageFromArray(phantom.hu.astype(np.float32))
@@ -150,7 +68,7 @@ def test_preprocessing_sees_the_same_patient_in_every_orientation(code):
     liver.CopyInformation(ct)
     spec = PreprocessSpec(spacing_mm=6.0, input_size=32)
     reference = preprocess_arrays(ct, liver, spec)
-    stored, stored_liver = sitk.Flip(ct, FLIPS[code]), sitk.Flip(liver, FLIPS[code])
+    stored, stored_liver = sitk.Flip(ct, probes.FLIPS[code]), sitk.Flip(liver, probes.FLIPS[code])
     arrays = preprocess_arrays(stored, stored_liver, spec)
     np.testing.assert_allclose(arrays["image"], reference["image"], atol=1e-5)
     np.testing.assert_array_equal(arrays["label"], reference["label"])
@@ -178,7 +96,7 @@ def _predict(model: Path, source: Path, out: Path, *extra: str) -> int:
 def test_predict_gives_the_same_mask_in_every_orientation(trained, tmp_path):
     ct = sitk.ReadImage(str(trained["nifti"]))
     masks = {}
-    for code, flips in FLIPS.items():
+    for code, flips in probes.FLIPS.items():
         stored = sitk.Flip(ct, flips)
         source, out = tmp_path / f"{code}.nii.gz", tmp_path / f"{code}-mask.nii.gz"
         sitk.WriteImage(stored, str(source))
@@ -208,11 +126,11 @@ def _convert_and_evaluate(trained: dict, archive: Path, root: Path) -> tuple[sit
 def test_pipeline_gives_the_same_mask_in_every_stored_orientation(trained, tmp_path):
     reference, reference_dice = _convert_and_evaluate(trained, trained["archive"], tmp_path / "LPS")
     assert reference_dice > 0.2 and sitk.GetArrayViewFromImage(reference).any()  # a liver, however rough
-    for code, flips in FLIPS.items():
+    for code, flips in probes.FLIPS.items():
         if code == "LPS":
             continue
-        archive = _archive_with(trained["archive"], tmp_path / f"{code}.zip", trained["patient"],
-                                _flip(flips), masks_too=True)
+        archive = probes.archive_with(trained["archive"], tmp_path / f"{code}.zip", trained["patient"],
+                                probes.flip(flips), masks_too=True)
         pred, score = _convert_and_evaluate(trained, archive, tmp_path / code)
         stored = sitk.ReadImage(str(tmp_path / code / "nifti" / trained["case"] / "ct.nii.gz"))
         # A mirrored row direction also turns the slice normal (x-flip: RPI); a reversed file
@@ -225,61 +143,23 @@ def test_pipeline_gives_the_same_mask_in_every_stored_orientation(trained, tmp_p
 
 # ---- DICOM tags ----
 
-def _drop(*keywords: str, only: int | None = None):
-    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
-        if only is None or _slice_number(name) == only:
-            for keyword in keywords:
-                if keyword in ds:
-                    delattr(ds, keyword)
-        return ds
-    return _edit_slices(change)
-
-
-def _set(keyword: str, value, only: int | None = None):
-    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
-        if only is None or _slice_number(name) == only:
-            setattr(ds, keyword, value)
-        return ds
-    return _edit_slices(change)
-
-
-def _same_position(k: int, as_slice: int):
-    def edit(members: Members) -> Members:
-        source = next(d for n, d in members.items() if _is_slice(n) and _slice_number(n) == as_slice)
-        position = pydicom.dcmread(io.BytesIO(source)).ImagePositionPatient
-        return _set("ImagePositionPatient", position, only=k)(members)
-    return edit
-
-
-def _without_slice(k: int):
-    return _edit_slices(lambda name, ds: None if _slice_number(name) == k else ds)
-
-
-def _stored_as_hu(members: Members) -> Members:
-    """Signed HU values with no rescale tags, as some exporters write them."""
-    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
-        hu = ds.pixel_array.astype(np.int32) + int(float(ds.RescaleIntercept))
-        ds.PixelRepresentation = 1
-        ds.PixelData = hu.astype(np.int16).tobytes()
-        del ds.RescaleIntercept, ds.RescaleSlope
-        return ds
-    return _edit_slices(change)(members)
+P = "PATIENT_DICOM/image_"
 
 
 @pytest.mark.parametrize("edit, masks_too, message", [
-    (_drop("RescaleIntercept", "RescaleSlope"), False, "PATIENT_DICOM/image_0: no RescaleIntercept"),
-    (_drop("RescaleSlope", only=4), False, "PATIENT_DICOM/image_4: RescaleIntercept (0028,1052) without"),
-    (_drop("RescaleIntercept", only=2), False, "image_2: no RescaleIntercept (0028,1052), which other"),
-    (_drop("PixelSpacing", only=3), False, "PATIENT_DICOM/image_3: no PixelSpacing (0028,0030)"),
-    (_set("PixelSpacing", "0.7", only=1), False, "PATIENT_DICOM/image_1: PixelSpacing (0028,0030) is"),
-    (_drop("ImagePositionPatient", only=5), False, "PATIENT_DICOM/image_5: no ImagePositionPatient"),
-    (_drop("ImageOrientationPatient", only=0), False, "image_0: no ImageOrientationPatient (0020,0037)"),
-    (_set("Modality", "MR"), False, "PATIENT_DICOM/image_0: Modality (0008,0060) is MR, not CT"),
-    (_without_slice(5), True, "PATIENT_DICOM/image_4 -> PATIENT_DICOM/image_6: slice gap"),
-    (_same_position(6, as_slice=5), False, "PATIENT_DICOM/image_5 and PATIENT_DICOM/image_6: two slices at"),
+    (probes.drop("RescaleIntercept", "RescaleSlope"), False, "PATIENT_DICOM/image_0: no RescaleIntercept"),
+    (probes.drop("RescaleSlope", only=4), False, f"{P}4: RescaleIntercept (0028,1052) without"),
+    (probes.drop("RescaleIntercept", only=2), False, "image_2: no RescaleIntercept (0028,1052), which other"),
+    (probes.drop("PixelSpacing", only=3), False, "PATIENT_DICOM/image_3: no PixelSpacing (0028,0030)"),
+    (probes.set_tag("PixelSpacing", "0.7", only=1), False, f"{P}1: PixelSpacing (0028,0030) is"),
+    (probes.drop("ImagePositionPatient", only=5), False, "PATIENT_DICOM/image_5: no ImagePositionPatient"),
+    (probes.drop("ImageOrientationPatient", only=0), False, f"{P}0: no ImageOrientationPatient"),
+    (probes.set_tag("Modality", "MR"), False, "PATIENT_DICOM/image_0: Modality (0008,0060) is MR, not CT"),
+    (probes.without_slice(5), True, "PATIENT_DICOM/image_4 -> PATIENT_DICOM/image_6: slice gap"),
+    (probes.same_position(6, as_slice=5), False, f"{P}5 and {P}6: two slices at"),
 ])
 def test_missing_or_inconsistent_dicom_tags_stop_convert(tiny_archive, tmp_path, edit, masks_too, message):
-    archive = _archive_with(tiny_archive, tmp_path / "edited.zip", 2, edit, masks_too)
+    archive = probes.archive_with(tiny_archive, tmp_path / "edited.zip", 2, edit, masks_too)
     out = tmp_path / "out"
     with pytest.raises(ArchiveError) as err:
         convert_case(archive, "ircad02", out)
@@ -288,11 +168,11 @@ def test_missing_or_inconsistent_dicom_tags_stop_convert(tiny_archive, tmp_path,
 
 
 def test_assume_hu_is_the_escape_hatch_and_signed_hu_is_accepted(tiny_archive, tmp_path, caplog):
-    unscaled = _archive_with(tiny_archive, tmp_path / "unscaled.zip", 2,
-                             _drop("RescaleIntercept", "RescaleSlope"))
+    unscaled = probes.archive_with(tiny_archive, tmp_path / "unscaled.zip", 2,
+                             probes.drop("RescaleIntercept", "RescaleSlope"))
     meta = convert_case(unscaled, "ircad02", tmp_path / "assumed", assume_hu=True)
     assert meta["hu_min"] >= 0 and "assume_hu is set" in caplog.text  # as asked, with a warning
-    signed = _archive_with(tiny_archive, tmp_path / "signed.zip", 2, _stored_as_hu)
+    signed = probes.archive_with(tiny_archive, tmp_path / "signed.zip", 2, probes.stored_as_hu)
     meta = convert_case(signed, "ircad02", tmp_path / "signed")
     reference = convert_case(tiny_archive, "ircad02", tmp_path / "reference")
     assert meta["hu_min"] == reference["hu_min"] < -500
@@ -302,8 +182,8 @@ def test_assume_hu_is_the_escape_hatch_and_signed_hu_is_accepted(tiny_archive, t
 @pytest.mark.workflow
 def test_predict_refuses_missing_tags_naming_the_users_file(trained, tmp_path, capsys):
     patient_zip = tmp_path / "patient.zip"
-    edited = _archive_with(trained["archive"], tmp_path / "edited.zip", trained["patient"],
-                           _drop("RescaleIntercept", "RescaleSlope"))
+    edited = probes.archive_with(trained["archive"], tmp_path / "edited.zip", trained["patient"],
+                           probes.drop("RescaleIntercept", "RescaleSlope"))
     with zipfile.ZipFile(edited) as src, zipfile.ZipFile(patient_zip, "w") as dst:
         for info in src.infolist():
             if f"3Dircadb1.{trained['patient']}/" in info.filename:
@@ -347,7 +227,7 @@ def _series(trained: dict, tmp_path: Path, keep: int) -> Path:
         wanted = f"3Dircadb1.{trained['patient']}/PATIENT_DICOM.zip"
         inner = next(n for n in archive.namelist() if n.endswith(wanted))
         members = zipfile.ZipFile(io.BytesIO(archive.read(inner)))
-        slices = sorted((n for n in members.namelist() if _is_slice(n)), key=_slice_number)
+        slices = sorted((n for n in members.namelist() if probes.is_slice(n)), key=probes.slice_number)
         middle = len(slices) // 2
         folder = tmp_path / f"series{keep}"
         folder.mkdir()
@@ -438,28 +318,11 @@ def test_a_truncated_archive_fails_instead_of_converting_nothing(tiny_archive, t
     assert failures == 4
 
 
-def _corrupt_deflate(members: Members) -> bytes:
-    """The inner zip with bytes in the middle of one member's compressed stream overwritten."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in members.items():
-            zf.writestr(name, content)
-    data = bytearray(buffer.getvalue())
-    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
-        info = next(i for i in zf.infolist() if _is_slice(i.filename) and i.compress_size > 64)
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    data[start + 8:start + 40] = b"\xff" * 32
-    return bytes(data)
-
-
-def _bomb(members: Members) -> Members:
-    return {**members, "PATIENT_DICOM/image_bomb": bytes(100 * 2**20)}  # 100 MB of zeros, ~100 kB zipped
-
-
 def test_damaged_streams_bombs_and_links_are_refused_naming_case_and_member(tiny_archive, tmp_path):
     import resource
 
-    cases = {"corrupt": (_corrupt_deflate, "ircad02: "), "bomb": (_bomb, "would unpack to 100 MB")}
+    cases = {"corrupt": (probes.corrupt_deflate, "ircad02: "),
+             "bomb": (probes.bomb, "would unpack to 100 MB")}
     for name, (edit, message) in cases.items():
         archive = rewrite_inner(tiny_archive, tmp_path / f"{name}.zip", 2, "PATIENT_DICOM.zip", edit)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -469,17 +332,7 @@ def test_damaged_streams_bombs_and_links_are_refused_naming_case_and_member(tiny
         assert "PATIENT_DICOM.zip" in str(err.value) and not (tmp_path / name).exists()
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000  # kB: not unpacked
 
-    def link(members: Members) -> bytes:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as zf:
-            for member, content in members.items():
-                zf.writestr(member, content)
-            info = zipfile.ZipInfo("PATIENT_DICOM/sub")
-            info.external_attr = (0o120777) << 16  # a symbolic link to /etc
-            zf.writestr(info, "/etc")
-        return buffer.getvalue()
-
-    archive = rewrite_inner(tiny_archive, tmp_path / "link.zip", 2, "PATIENT_DICOM.zip", link)
+    archive = rewrite_inner(tiny_archive, tmp_path / "link.zip", 2, "PATIENT_DICOM.zip", probes.link_member)
     with pytest.raises(ArchiveError, match="ircad02: .*PATIENT_DICOM/sub is a symbolic link"):
         convert_case(archive, "ircad02", tmp_path / "link")
 
