@@ -106,6 +106,7 @@ def test_predict_gives_the_same_mask_in_every_orientation(trained, tmp_path):
         back = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor)  # onto the LPS grid
         masks[code] = sitk.GetArrayFromImage(back)
     assert masks["LPS"].sum() > 100  # a liver, not an empty mask that trivially agrees
+    assert read_checkpoint(trained["model"])["provenance"]["config"]["preprocess"]["orientation"] == "LPS"
     for code, mask in masks.items():
         assert dice(mask, masks["LPS"]) >= 0.99, code
 
@@ -365,3 +366,18 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_p
             load_model(tmp_path / "b.pt")
     model, loaded, _ = load_model(tmp_path / "ok.pt")
     assert loaded == spec
+
+
+def test_a_3d_model_says_how_many_slices_it_needs(tmp_path, capsys):
+    from tests.tiny_model import tiny_spec
+    from varprune.model import build_model, save_checkpoint
+
+    spec = tiny_spec(spatial_dims=3, depth=16)
+    save_checkpoint(tmp_path / "m3d.pt", build_model(spec), spec,
+                    {"config": {"preprocess": {"window": [-100, 400], "spacing_mm": 12.0, "input_size": 32}}})
+    ct = sitk.GetImageFromArray(np.full((11, 40, 40), -1000, np.int16))
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "mask.nii.gz"
+    assert _predict(tmp_path / "m3d.pt", tmp_path / "ct.nii.gz", out) == 1
+    assert "11 slice(s), but the model is 3D and reads slabs of 16 slices" in capsys.readouterr().err
+    assert not out.exists()
