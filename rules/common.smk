@@ -31,7 +31,8 @@ def check_config(cfg):
     if data["source"] == "synthetic" and data["archive"]:
         config_error("data.archive", f"{data['archive']} is set but data.source is synthetic; "
                      "set data.source: ircadb to use your archive, or remove data.archive")
-    if data["archive"] and not Path(data["archive"]).is_file():
+    # Jobs on cluster nodes parse the workflow again; the archive need only exist where it is linked.
+    if data["archive"] and workflow.is_main_process and not Path(data["archive"]).is_file():
         config_error("data.archive", f"{data['archive']}: no such file")
     if data["source"] == "synthetic" and data["patients"]:
         too_big = [p for p in data["patients"] if p > syn["patients"]]

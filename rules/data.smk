@@ -75,7 +75,7 @@ rule convert:
     params:
         assume_hu=cfg("data.assume_hu"),
         extract=cfg("data.extract"),
-        code=code_version(*DATA_CODE, "data/convert.py", "data/dicom.py"),
+        code=code_version(*DATA_CODE, "data/convert.py", "data/dicom.py", "data/preprocess.py"),
     log:
         "logs/data/convert/{case}.log",
     benchmark:
@@ -97,6 +97,7 @@ rule preprocess:
         "data/preprocessed/{case}.npz",
     params:
         preprocess=cfg("preprocess"),
+        assume_hu=cfg("data.assume_hu"),
         code=code_version("data/preprocess.py"),
     log:
         "logs/data/preprocess/{case}.log",

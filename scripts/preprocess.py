@@ -10,4 +10,5 @@ with to_log_file(snakemake.log[0]):
         snakemake.wildcards.case,
         PreprocessSpec.from_config(snakemake.params.preprocess),
         snakemake.output[0],
+        assume_hu=snakemake.params.assume_hu,
     )

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -155,6 +156,8 @@ P = "PATIENT_DICOM/image_"
     (probes.set_tag("PixelSpacing", "0.7", only=1), False, f"{P}1: PixelSpacing (0028,0030) is"),
     (probes.drop("ImagePositionPatient", only=5), False, "PATIENT_DICOM/image_5: no ImagePositionPatient"),
     (probes.drop("ImageOrientationPatient", only=0), False, f"{P}0: no ImageOrientationPatient"),
+    (probes.set_tag("ImageOrientationPatient", ["1", "0", "0", "0", "0", "-1"], only=3), False,
+     f"{P}3: ImageOrientationPatient (0020,0037) differs from"),
     (probes.set_tag("Modality", "MR"), False, "PATIENT_DICOM/image_0: Modality (0008,0060) is MR, not CT"),
     (probes.without_slice(5), True, "PATIENT_DICOM/image_4 -> PATIENT_DICOM/image_6: slice gap"),
     (probes.same_position(6, as_slice=5), False, f"{P}5 and {P}6: two slices at"),
@@ -193,7 +196,7 @@ def test_predict_refuses_missing_tags_naming_the_users_file(trained, tmp_path, c
     assert _predict(trained["model"], patient_zip, out) == 1
     err = capsys.readouterr().err
     assert f"{patient_zip}:" in err and "no RescaleIntercept (0028,1052)" in err and "--assume-hu" in err, err
-    assert "/tmp" not in err.replace(str(tmp_path), "") and not out.exists()
+    assert tempfile.gettempdir() not in err.replace(str(tmp_path), "") and not out.exists()
     assert _predict(trained["model"], patient_zip, out, "--assume-hu") == 0
 
 
@@ -244,8 +247,11 @@ def test_one_and_three_slice_series_get_a_mask_on_their_grid(trained, tmp_path, 
     out = tmp_path / "mask.nii.gz"
     assert _predict(trained["model"], folder, out) == 0
     mask = sitk.ReadImage(str(out))
-    assert mask.GetSize()[2] == keep
-    assert mask.GetSize()[:2] == sitk.ReadImage(str(trained["nifti"])).GetSize()[:2]
+    first = sitk.ReadImage(str(sorted(folder.iterdir(), key=lambda p: probes.slice_number(p.name))[0]))
+    assert mask.GetSize()[2] == keep and mask.GetSize()[:2] == first.GetSize()[:2]
+    assert mask.GetOrigin() == pytest.approx(first.GetOrigin())
+    assert mask.GetDirection() == first.GetDirection()
+    assert mask.GetSpacing()[:2] == pytest.approx(first.GetSpacing()[:2])
 
 
 # ---- predict options ----
@@ -292,13 +298,18 @@ def test_a_failed_preview_leaves_neither_file(trained, tmp_path, capsys, monkeyp
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
     final = tmp_path / "mask.nii.gz"
-    dead = tmp_path / ".mask.nii.gz.pid999999999.abcd.tmp.nii.gz"  # no such pid
-    alive = tmp_path / f".mask.nii.gz.pid{os.getpid()}.efgh.tmp.nii.gz"
-    dead.write_bytes(b"")
-    alive.write_bytes(b"")
+    from varprune.atomic import HOST
+
+    dead = tmp_path / f".mask.nii.gz.pid999999999@{HOST}.abcd.tmp.nii.gz"  # no such pid
+    alive = tmp_path / f".mask.nii.gz.pid{os.getpid()}@{HOST}.efgh.tmp.nii.gz"
+    elsewhere = tmp_path / ".mask.nii.gz.pid999999999@othernode.ijkl.tmp.nii.gz"  # a pid of another host
+    other_output = tmp_path / f".mask.nii.gz.pid7.nii.gz.pid999999999@{HOST}.mnop.tmp.nii.gz"
+    for path in (dead, alive, elsewhere, other_output):
+        path.write_bytes(b"")
     with atomic_path(final) as tmp:
         tmp.write_bytes(b"mask")
-    assert final.read_bytes() == b"mask" and not dead.exists() and alive.exists()
+    assert final.read_bytes() == b"mask" and not dead.exists()
+    assert alive.exists() and elsewhere.exists() and other_output.exists()
     shutil.rmtree(tmp_path)
 
 
@@ -306,7 +317,6 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
 
 def test_a_truncated_archive_fails_instead_of_converting_nothing(tiny_archive, tmp_path, capsys):
     data = tiny_archive.read_bytes()
-    failures = 0
     for share in (0.3, 0.6, 0.9, 0.99):
         cut = tmp_path / f"cut{share}.zip"
         cut.write_bytes(data[: int(len(data) * share)])
@@ -315,23 +325,19 @@ def test_a_truncated_archive_fails_instead_of_converting_nothing(tiny_archive, t
         err = capsys.readouterr().err
         assert str(cut) in err, err
         assert not out.exists() or not any(out.rglob("*.nii.gz"))
-        failures += 1
-    assert failures == 4
 
 
 def test_damaged_streams_bombs_and_links_are_refused_naming_case_and_member(tiny_archive, tmp_path):
-    import resource
-
+    """The bomb is refused on its declared size, before anything is written (peak memory per
+    process: benchmarks/robustness.py)."""
     cases = {"corrupt": (probes.corrupt_deflate, "ircad02: "),
              "bomb": (probes.bomb, "would unpack to 100 MB")}
     for name, (edit, message) in cases.items():
         archive = rewrite_inner(tiny_archive, tmp_path / f"{name}.zip", 2, "PATIENT_DICOM.zip", edit)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with pytest.raises(ArchiveError) as err:
             convert_case(archive, "ircad02", tmp_path / name)
         assert str(err.value).startswith("ircad02: ") and message in str(err.value), str(err.value)
         assert "PATIENT_DICOM.zip" in str(err.value) and not (tmp_path / name).exists()
-        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000  # kB: not unpacked
 
     archive = rewrite_inner(tiny_archive, tmp_path / "link.zip", 2, "PATIENT_DICOM.zip", probes.link_member)
     with pytest.raises(ArchiveError, match="ircad02: .*PATIENT_DICOM/sub is a symbolic link"):
@@ -341,7 +347,6 @@ def test_damaged_streams_bombs_and_links_are_refused_naming_case_and_member(tiny
 # ---- checkpoints ----
 
 def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_path):
-    import resource
     import time
 
     import torch
@@ -354,11 +359,10 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_p
     huge = {**spec.to_dict(), "hidden": 8192, "heads": 8, "ffn": 65536, "layers": []}
     torch.save({"spec": huge, "state_dict": {}, "provenance": {}}, tmp_path / "huge.pt")
     assert (tmp_path / "huge.pt").stat().st_size < 4096
-    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    start = time.perf_counter()
     with pytest.raises(CheckpointError, match=r"huge.pt: the weights do not match the spec \([\d,]+ values"):
         load_model(tmp_path / "huge.pt")
-    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert time.perf_counter() - start < 30 and grown_kb < 200_000
+    assert time.perf_counter() - start < 30  # built on the meta device: nothing allocated
     for key, value in {"hidden": 10**9, "num_layers": 10**7, "heads": -1, "input_size": "big"}.items():
         bad = {"spec": {**spec.to_dict(), key: value}, "state_dict": {}, "provenance": {}}
         torch.save(bad, tmp_path / "b.pt")

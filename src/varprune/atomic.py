@@ -10,6 +10,8 @@ import contextlib
 import glob
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +21,13 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, outputs get the usual mode
 
 
+HOST = socket.gethostname().split(".")[0].replace(".", "-")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True
@@ -31,10 +36,12 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temps(final: Path) -> None:
     """Remove the temporary files of `final` left by writers that were killed (kill -9, power
-    loss: no `finally` ran). Their names carry the writer's pid; a live writer's file is kept."""
-    for path in final.parent.glob(f".{glob.escape(final.name)}.pid*.tmp*"):
-        pid = path.name[len(final.name) + 5:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    loss: no `finally` ran). Their names carry the writer's host and pid; only files of this host
+    whose writer is gone are removed (a pid means nothing on another node of a shared disk)."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.pid(\d+)@{re.escape(HOST)}\.[^.]+\.tmp.*")
+    for path in final.parent.glob(f".{glob.escape(final.name)}.pid*"):
+        match = pattern.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -51,7 +58,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
     suffix = suffix if suffix is not None else "".join(final.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}",
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.pid{os.getpid()}@{HOST}.", suffix=f".tmp{suffix}",
                                     dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

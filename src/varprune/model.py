@@ -343,8 +343,13 @@ def check_spec_bounds(data: dict) -> None:
 
 def check_weights_fit(spec: ModelSpec, state_dict: dict, path: str | os.PathLike) -> None:
     """Compare the tensors the spec needs (built on the meta device: no memory) with those present."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: the weights are not a mapping of tensors")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    except (IndexError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: the spec does not build a model ({err})") from err
     present = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     missing = sorted(set(expected) - set(present))
     unexpected = sorted(set(present) - set(expected))

@@ -21,10 +21,18 @@ import SimpleITK as sitk
 import torch
 
 from varprune.atomic import atomic_path
-from varprune.data.archive import ArchiveError, list_patients, open_zip, safe_extract, series_folders
+from varprune.data.archive import (
+    ArchiveError,
+    ExtractionLimits,
+    list_patients,
+    open_zip,
+    safe_extract,
+    series_folders,
+)
 from varprune.data.dicom import MODALITY, DicomTagError, Header, check_hu, check_series, read_header
 from varprune.data.preprocess import (
     PreprocessSpec,
+    canonical,
     check_hu_range,
     finite_ct,
     preprocess_arrays,
@@ -89,7 +97,7 @@ def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool =
     except RuntimeError as err:
         raise InputError(f"{shown_as}: cannot read the series ({str(err).strip().splitlines()[0]})") from err
     try:
-        check_hu(check, float(sitk.GetArrayViewFromImage(ct).min()), headers[check.order[0]].name, assume_hu)
+        check_hu(check, sitk.GetArrayViewFromImage(ct), headers[check.order[0]].name, assume_hu)
     except DicomTagError as err:
         raise InputError(str(err)) from err
     return ct
@@ -134,7 +142,8 @@ def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool 
                     patients = list_patients(archive)
                     if len(patients) != 1:
                         raise InputError(f"{path}: expected one IRCADb patient, found {len(patients)}")
-                    safe_extract(archive, tmp / "patient", path.name, what=str(path))
+                    # Its members are the patient's inner zips, not slices: the slice limit does not fit.
+                    safe_extract(archive, tmp / "patient", path.name, NESTED_ZIP_LIMITS, what=str(path))
             except ArchiveError as err:
                 raise InputError(str(err)) from err
             folders = [p.parent for p in (tmp / "patient").rglob("PATIENT_DICOM.zip")]
@@ -158,8 +167,9 @@ def check_fits(ct: sitk.Image, spec: ModelSpec, source: str) -> None:
         if spec.spatial_dims == 3:
             raise InputError(f"{source}: a 2D image, but the model is 3D and needs a volume")
         raise InputError(f"{source}: expected a 3D CT volume (slices), got a {ct.GetDimension()}D image")
-    if spec.spatial_dims == 3 and ct.GetSize()[2] < spec.depth:
-        raise InputError(f"{source}: {ct.GetSize()[2]} slice(s), but the model is 3D and reads slabs of "
+    slices = canonical(ct).GetSize()[2]  # axial slices, whatever the stored layout
+    if spec.spatial_dims == 3 and slices < spec.depth:
+        raise InputError(f"{source}: {slices} slice(s), but the model is 3D and reads slabs of "
                          f"{spec.depth} slices: give a CT of at least {spec.depth} slices")
     if ct.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{source}: a colour/vector image, not a CT")
@@ -219,6 +229,7 @@ def write_preview(ct: sitk.Image, mask: sitk.Image, window: tuple[float, float],
         plt.close(fig)
 
 
+NESTED_ZIP_LIMITS = ExtractionLimits(max_member_mb=8192.0, max_total_mb=32768.0)
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 

@@ -76,8 +76,10 @@ def read_series(files: list[Path], case: str, label: str) -> sitk.Image:
     reader.SetFileNames([str(p) for p in files])
     try:
         return reader.Execute()
-    except RuntimeError as err:
-        raise ArchiveError(f"{case}: cannot read the series {label}: {err}") from err
+    except RuntimeError as err:  # ITK's message names the temporary folder: keep the reason only
+        lines = str(err).strip().splitlines() or [""]
+        reason = lines[-1].replace(str(files[0].parent), label)
+        raise ArchiveError(f"{case}: cannot read the series {label}: {reason}") from err
 
 
 def read_mask(files: list[Path], ct: sitk.Image, ct_files: list[Path], case: str, label: str) -> sitk.Image:
@@ -131,11 +133,13 @@ def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = Fals
         ct_files = [ct_files[i] for i in check.order]
         ct = read_series(ct_files, case, "PATIENT_DICOM")
         try:
-            check_hu(check, float(sitk.GetArrayViewFromImage(ct).min()), f"PATIENT_DICOM/{ct_files[0].name}",
-                     assume_hu)
+            check_hu(check, sitk.GetArrayViewFromImage(ct), f"PATIENT_DICOM/{ct_files[0].name}", assume_hu)
         except DicomTagError as err:
             raise ArchiveError(f"{case}: {err}") from err
-        ct = sitk.Cast(ct, sitk.sitkInt16)
+        # Round and clamp before the cast: int16 would wrap values above 32767 (assume_hu on
+        # unsigned data) and truncate a non-integer slope.
+        rounded = sitk.Round(sitk.Cast(ct, sitk.sitkFloat32))
+        ct = sitk.Cast(sitk.Clamp(rounded, sitk.sitkFloat32, -32768, 32767), sitk.sitkInt16)
 
         masks = series_folders(tmp / "masks", "MASKS_DICOM")
         names = {name.lower(): name for name in masks}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from varprune.data.preprocess import AIR_HU  # stored values without a rescale rarely go below 0
+from varprune.data.preprocess import has_air
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ TAG_NAMES = {
     INTERCEPT: "RescaleIntercept (0028,1052)", PIXEL_SPACING: "PixelSpacing (0028,0030)",
     POSITION: "ImagePositionPatient (0020,0032)", ORIENTATION: "ImageOrientationPatient (0020,0037)",
 }
-SPACING_TOLERANCE = 0.05  # relative deviation of a slice gap from the median gap that is refused
+# Relative deviation of a slice gap from the median that is refused: ITK takes the z spacing from
+# the first two slices, so this bounds the error of the volume's z spacing.
+SPACING_TOLERANCE = 0.01
 
 
 class DicomTagError(ValueError):
@@ -106,6 +108,7 @@ def _slice_order(headers: Sequence[Header]) -> list[int]:
     if len(headers) == 1:
         return [0]
     positions = []
+    first_cosines = None
     for header in headers:
         position = header.number(POSITION, 3)
         cosines = header.number(ORIENTATION, 6)
@@ -113,7 +116,12 @@ def _slice_order(headers: Sequence[Header]) -> list[int]:
             if value is None:
                 raise DicomTagError(f"{header.name}: no {TAG_NAMES[tag]}: the slice cannot be placed, "
                                     "so the slice spacing is unknown")
-        normal = np.cross(cosines[:3], cosines[3:])
+        if first_cosines is None:
+            first_cosines = cosines
+        elif np.max(np.abs(np.subtract(cosines, first_cosines))) > 1e-4:
+            raise DicomTagError(f"{header.name}: {TAG_NAMES[ORIENTATION]} differs from {headers[0].name}'s: "
+                                "slices of one volume share one orientation (a localizer in the series?)")
+        normal = np.cross(first_cosines[:3], first_cosines[3:])
         positions.append(float(np.dot(normal, position)))
     order = [int(i) for i in np.argsort(positions, kind="stable")]
     ordered = np.asarray(positions)[order]
@@ -131,18 +139,19 @@ def _slice_order(headers: Sequence[Header]) -> list[int]:
     return order
 
 
-def check_hu(check: SeriesCheck, lowest: float, first: str, assume_hu: bool = False) -> None:
-    """Without a rescale, accept stored values as HU only when they look like it (signed, with air)."""
+def check_hu(check: SeriesCheck, values: np.ndarray, first: str, assume_hu: bool = False) -> None:
+    """Without a rescale, accept stored values as HU only when they look like it (signed, with
+    air near -1000 HU; a padding value such as -2000 outside the scan circle does not count)."""
     if check.rescaled:
         return
     if assume_hu:
         log.warning("%s: no %s; the values are taken as HU because assume_hu is set", first,
                     TAG_NAMES[INTERCEPT])
         return
-    if check.signed and lowest <= AIR_HU:
-        log.info("%s: no %s; signed pixels reaching %.0f (air): read as HU", first, TAG_NAMES[INTERCEPT],
-                 lowest)
+    if check.signed and has_air(values):
+        log.info("%s: no %s; signed pixels with air near -1000: read as HU", first, TAG_NAMES[INTERCEPT])
         return
     raise DicomTagError(
-        f"{first}: no {TAG_NAMES[INTERCEPT]} and the stored values (lowest {lowest:.0f}) do not look like HU "
-        f"(air near -1000); if they are HU, pass --assume-hu (predict) or set data.assume_hu (pipeline)")
+        f"{first}: no {TAG_NAMES[INTERCEPT]} and the stored values (lowest {float(np.min(values)):.0f}) "
+        "do not look like HU (air near -1000 HU); if they are HU, pass --assume-hu (predict) or set "
+        "data.assume_hu (pipeline)")

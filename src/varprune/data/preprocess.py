@@ -186,15 +186,25 @@ def finite_ct(ct: sitk.Image, source: str) -> sitk.Image:
 
 
 AIR_HU = -500.0  # every CT in HU has air (about -1000) around or inside the body
+AIR_RANGE = (-1200.0, AIR_HU)  # below it: padding values outside the scan circle (-2000, -3024)
+AIR_SHARE = 0.001  # share of voxels in AIR_RANGE a CT in HU has at least
+
+
+def has_air(values: np.ndarray) -> bool:
+    """Whether at least AIR_SHARE of the voxels lie in AIR_RANGE (air in HU)."""
+    low, high = AIR_RANGE
+    return float(np.mean((values >= low) & (values <= high))) >= AIR_SHARE
 
 
 def check_hu_range(ct: sitk.Image, source: str) -> None:
     """Refuse a volume with no air: stored values without their rescale, or NaN that a reader
     turned into 0 (ITK's NIfTI reader does), would otherwise be segmented as if they were HU."""
-    lowest = float(np.min(sitk.GetArrayViewFromImage(ct)))
-    if lowest > AIR_HU:
-        raise PreprocessError(f"{source}: no voxel below {AIR_HU:.0f} HU (lowest {lowest:.0f}): this is "
-                              "not a CT in HU (values without their rescale, or NaN read as 0?)")
+    values = sitk.GetArrayViewFromImage(ct)
+    if not has_air(values):
+        low, high = AIR_RANGE
+        raise PreprocessError(f"{source}: fewer than {AIR_SHARE:.1%} of the voxels between {low:.0f} and "
+                              f"{high:.0f} HU (lowest {float(np.min(values)):.0f}): no air, so this is not "
+                              "a CT in HU (values without their rescale, or NaN read as 0?)")
 
 
 def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
@@ -207,10 +217,13 @@ def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
 
 
 def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, case: str,
-                    spec: PreprocessSpec, out_npz: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Preprocess one converted case into `out_npz` (written atomically)."""
+                    spec: PreprocessSpec, out_npz: str | os.PathLike,
+                    assume_hu: bool = False) -> dict[str, np.ndarray]:
+    """Preprocess one converted case into `out_npz` (written atomically); `assume_hu` skips the
+    check that the CT has air (data.assume_hu: the user vouches for the values)."""
     ct = finite_ct(read_image(ct_path, case), f"{case}: {ct_path}")
-    check_hu_range(ct, f"{case}: {ct_path}")
+    if not assume_hu:
+        check_hu_range(ct, f"{case}: {ct_path}")
     liver = read_image(liver_path, case)
     if ct.GetSize() != liver.GetSize():
         raise PreprocessError(f"{case}: {liver_path} is {liver.GetSize()}, the CT {ct.GetSize()}")
