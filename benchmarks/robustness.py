@@ -217,7 +217,7 @@ def probe_set(model: Path, archive: Path, case: str, ct: Path) -> list[Probe]:
                 check=agrees(code)) for code in probes.FLIPS],
         Probe("nan: all NaN (.mha)", predict(float_ct(all_nan, "nan.mha")), 1, "NaN or infinite"),
         Probe("nan: all NaN (.nii.gz, read as 0)", predict(float_ct(all_nan, "nan.nii.gz")), 1,
-              "no voxel below -500 HU"),
+              "no air, so this is not a CT in HU"),
         Probe("nan: 3 voxels (.mha)", predict(float_ct(trace, "trace.mha")), 0, "replaced by air",
               leaves=["mask.nii.gz"]),
         Probe("thin: one-slice DICOM series", predict(series(1)), 0, leaves=["mask.nii.gz"]),

@@ -219,7 +219,7 @@ def test_non_finite_ct_is_refused_and_a_trace_is_replaced(trained, tmp_path, cap
     assert "100.0% of the voxels are NaN or infinite" in capsys.readouterr().err and not out.exists()
     # ITK's NIfTI reader turns NaN into 0: a CT without air is refused instead.
     assert _predict(trained["model"], write(nan, "nan.nii.gz"), out) == 1
-    assert "no voxel below -500 HU" in capsys.readouterr().err and not out.exists()
+    assert "no air, so this is not a CT in HU" in capsys.readouterr().err and not out.exists()
     values.flat[:3] = [np.nan, np.inf, -np.inf]
     assert _predict(trained["model"], write(values, "trace.mha"), out) == 0
     assert "3 NaN/infinite voxel(s)" in caplog.text
