@@ -53,7 +53,7 @@ def run_variant(name: str, files: list[str], budgets: list[float], cores: str) -
     """Run the variant's pipeline targets; return the wall time of the call in seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(override(name, budgets), handle)
-    command = ["snakemake", "--cores", cores, "--configfile", *files, handle.name, "--",
+    command = [sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", *files, handle.name, "--",
                *targets(f"headroom-{name}")]
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
