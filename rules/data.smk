@@ -16,6 +16,7 @@ if config["data"]["source"] == "synthetic":
             "logs/data/synthesize.log",
         benchmark:
             "benchmarks/data/synthesize.tsv"
+        threads: 4
         resources:
             mem_mb=2000,
             runtime=30,

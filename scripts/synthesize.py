@@ -4,4 +4,5 @@ from varprune.data.synthetic import SyntheticSpec, write_synthetic_archive
 from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
-    write_synthetic_archive(snakemake.output[0], SyntheticSpec(**snakemake.params.synthetic))
+    write_synthetic_archive(snakemake.output[0], SyntheticSpec(**snakemake.params.synthetic),
+                            workers=snakemake.threads)

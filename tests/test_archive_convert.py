@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 from varprune.data.archive import TUMOUR_FOLDER, ArchiveError, is_debris, natural_key
 from varprune.data.convert import convert_case
 from varprune.data.phantom import make_phantom
+from varprune.data.synthetic import write_synthetic_archive
 
 from .conftest import TINY, rewrite_inner
 
@@ -82,6 +84,30 @@ def test_synthesis_is_deterministic_in_the_seed():
     a, b = make_phantom(3, 2, 48, (11, 12)), make_phantom(3, 2, 48, (11, 12))
     np.testing.assert_array_equal(a.hu, b.hu)
     assert not np.array_equal(a.hu, make_phantom(4, 2, 48, (11, 12)).hu[: a.hu.shape[0]])
+
+
+def _pixels_by_member(archive) -> dict[str, bytes]:
+    """Every DICOM's pixels and position, by archive path (headers carry write times)."""
+    found = {}
+    with zipfile.ZipFile(archive) as outer:
+        for info in outer.infolist():
+            try:
+                inner = zipfile.ZipFile(io.BytesIO(outer.read(info)))
+            except zipfile.BadZipFile:
+                continue
+            for member in inner.namelist():
+                ds = pydicom.dcmread(io.BytesIO(inner.read(member)), force=True)
+                if "PixelData" in ds:
+                    found[f"{info.filename}:{member}"] = ds.PixelData + str(ds.ImagePositionPatient).encode()
+    return found
+
+
+def test_the_archive_is_the_same_for_any_worker_count(tmp_path):
+    spec = replace(TINY, patients=2, size=32)
+    write_synthetic_archive(tmp_path / "one.zip", spec, workers=1)
+    write_synthetic_archive(tmp_path / "two.zip", spec, workers=2)
+    one, two = _pixels_by_member(tmp_path / "one.zip"), _pixels_by_member(tmp_path / "two.zip")
+    assert len(one) > 40 and one == two
 
 
 def test_natural_order_and_debris():

@@ -14,7 +14,9 @@ import logging
 import os
 import tempfile
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -194,14 +196,25 @@ def write_patient(root: Path, spec: SyntheticSpec, patient: int) -> Phantom:
     return phantom
 
 
-def write_synthetic_archive(out_zip: str | os.PathLike, spec: SyntheticSpec) -> None:
-    """Draw `spec.patients` phantoms and write them as one `3Dircadb1.zip`, atomically."""
-    with tempfile.TemporaryDirectory() as tmp_name, atomic_path(out_zip) as tmp_zip:
+def _write_patient_in(root: Path, spec: SyntheticSpec, patient: int) -> None:
+    write_patient(root, spec, patient)  # a worker returns nothing: the phantom stays in its process
+
+
+def write_synthetic_archive(out_zip: str | os.PathLike, spec: SyntheticSpec, workers: int = 1) -> None:
+    """Draw `spec.patients` phantoms and write them as one `3Dircadb1.zip`, atomically.
+
+    Patients are drawn in `workers` processes (each is seeded by its number, so the archive is the
+    same for any worker count) and added to the zip in patient order.
+    """
+    patients = range(1, spec.patients + 1)
+    with (tempfile.TemporaryDirectory() as tmp_name, atomic_path(out_zip) as tmp_zip,
+          ProcessPoolExecutor(max_workers=max(1, workers)) as pool):
         root = Path(tmp_name) / "3Dircadb1"
         root.mkdir()
+        written = tqdm(pool.map(_write_patient_in, repeat(root), repeat(spec), patients),
+                       total=len(patients), desc="synthesize", unit="patient")
         with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED) as zf:
-            for patient in tqdm(range(1, spec.patients + 1), desc="synthesize", unit="patient"):
-                write_patient(root, spec, patient)
+            for patient, _ in zip(patients, written, strict=True):
                 for path in sorted((root / f"3Dircadb1.{patient}").iterdir()):
                     zf.write(path, path.relative_to(root.parent).as_posix())
                 zf.writestr(f"__MACOSX/3Dircadb1/3Dircadb1.{patient}/._PATIENT_DICOM.zip", b"\x00")
