@@ -1,6 +1,5 @@
 """Config validation, wildcard constraints and input functions shared by the rules."""
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ def config_error(key, problem):
     raise ValueError(f"Invalid config: {key}: {problem}")
 
 
+from varprune.codeversion import code_fingerprint
 from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
 
 
@@ -140,11 +140,6 @@ TRAIN_CASES, VAL_CASES, TEST_CASES = SPLITS["train"], SPLITS["val"], SPLITS["tes
 if not TEST_CASES:
     config_error("split", "the test split is empty: every model is evaluated on it")
 
-# The library modules each rule runs, for code_version().
-TRAIN_CODE = ("model.py", "train.py", "inference.py", "data/datasets.py", "data/preprocess.py")
-EVAL_CODE = ("model.py", "evaluate.py", "inference.py", "data/preprocess.py")
-
-
 wildcard_constraints:
     method=method_pattern(),
     k=r"[1-9]\d*",
@@ -202,16 +197,11 @@ def seeded(section):
     return params
 
 
-def code_version(*modules):
-    """Fingerprint of the src/varprune modules a rule runs, passed as a param.
-
-    Snakemake tracks a script: rule by its script's mtime only; with this param, editing the
-    library code a rule depends on reruns that rule (and what follows) too.
-    """
-    digest = hashlib.sha256()
-    for module in ("atomic.py", "runlog.py", *modules):
-        digest.update((SRC / module).read_bytes())
-    return digest.hexdigest()[:16]
+def code_version(script):
+    """Fingerprint of the src/varprune modules that scripts/`script` imports (transitively),
+    passed as a param: editing library code a rule runs reruns that rule and what follows;
+    editing code it never imports does not (varprune.codeversion finds the closure)."""
+    return code_fingerprint(Path(workflow.basedir) / "scripts" / script, SRC)
 
 
 def state_dir(model):
@@ -227,9 +217,6 @@ def state_dir(model):
 
 METHODS = config["pruning"]["methods"]
 TARGETS = config["pruning"]["cycle_targets"]
-PRUNE_CODE = (*TRAIN_CODE, "cost.py", "macs.py", "methods.py", "pruning/groups.py",
-              "pruning/significance.py", "pruning/sequence.py", "pruning/surgery.py", "pruning/cycle.py")
-CONTROL_CODE = (*TRAIN_CODE, "controls.py", "pruning/surgery.py", "pruning/groups.py", "macs.py")
 
 
 def previous_model(wildcards):

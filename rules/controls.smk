@@ -15,11 +15,11 @@ rule dense_long:
         rounds=len(TARGETS),
         preprocessed=input_folder("data"),
         state_dir=state_dir("dense_long"),
-        code=code_version(*CONTROL_CODE),
+        code=code_version("control.py"),
     log:
         "logs/{run}/dense_long/train.log",
     benchmark:
-        "benchmarks/{run}/dense_long/train.tsv"
+        "logs/{run}/dense_long/train.benchmark.tsv"
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,
@@ -45,11 +45,11 @@ rule transformer_off:
         rounds=len(TARGETS),
         preprocessed=input_folder("data"),
         state_dir=state_dir("transformer_off"),
-        code=code_version(*CONTROL_CODE),
+        code=code_version("control.py"),
     log:
         "logs/{run}/transformer_off/train.log",
     benchmark:
-        "benchmarks/{run}/transformer_off/train.tsv"
+        "logs/{run}/transformer_off/train.benchmark.tsv"
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,
@@ -74,11 +74,11 @@ rule oneshot:
         oneshot=cfg("oneshot"),
         device=config["finetune"]["device"],
         preprocessed=input_folder("data"),
-        code=code_version(*PRUNE_CODE, "pruning/oneshot.py"),
+        code=code_version("oneshot.py"),
     log:
         "logs/{run}/oneshot.log",
     benchmark:
-        "benchmarks/{run}/oneshot.tsv"
+        "logs/{run}/oneshot.benchmark.tsv"
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,

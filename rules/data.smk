@@ -1,7 +1,6 @@
 """From the raw archive (downloaded, given, or synthesized) to split, model-ready data."""
 
 ARCHIVE = "data/raw/3Dircadb1.zip"
-DATA_CODE = ("data/archive.py",)
 
 
 if config["data"]["source"] == "synthetic":
@@ -11,11 +10,11 @@ if config["data"]["source"] == "synthetic":
             ARCHIVE,
         params:
             synthetic=cfg("synthetic"),
-            code=code_version(*DATA_CODE, "data/phantom.py", "data/synthetic.py"),
+            code=code_version("synthesize.py"),
         log:
             "logs/data/synthesize.log",
         benchmark:
-            "benchmarks/data/synthesize.tsv"
+            "logs/data/synthesize.benchmark.tsv"
         threads: 4
         resources:
             mem_mb=2000,
@@ -35,7 +34,7 @@ elif config["data"]["archive"]:
             ARCHIVE,
         params:
             archive=cfg("data.archive"),
-            code=code_version(*DATA_CODE, "data/download.py"),
+            code=code_version("link_archive.py"),
         log:
             "logs/data/link_archive.log",
         conda:
@@ -55,11 +54,11 @@ else:
         params:
             url=cfg("data.url"),
             download=cfg("data.download"),
-            code=code_version(*DATA_CODE, "data/download.py"),
+            code=code_version("download.py"),
         log:
             "logs/data/download.log",
         benchmark:
-            "benchmarks/data/download.tsv"
+            "logs/data/download.benchmark.tsv"
         conda:
             "../envs/varprune.yaml"
         script:
@@ -76,11 +75,11 @@ rule convert:
     params:
         assume_hu=cfg("data.assume_hu"),
         extract=cfg("data.extract"),
-        code=code_version(*DATA_CODE, "data/convert.py", "data/dicom.py", "data/preprocess.py"),
+        code=code_version("convert.py"),
     log:
         "logs/data/convert/{case}.log",
     benchmark:
-        "benchmarks/data/convert/{case}.tsv"
+        "logs/data/convert/{case}.benchmark.tsv"
     resources:
         mem_mb=3000,
         runtime=15,
@@ -99,11 +98,11 @@ rule preprocess:
     params:
         preprocess=cfg("preprocess"),
         assume_hu=cfg("data.assume_hu"),
-        code=code_version("data/preprocess.py"),
+        code=code_version("preprocess.py"),
     log:
         "logs/data/preprocess/{case}.log",
     benchmark:
-        "benchmarks/data/preprocess/{case}.tsv"
+        "logs/data/preprocess/{case}.benchmark.tsv"
     resources:
         mem_mb=3000,
         runtime=15,
@@ -121,7 +120,7 @@ rule split:
     params:
         split=cfg("split"),
         cases=CASES,
-        code=code_version("data/splits.py"),
+        code=code_version("split.py"),
     log:
         "logs/data/split.log",
     conda:

@@ -14,11 +14,11 @@ rule evaluate:
         evaluate=cfg("evaluate"),
         preprocessed=input_folder("data"),
         nifti=input_folder("truth", up=2),
-        code=code_version(*EVAL_CODE),
+        code=code_version("evaluate.py"),
     log:
         "logs/{run}/{model}/evaluate.log",
     benchmark:
-        "benchmarks/{run}/{model}/evaluate.tsv"
+        "logs/{run}/{model}/evaluate.benchmark.tsv"
     threads: config["evaluate"]["threads"]
     resources:
         mem_mb=4000,
@@ -36,11 +36,11 @@ rule cost:
         "results/{run}/{model}/cost.json",
     params:
         cost=cfg("cost"),
-        code=code_version("model.py", "cost.py", "pruning/groups.py", "macs.py"),
+        code=code_version("cost.py"),
     log:
         "logs/{run}/{model}/cost.log",
     benchmark:
-        "benchmarks/{run}/{model}/cost.tsv"
+        "logs/{run}/{model}/cost.benchmark.tsv"
     # The latency is measured with these threads; Snakemake reserves them so that parallel jobs
     # disturb the timing less (for clean latency, run the cost jobs alone, or see benchmarks/).
     threads: config["cost"]["threads"]

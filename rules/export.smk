@@ -7,7 +7,7 @@ rule export:
     output:
         "results/{run}/{method}/cycle{k}/model.{fmt}",
     params:
-        code=code_version("model.py", "export.py"),
+        code=code_version("export.py"),
     log:
         "logs/{run}/{method}/cycle{k}/export_{fmt}.log",
     resources:

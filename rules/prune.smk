@@ -16,11 +16,11 @@ rule prune_cycle:
         finetune=seeded("finetune"),
         preprocessed=input_folder("data"),
         state_dir=state_dir("{method}/cycle{k}"),
-        code=code_version(*PRUNE_CODE),
+        code=code_version("prune_cycle.py"),
     log:
         "logs/{run}/{method}/cycle{k}/prune.log",
     benchmark:
-        "benchmarks/{run}/{method}/cycle{k}/prune.tsv"
+        "logs/{run}/{method}/cycle{k}/prune.benchmark.tsv"
     threads: config["finetune"]["threads"]
     resources:
         mem_mb=8000,

@@ -43,7 +43,7 @@ rule report:
         config=canonical(config),
         replicates=replicate_folders,
         nifti=input_folder("truth", up=2),
-        code=code_version("report.py", "compare.py", "stats.py", "methods.py"),
+        code=code_version("report.py"),
     log:
         "logs/{run}/report.log",
     resources:

@@ -15,11 +15,11 @@ rule train:
         preprocessed=input_folder("data"),
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
         state_dir=state_dir("dense"),
-        code=code_version(*TRAIN_CODE),
+        code=code_version("train.py"),
     log:
         "logs/{run}/dense/train.log",
     benchmark:
-        "benchmarks/{run}/dense/train.tsv"
+        "logs/{run}/dense/train.benchmark.tsv"
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,

@@ -71,14 +71,14 @@ LOCAL_ENV = _without_slurm_controller()
 
 
 def snakemake(
-    workdir: Path, *args: str, config: Path | None = TINY_CONFIG, check: bool = True
+    workdir: Path, *args: str, config: Path | None = TINY_CONFIG, check: bool = True, repo: Path = REPO
 ) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
         "snakemake",
         "-s",
-        str(REPO / "Snakefile"),
+        str(repo / "Snakefile"),
         "-d",
         str(workdir),
         "--cores",
@@ -93,9 +93,10 @@ def snakemake(
     return result
 
 
-def scheduled(workdir: Path, config: Path | None = TINY_CONFIG) -> Counter:
-    """Rule -> number of jobs that a dry run would run (empty when there is nothing to do)."""
-    out = snakemake(workdir, "-n", config=config)
+def scheduled(workdir: Path, config: Path | None = TINY_CONFIG, repo: Path = REPO) -> Counter:
+    """Rule -> number of jobs that a dry run would run (empty when there is nothing to do);
+    `repo`: the workflow (Snakefile, rules, scripts, src) to run, by default this repository."""
+    out = snakemake(workdir, "-n", config=config, repo=repo)
     text = out.stdout + out.stderr
     if "Nothing to be done" in text:
         return Counter()

@@ -1,0 +1,88 @@
+"""Rerun triggers: each rule's code fingerprint covers exactly the library modules its script imports."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from varprune.codeversion import code_fingerprint, import_closure
+
+from .workflow_helpers import REPO, scheduled
+
+SRC = REPO / "src" / "varprune"
+
+
+def _names(script: str) -> set[str]:
+    return {p.relative_to(SRC).as_posix() for p in import_closure(REPO / "scripts" / script, SRC)}
+
+
+def test_the_closure_follows_imports_through_modules_and_functions():
+    prune = _names("prune_cycle.py")
+    # prune_cycle.py imports varprune.pruning.cycle, which reaches the MAC model through cost.py
+    assert {"pruning/cycle.py", "pruning/sequence.py", "macs.py", "model.py", "pruning/__init__.py"} <= prune
+    # load_split imports varprune.data.datasets inside the function body
+    assert "data/datasets.py" in _names("train.py")
+    report = _names("report.py")
+    assert "report.py" in report and "stats.py" in report
+    assert not {"macs.py", "train.py", "model.py"} & report
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    src = root / "varprune"
+    for name, text in {"__init__.py": "", **files}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    return src
+
+
+def test_fingerprint_changes_with_imported_code_only(tmp_path):
+    src = _package(tmp_path, {
+        "a.py": "def f():\n    from varprune import b\n    return b\n",
+        "b.py": "from .sub import c\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "X = 1\n",
+        "unused.py": "Y = 2\n",
+    })
+    script = tmp_path / "script.py"
+    script.write_text("import os\nfrom varprune.a import f\n")
+    assert {p.relative_to(src).as_posix() for p in import_closure(script, src)} == {
+        "__init__.py", "a.py", "b.py", "sub/__init__.py", "sub/c.py"}
+    before = code_fingerprint(script, src)
+    (src / "unused.py").write_text("Y = 3\n")
+    assert code_fingerprint(script, src) == before
+    (src / "sub" / "c.py").write_text("X = 2\n")
+    assert code_fingerprint(script, src) != before
+
+
+def _workflow_copy(dest: Path) -> Path:
+    """The workflow files of this repository (no runs, no tests) in `dest`."""
+    top_level = {".git", ".venv", "data", "results", "logs", ".snakemake", "tests", "benchmarks",
+                 ".pytest_cache"}
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        return {n for n in names if n == "__pycache__" or (Path(folder) == REPO and n in top_level)}
+
+    shutil.copytree(REPO, dest, ignore=skip)
+    return dest
+
+
+@pytest.mark.workflow
+def test_editing_library_code_reruns_exactly_the_rules_that_import_it(done_run, tmp_path):
+    repo = _workflow_copy(tmp_path / "repo")
+    workdir = tmp_path / "run"
+    shutil.copytree(done_run, workdir, symlinks=True)
+    assert scheduled(workdir, repo=repo) == {}
+
+    report = repo / "src" / "varprune" / "report.py"
+    original = report.read_text()
+    report.write_text(original + "\n# edited\n")
+    assert scheduled(workdir, repo=repo) == {"report": 1, "all": 1}  # `all` is a target rule, no job
+    report.write_text(original)
+
+    macs = repo / "src" / "varprune" / "macs.py"
+    macs.write_text(macs.read_text() + "\n# edited\n")
+    jobs = scheduled(workdir, repo=repo)
+    assert {"prune_cycle", "oneshot", "cost", "report"} <= set(jobs)
+    assert not {"train", "convert", "preprocess", "split"} & set(jobs)
