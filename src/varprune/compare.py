@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from varprune.methods import CONTROLS, PRUNING_METHODS
+from varprune.methods import comparison_pairs as method_pairs
 from varprune.stats import PairedComparison, comparison_rows, paired_comparison
 
 METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
@@ -101,14 +102,10 @@ def oneshot_long(replicates: list[Path]) -> pd.DataFrame:
 
 
 def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
-    """(a, b) pairs to compare: the paper's method against the others, every informed method
-    against random, and every method against dense_long."""
+    """(a, b) pairs to compare: the method pairs the registry's roles define (proposed vs
+    baseline, informed vs control), and every method against dense_long."""
     ordered = [m for m in PRUNING_METHODS if m in methods]
-    informed = [m for m in ordered if m != "random"]
-    pairs = [("variable", m) for m in ordered if "variable" in ordered and m not in ("variable", "random")]
-    if "random" in ordered:
-        pairs += [(m, "random") for m in informed]
-    return pairs + [(m, "dense_long") for m in ordered]
+    return method_pairs(methods) + [(m, "dense_long") for m in ordered]
 
 
 def comparison_table(long: pd.DataFrame, methods: list[str], seed: int = 0) -> pd.DataFrame:

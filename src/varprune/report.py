@@ -37,7 +37,7 @@ from varprune.compare import (  # noqa: E402
     oneshot_long,
     summary_table,
 )
-from varprune.methods import COLOURS, CONTROLS, LABELS, PRUNING_METHODS  # noqa: E402
+from varprune.methods import CONTROLS, LABELS, PRUNING_METHODS, colour  # noqa: E402
 from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> 
     for method in [m for m in PRUNING_METHODS if m in set(table.method)]:
         part = pd.concat([table[table.method == "dense"], table[table.method == method]])
         ax.errorbar(100 * part.macs_full_reduction, part.dice_mean, yerr=part.dice_std, marker="o",
-                    capsize=3, label=method, color=COLOURS.get(method))
+                    capsize=3, label=method, color=colour(method))
         for _, r in part.iloc[1:].iterrows():
             ax.annotate(f"c{r.cycle}", (100 * r.macs_full_reduction, r.dice_mean), fontsize=8,
                         xytext=(3, 3), textcoords="offset points")
@@ -83,7 +83,7 @@ def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> 
     for control, style in zip(CONTROLS, ("--", "-."), strict=True):
         row = table[table.method == control]
         if len(row):
-            ax.axhline(row.dice_mean.iloc[0], color=COLOURS[control], ls=style, lw=1.2,
+            ax.axhline(row.dice_mean.iloc[0], color=colour(control), ls=style, lw=1.2,
                        label=f"{control} ({row.dice_mean.iloc[0]:.3f})")
     ax.set_xlabel("MACs removed vs dense (%, FlopCounterMode, attention included)")
     ax.set_ylabel("test Dice (mean ± std over test cases × replicates)")
@@ -102,16 +102,16 @@ def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSet
     for ax, split in zip(axes, ("val", "test"), strict=True):
         if len(off_oneshot):
             ax.plot(100 * off_oneshot.macs_reduction, off_oneshot[f"{split}_dice"], marker="X", ls="",
-                    ms=9, color=COLOURS["transformer_off"], label="transformer_off, no fine-tuning")
+                    ms=9, color=colour("transformer_off"), label="transformer_off, no fine-tuning")
         for method in [m for m in PRUNING_METHODS if m in set(pruned.method)]:
             part = pruned[pruned.method == method].sort_values("macs_reduction")
             ax.plot(100 * part.macs_reduction, part[f"{split}_dice"], marker="o", label=method,
-                    color=COLOURS.get(method))
+                    color=colour(method))
         if len(dense):
             ax.axhline(dense[f"{split}_dice"].iloc[0], color="black", lw=1, label="dense")
         off = table[table.method == "transformer_off"]
         if split == "test" and len(off):
-            ax.axhline(off.dice_mean.iloc[0], color=COLOURS["transformer_off"], ls="-.", lw=1.2,
+            ax.axhline(off.dice_mean.iloc[0], color=colour("transformer_off"), ls="-.", lw=1.2,
                        label="transformer_off, fine-tuned (CT grid)")
         ax.set_xlabel("MACs removed vs dense (%), in one step from the dense model")
         ax.set_title(f"{split} Dice right after pruning (no fine-tuning)")
@@ -123,19 +123,22 @@ def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSet
 
 
 def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
-    """The variable pruning-rate sequences (layer × cycle heat maps) and the significance profile."""
-    data = sequences[sequences.method == "variable"]
+    """The planned pruning-rate sequences of the first method with hierarchical levels (the
+    paper's variable sequence) as layer × cycle heat maps, and the significance profile."""
+    present = set(sequences.method)
+    shown = next((m for m, spec in PRUNING_METHODS.items() if spec.levels and m in present), None)
+    data = sequences[sequences.method == shown]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     if data.empty:
         for ax in axes.flat:
-            ax.text(0.5, 0.5, "no variable cycles in this run", ha="center")
+            ax.text(0.5, 0.5, "no cycles of a method with a rate sequence in this run", ha="center")
             ax.axis("off")
         _save(fig, path, settings.dpi)
         return
     cycles = sorted(data.cycle.unique())
     for col, block in enumerate(("msa", "ffn")):
         part = data[data.block == block]
-        grid = part.pivot(index="layer", columns="cycle", values="rate").loc[:, cycles]
+        grid = part.pivot(index="layer", columns="cycle", values="rate_planned").loc[:, cycles]
         ax = axes[0, col]
         top = max(0.01, float(grid.values.max()))
         image = ax.imshow(grid.values, aspect="auto", cmap="magma_r", vmin=0, vmax=top, origin="lower",
@@ -145,7 +148,7 @@ def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path)
                     color="white" if value > 0.5 * grid.values.max() else "black")
         ax.set_xticks(range(1, len(cycles) + 1), [f"cycle {c}" for c in cycles])
         ax.set_ylabel("transformer layer")
-        ax.set_title(f"{block.upper()} pruning rate per layer (variable)")
+        ax.set_title(f"{block.upper()} pruning rate per layer ({shown})")
         fig.colorbar(image, ax=ax, fraction=0.05)
         ax = axes[1, col]
         for cycle in cycles:
@@ -171,7 +174,7 @@ def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -
             part = sequences[(sequences.method == method) & (sequences.block == block)]
             last = part[part.cycle == part.cycle.max()].sort_values("layer")
             bars = ax.bar(last.layer + (i - (len(methods) - 1) / 2) * width, last.channels_after, width,
-                          label=method, color=COLOURS.get(method))
+                          label=method, color=colour(method))
             if block == "msa":
                 for bar, heads in zip(bars, last.heads_after, strict=True):
                     ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{int(heads)}h",
@@ -193,12 +196,12 @@ def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: P
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, frame in logs.items():
         method = name.split("/")[0]
-        colour = COLOURS.get(method, "grey")
+        line_colour = colour(method)
         label = name if name in ("dense", *CONTROLS) or name.endswith("cycle1") else None
         x = frame["x"]
         style = "--" if method in CONTROLS else "-"
-        axes[0].plot(x, frame.loss, color=colour, ls=style, label=label and method)
-        axes[1].plot(x, frame.val_dice, color=colour, ls=style, marker=".", label=label and method)
+        axes[0].plot(x, frame.loss, color=line_colour, ls=style, label=label and method)
+        axes[1].plot(x, frame.val_dice, color=line_colour, ls=style, marker=".", label=label and method)
     for ax, ylabel in zip(axes, ("training loss (DiceCE)", "validation Dice"), strict=True):
         ax.set_xlabel("epoch (dense, then cycle after cycle)")
         ax.set_ylabel(ylabel)
@@ -242,7 +245,8 @@ def read_sequences(results: Path, methods: list[str], cycles: int) -> pd.DataFra
             frame["method"] = method
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["method", "cycle", "layer", "block", "rate", "weight", "channels_after", "heads_after"])
+        columns=["method", "cycle", "layer", "block", "rate_planned", "rate_realised", "weight",
+                 "channels_after", "heads_after"])
 
 
 def read_logs(results: Path, methods: list[str], cycles: int) -> dict[str, pd.DataFrame]:
@@ -494,7 +498,8 @@ def build_report(replicates: list[str | os.PathLike], nifti_dir: str | os.PathLi
     plot_curves(read_logs(results, methods, cycles), opts, figures["curves"])
     test_cases = json.loads(Path(splits_json).read_text())["test"][: opts.cases]
     preds = {"dense": results / "dense" / "pred"}
-    last = "variable" if "variable" in methods else methods[0]
+    proposed = [m for m, spec in PRUNING_METHODS.items() if spec.role == "proposed" and m in methods]
+    last = (proposed or methods)[0]
     preds[f"{last} cycle {cycles}"] = results / last / f"cycle{cycles}" / "pred"
     plot_cases(test_cases, Path(nifti_dir), preds, tuple(config["preprocess"]["window"]), opts,
                figures["cases"])

@@ -21,6 +21,7 @@ from varprune.atomic import write_csv, write_json
 from varprune.cost import macs_full
 from varprune.data.datasets import Volume, slice_items
 from varprune.inference import pick_device
+from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
 from varprune.pruning.groups import BLOCKS, Scores, layer_macs
 from varprune.pruning.sequence import (
@@ -38,8 +39,10 @@ from varprune.train import TrainSettings, load_split, train, validation_dice
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_COLUMNS = ["cycle", "layer", "block", "significance", "weight", "level", "rate",
-                    "channels_before", "channels_after", "heads_before", "heads_after"]
+# rate_planned: the rate the method's solver chose for the layer; rate_realised: the share of
+# the layer's channels actually removed (whole groups, minimum widths), for every method.
+SEQUENCE_COLUMNS = ["cycle", "layer", "block", "significance", "weight", "level", "rate_planned",
+                    "rate_realised", "channels_before", "channels_after", "heads_before", "heads_after"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ def dense_macs(model: torch.nn.Module, spec: ModelSpec, measured: int) -> int:
 def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list[LayerCounts],
                   sequence: Sequence, method: str) -> list[dict]:
     """The rows of `sequence.csv` (one per layer and block)."""
+    levels = PRUNING_METHODS[method].levels
     rows = []
     for i, (before, after, c) in enumerate(zip(spec.layers, new_spec.layers, counts, strict=True)):
         lost = {"msa": msa_channels_removed(before, c) / before.inner, "ffn": c.ffn / before.ffn}
@@ -96,8 +100,9 @@ def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list
                 "cycle": cycle, "layer": i + 1, "block": block,
                 "significance": f"{float(sequence.significance[block][i]):.6g}",
                 "weight": "" if np.isnan(sequence.weight[block][i]) else f"{sequence.weight[block][i]:.6g}",
-                "level": int(sequence.level[block][i]) if method == "variable" else "",
-                "rate": f"{planned if method == 'variable' else lost[block]:.6g}",
+                "level": int(sequence.level[block][i]) if levels else "",
+                "rate_planned": f"{planned:.6g}",
+                "rate_realised": f"{lost[block]:.6g}",
                 "channels_before": widths[block][0], "channels_after": widths[block][1],
                 "heads_before": before.heads if block == "msa" else "",
                 "heads_after": after.heads if block == "msa" else "",

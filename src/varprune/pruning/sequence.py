@@ -40,8 +40,6 @@ from varprune.pruning.groups import (
     msa_channel_macs,
 )
 
-METHODS = tuple(PRUNING_METHODS)
-
 
 class BudgetError(ValueError):
     """The MAC budget cannot be met within the rate bounds and minimum widths."""
@@ -221,9 +219,10 @@ def _refine(spec: ModelSpec, below: list[LayerCounts], above: list[LayerCounts],
     return above
 
 
-def variable_counts(spec: ModelSpec, scores: Scores, budget: int,
-                    settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
-    """The paper's method: significance -> hierarchical sequence -> variable rates."""
+def variable_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
+                    seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
+    """The paper's method: significance -> hierarchical sequence -> variable rates (`seed`:
+    unused, the allocation is deterministic)."""
     n = len(spec.layers)
     significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
     weights, levels = {}, {}
@@ -238,9 +237,9 @@ def variable_counts(spec: ModelSpec, scores: Scores, budget: int,
     return counts, Sequence(significance, weights, levels, {"msa": msa, "ffn": ffn})
 
 
-def fixed_counts(spec: ModelSpec, scores: Scores, budget: int,
-                 settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
-    """The baseline: one rate for every layer and block."""
+def fixed_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
+                 seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
+    """The baseline: one rate for every layer and block (`seed`: unused)."""
     n = len(spec.layers)
     significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
 
@@ -255,9 +254,10 @@ def fixed_counts(spec: ModelSpec, scores: Scores, budget: int,
     return counts, Sequence(significance, flat, zeros, {"msa": msa, "ffn": ffn})
 
 
-def global_counts(spec: ModelSpec, scores: Scores, budget: int,
-                  settings: SequenceSettings) -> tuple[list[LayerCounts], Sequence]:
-    """One ranking of layer-normalised group scores across the model; lowest go first."""
+def global_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
+                  seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
+    """One ranking of layer-normalised group scores across the model; lowest go first (`seed`:
+    unused)."""
     n = len(spec.layers)
     per_msa, per_ffn = msa_channel_macs(spec), ffn_channel_macs(spec)
     units = []  # (score, layer, block, MACs)
@@ -318,14 +318,11 @@ def random_counts(spec: ModelSpec, scores: Scores, budget: int, settings: Sequen
 
 def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
                 settings: SequenceSettings, seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
-    """Counts per layer for `method` (one of varprune.methods.PRUNING_METHODS); `seed` draws
-    the random control's allocation."""
-    if method == "random":
-        return random_counts(spec, scores, budget, settings, seed)
-    solvers = {"variable": variable_counts, "fixed": fixed_counts, "global": global_counts}
-    if method not in solvers:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-    return solvers[method](spec, scores, budget, settings)
+    """Counts per layer for `method`, by the solver its registration names
+    (varprune.methods); `seed` is the cycle's seed (the random control draws with it)."""
+    if method not in PRUNING_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNING_METHODS)}")
+    return PRUNING_METHODS[method].solve()(spec, scores, budget, settings, seed=seed)
 
 
 # ---------------------------------------------------------------- counts -> concrete groups
