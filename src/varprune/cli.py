@@ -27,6 +27,7 @@ def _synthesize(args: argparse.Namespace) -> None:
             slices_max=args.slices_max,
             seed=args.seed,
         ),
+        workers=args.workers,
     )
 
 
@@ -82,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthesize", help="write a synthetic cohort as 3Dircadb1.zip")
     p.add_argument("output", help="path of the zip to write")
-    p.add_argument("--patients", type=int, default=10)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--slices-min", type=int, default=24)
-    p.add_argument("--slices-max", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    from varprune.data.synthetic import SyntheticSpec
+
+    for name, field in SyntheticSpec.__dataclass_fields__.items():  # the defaults of config.yaml
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=field.default)
+    p.add_argument("--workers", type=int, default=1, help="processes drawing patients (same archive for any)")
     p.set_defaults(func=_synthesize)
 
     p = sub.add_parser("download", help="download the 3D-IRCADb-01 archive (resumes)")

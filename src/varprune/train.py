@@ -52,7 +52,7 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The `train` (or `finetune`) config slice.
+    """The `train` (or `finetune`) config slice; the defaults are `train`'s in config/config.yaml (tested).
 
     `steps`, when set, is the budget in optimiser steps and overrides `epochs` (fine-tuning
     budgets are naturally counted in steps); the last epoch may then be partial.
@@ -61,10 +61,10 @@ class TrainSettings:
     weights, which swing far less from epoch to epoch than the raw ones.
     """
 
-    epochs: int = 16
+    epochs: int = 20
     steps: int | None = None
     batch_size: int = 8
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup: float = 0.05
     min_lr_ratio: float = 0.01

@@ -1,0 +1,66 @@
+"""One source for defaults: config/config.yaml, the schema's defaults and the library's dataclasses agree."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from varprune.cli import build_parser
+from varprune.data.datasets import AugmentSpec
+from varprune.data.preprocess import PreprocessSpec
+from varprune.data.synthetic import SyntheticSpec
+from varprune.pruning.cycle import CycleSettings
+from varprune.pruning.sequence import SequenceSettings
+from varprune.report import ReportSettings
+from varprune.train import TrainSettings
+
+from .workflow_helpers import REPO
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize(("instance", "section"), [
+    (TrainSettings(), CONFIG["train"]),
+    (AugmentSpec(), CONFIG["train"]["augment"]),
+    (SequenceSettings(), CONFIG["pruning"]),
+    (CycleSettings(target=0.5), CONFIG["pruning"]),
+    (ReportSettings(), CONFIG["report"]),
+    (SyntheticSpec(), CONFIG["synthetic"]),
+    (PreprocessSpec(), CONFIG["preprocess"]),
+], ids=["train", "augment", "pruning-sequence", "pruning-cycle", "report", "synthetic", "preprocess"])
+def test_dataclass_defaults_are_the_config_defaults(instance, section):
+    compared = 0
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if field.name in section and not dataclasses.is_dataclass(value):
+            assert _plain(value) == section[field.name], field.name
+            compared += 1
+    assert compared >= 2
+
+
+def _schema_defaults(schema: dict, config: dict, path: str = ""):
+    for key, node in (schema.get("properties") or {}).items():
+        if key not in config:
+            continue
+        if isinstance(config[key], dict):
+            yield from _schema_defaults(node, config[key], f"{path}{key}.")
+        elif "default" in node:
+            yield f"{path}{key}", node["default"], config[key]
+
+
+def test_schema_defaults_are_the_config_values():
+    found = list(_schema_defaults(SCHEMA, CONFIG))
+    assert len(found) > 50
+    assert [(key, default) for key, default, value in found if default != value] == []
+
+
+def test_the_synthesize_command_defaults_to_the_default_cohort():
+    args = build_parser().parse_args(["synthesize", "out.zip"])
+    assert {k: getattr(args, k) for k in CONFIG["synthetic"]} == CONFIG["synthetic"]
