@@ -26,25 +26,43 @@ def check_config(cfg):
         config_error("preprocess.window", f"low ({low}) must be below high ({high})")
     syn = cfg["synthetic"]
     if syn["slices_min"] > syn["slices_max"]:
-        config_error("synthetic.slices_min", f"{syn['slices_min']} > synthetic.slices_max {syn['slices_max']}")
+        config_error(
+            "synthetic.slices_min",
+            f"{syn['slices_min']} > synthetic.slices_max {syn['slices_max']}",
+        )
     data = cfg["data"]
     if data["source"] == "synthetic" and data["archive"]:
-        config_error("data.archive", f"{data['archive']} is set but data.source is synthetic; "
-                     "set data.source: ircadb to use your archive, or remove data.archive")
+        config_error(
+            "data.archive",
+            f"{data['archive']} is set but data.source is synthetic; "
+            "set data.source: ircadb to use your archive, or remove data.archive",
+        )
     # Jobs on cluster nodes parse the workflow again; the archive need only exist where it is linked.
-    if data["archive"] and workflow.is_main_process and not Path(data["archive"]).is_file():
+    if (
+        data["archive"]
+        and workflow.is_main_process
+        and not Path(data["archive"]).is_file()
+    ):
         config_error("data.archive", f"{data['archive']}: no such file")
     if data["source"] == "synthetic" and data["patients"]:
         too_big = [p for p in data["patients"] if p > syn["patients"]]
         if too_big:
-            config_error("data.patients", f"{too_big} exceed synthetic.patients ({syn['patients']})")
+            config_error(
+                "data.patients",
+                f"{too_big} exceed synthetic.patients ({syn['patients']})",
+            )
     if data["source"] == "ircadb" and data["patients"]:
         too_big = [p for p in data["patients"] if p > 20]
         if too_big:
-            config_error("data.patients", f"3D-IRCADb-01 has patients 1-20, not {too_big}")
+            config_error(
+                "data.patients", f"3D-IRCADb-01 has patients 1-20, not {too_big}"
+            )
     unknown = unknown_methods(cfg["pruning"]["methods"])
     if unknown:
-        config_error("pruning.methods", f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}")
+        config_error(
+            "pruning.methods",
+            f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}",
+        )
     check_model(cfg)
     check_pruning(cfg)
 
@@ -62,11 +80,19 @@ def check_pruning(cfg):
     if any(b <= a for a, b in zip(targets, targets[1:])):
         config_error("pruning.cycle_targets", f"{targets} must be strictly increasing")
     if pruning["rate_min"] >= pruning["rate_max"]:
-        config_error("pruning.rate_min", f"{pruning['rate_min']} must be below pruning.rate_max")
+        config_error(
+            "pruning.rate_min", f"{pruning['rate_min']} must be below pruning.rate_max"
+        )
     heads, hidden, ffn = model["heads"], model["hidden"], model["ffn"]
     head_dim = hidden // heads
-    if pruning["min_head_dim"] > head_dim or pruning["min_heads"] > heads or pruning["min_ffn"] > ffn:
-        config_error("pruning.min_head_dim", "minimum widths larger than the dense model's")
+    if (
+        pruning["min_head_dim"] > head_dim
+        or pruning["min_heads"] > heads
+        or pruning["min_ffn"] > ffn
+    ):
+        config_error(
+            "pruning.min_head_dim", "minimum widths larger than the dense model's"
+        )
     geometry = {**model, "input_size": cfg["preprocess"]["input_size"]}
     img, patch, layers = img_size(geometry), model["patch"], model["num_layers"]
     rest = rest_macs(geometry)
@@ -79,38 +105,61 @@ def check_pruning(cfg):
         else:
             d = max(pruning["min_head_dim"], d - round(rate * d))
         f = max(pruning["min_ffn"], f - round(rate * f))
-        reachable = 1 - (rest + layers * layer_macs(img, patch, hidden, h * d, f)) / dense
+        reachable = (
+            1 - (rest + layers * layer_macs(img, patch, hidden, h * d, f)) / dense
+        )
         if reachable < target:
             config_error(
                 "pruning.cycle_targets",
                 f"cycle {k} target {target} cannot be reached: with pruning.rate_max={rate} and the "
                 f"minimum widths, at most {reachable:.1%} of the dense MACs can be removed by then "
-                f"(what lies outside the transformer layers carries {rest / dense:.1%})")
+                f"(what lies outside the transformer layers carries {rest / dense:.1%})",
+            )
 
 
 def check_model(cfg):
     """The model spec's own checks (patch, head stages, layers), at parse time."""
     model = cfg["model"]
     if model["arch"] == "unetr" and (model["patch"] != 16 or model["num_layers"] != 12):
-        config_error("model.arch", f"unetr has patch 16 and 12 layers (got model.patch "
-                     f"{model['patch']}, model.num_layers {model['num_layers']}); use arch setr")
+        config_error(
+            "model.arch",
+            f"unetr has patch 16 and 12 layers (got model.patch "
+            f"{model['patch']}, model.num_layers {model['num_layers']}); use arch setr",
+        )
     if model["arch"] == "setr":
         patch, stages = model["patch"], model["patch"].bit_length() - 1
-        if 2 ** stages != patch:
-            config_error("model.patch", f"{patch} is not a power of 2 (setr upsamples x2 per stage)")
+        if 2**stages != patch:
+            config_error(
+                "model.patch",
+                f"{patch} is not a power of 2 (setr upsamples x2 per stage)",
+            )
         if len(model["head_channels"]) != stages:
-            config_error("model.head_channels", f"{model['head_channels']} needs {stages} widths, "
-                         f"one per x2 stage for patch {patch}")
+            config_error(
+                "model.head_channels",
+                f"{model['head_channels']} needs {stages} widths, "
+                f"one per x2 stage for patch {patch}",
+            )
         layers = model["num_layers"]
         if any(not -layers <= i < layers for i in model["head_layers"]):
-            config_error("model.head_layers", f"{model['head_layers']} outside [-{layers}, {layers - 1}]")
+            config_error(
+                "model.head_layers",
+                f"{model['head_layers']} outside [-{layers}, {layers - 1}]",
+            )
     size = cfg["preprocess"]["input_size"]
     if model["arch"] == "setr" and size // model["patch"] < 2:
-        config_error("preprocess.input_size", f"{size} gives setr fewer than 2 tokens per axis with "
-                     f"model.patch {model['patch']}")
-    if size % model["patch"] or (model["spatial_dims"] == 3 and model["depth"] % model["patch"]):
-        config_error("preprocess.input_size", f"{size} (and model.depth in 3D) must be a multiple "
-                     f"of model.patch {model['patch']}")
+        config_error(
+            "preprocess.input_size",
+            f"{size} gives setr fewer than 2 tokens per axis with "
+            f"model.patch {model['patch']}",
+        )
+    if size % model["patch"] or (
+        model["spatial_dims"] == 3 and model["depth"] % model["patch"]
+    ):
+        config_error(
+            "preprocess.input_size",
+            f"{size} (and model.depth in 3D) must be a multiple "
+            f"of model.patch {model['patch']}",
+        )
 
 
 check_config(config)
@@ -128,7 +177,10 @@ def patients():
 CASES = [f"ircad{p:02d}" for p in patients()]
 
 # The split is checked now, so that an impossible one stops the run before any job.
-from varprune.data.splits import SplitError, make_splits  # numpy only: parse stays light
+from varprune.data.splits import (
+    SplitError,
+    make_splits,
+)  # numpy only: parse stays light
 
 try:
     SPLITS = make_splits(CASES, config["split"])
@@ -139,6 +191,7 @@ except SplitError as err:
 TRAIN_CASES, VAL_CASES, TEST_CASES = SPLITS["train"], SPLITS["val"], SPLITS["test"]
 if not TEST_CASES:
     config_error("split", "the test split is empty: every model is evaluated on it")
+
 
 wildcard_constraints:
     method=method_pattern(),
@@ -232,9 +285,15 @@ def cycle_pruning(wildcards):
     predecessor's, so appending a target leaves earlier cycles untouched."""
     k = int(wildcards.k)
     if k > len(TARGETS):
-        raise ValueError(f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets")
+        raise ValueError(
+            f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets"
+        )
     slice_ = seeded("pruning")(wildcards)
-    slice_ = {key: value for key, value in slice_.items() if key not in ("methods", "cycle_targets")}
+    slice_ = {
+        key: value
+        for key, value in slice_.items()
+        if key not in ("methods", "cycle_targets")
+    }
     slice_["target"] = TARGETS[k - 1]
     slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
     return canonical(slice_)
@@ -242,9 +301,12 @@ def cycle_pruning(wildcards):
 
 def oneshot_pruning(wildcards):
     """Params function: the pruning slice the one-shot curves need, everything but the cycle
-    targets (and the method list, passed on its own), so appending a cycle does not redo them."""
+    targets (and the method list, passed on its own), so appending a cycle does not redo them.
+    """
     slice_ = seeded("pruning")(wildcards)
-    return canonical({k: v for k, v in slice_.items() if k not in ("methods", "cycle_targets")})
+    return canonical(
+        {k: v for k, v in slice_.items() if k not in ("methods", "cycle_targets")}
+    )
 
 
 def model_outputs(model, run):
@@ -276,12 +338,18 @@ def report_inputs(wildcards):
     logs and sequences, and the one-shot table."""
     inputs = {
         "splits": "data/splits.json",
-        "truth": expand("data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")),
+        "truth": expand(
+            "data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")
+        ),
     }
     for index, run in enumerate(replicate_runs(wildcards.run)):
         base = f"results/{run}"
         tag = f"r{index}_"
-        cycles = {f"{m}_cycle{k}": f"{base}/{m}/cycle{k}" for m in METHODS for k in range(1, len(TARGETS) + 1)}
+        cycles = {
+            f"{m}_cycle{k}": f"{base}/{m}/cycle{k}"
+            for m in METHODS
+            for k in range(1, len(TARGETS) + 1)
+        }
         controls = {name: f"{base}/{name}" for name in CONTROLS}
         inputs[f"{tag}train_log"] = f"{base}/dense/train_log.csv"
         for key, folder in {"dense": f"{base}/dense", **controls, **cycles}.items():
@@ -308,13 +376,24 @@ def export_outputs(run):
     """The exported last cycle of every method, in every configured format (the first replicate's:
     deployment files are examples, not statistics)."""
     k = len(TARGETS)
-    return [f"results/{run}/{m}/cycle{k}/model.{fmt}" for m in METHODS for fmt in config["export"]["formats"]]
+    return [
+        f"results/{run}/{m}/cycle{k}/model.{fmt}"
+        for m in METHODS
+        for fmt in config["export"]["formats"]
+    ]
 
 
 def final_outputs():
     """What `rule all` builds (every model of every replicate, and the run's report)."""
-    models = ["dense", *CONTROLS,
-              *(f"{method}/cycle{k}" for method in METHODS for k in range(1, len(TARGETS) + 1))]
+    models = [
+        "dense",
+        *CONTROLS,
+        *(
+            f"{method}/cycle{k}"
+            for method in METHODS
+            for k in range(1, len(TARGETS) + 1)
+        ),
+    ]
     outputs = ["data/splits.json"]
     for run in replicate_runs(config["run"]):
         outputs += [path for model in models for path in model_outputs(model, run)]

@@ -9,6 +9,17 @@ rule dense_long:
     output:
         model="results/{run}/dense_long/model.pt",
         log="results/{run}/dense_long/train_log.csv",
+    log:
+        "logs/{run}/dense_long/train.log",
+    benchmark:
+        "logs/{run}/dense_long/train.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=120,
     params:
         finetune=seeded("finetune"),
         # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
@@ -16,17 +27,6 @@ rule dense_long:
         preprocessed=input_folder("data"),
         state_dir=state_dir("dense_long"),
         code=code_version("control.py"),
-    log:
-        "logs/{run}/dense_long/train.log",
-    benchmark:
-        "logs/{run}/dense_long/train.benchmark.tsv"
-    threads: config["finetune"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=120,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/control.py"
 
@@ -39,6 +39,17 @@ rule transformer_off:
     output:
         model="results/{run}/transformer_off/model.pt",
         log="results/{run}/transformer_off/train_log.csv",
+    log:
+        "logs/{run}/transformer_off/train.log",
+    benchmark:
+        "logs/{run}/transformer_off/train.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=120,
     params:
         finetune=seeded("finetune"),
         # The same fine-tuning as dense_long: the headroom compares equal training.
@@ -46,17 +57,6 @@ rule transformer_off:
         preprocessed=input_folder("data"),
         state_dir=state_dir("transformer_off"),
         code=code_version("control.py"),
-    log:
-        "logs/{run}/transformer_off/train.log",
-    benchmark:
-        "logs/{run}/transformer_off/train.benchmark.tsv"
-    threads: config["finetune"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=120,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/control.py"
 
@@ -65,9 +65,22 @@ rule oneshot:
     input:
         model="results/{run}/dense/model.pt",
         splits="data/splits.json",
-        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES + TEST_CASES),
+        data=expand(
+            "data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES + TEST_CASES
+        ),
     output:
         "results/{run}/oneshot.csv",
+    log:
+        "logs/{run}/oneshot.log",
+    benchmark:
+        "logs/{run}/oneshot.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=60,
     params:
         methods=METHODS,
         pruning=oneshot_pruning,
@@ -75,16 +88,5 @@ rule oneshot:
         device=config["finetune"]["device"],
         preprocessed=input_folder("data"),
         code=code_version("oneshot.py"),
-    log:
-        "logs/{run}/oneshot.log",
-    benchmark:
-        "logs/{run}/oneshot.benchmark.tsv"
-    threads: config["finetune"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=60,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/oneshot.py"

@@ -8,19 +8,19 @@ if config["data"]["source"] == "synthetic":
     rule synthesize:
         output:
             ARCHIVE,
-        params:
-            synthetic=cfg("synthetic"),
-            code=code_version("synthesize.py"),
         log:
             "logs/data/synthesize.log",
         benchmark:
             "logs/data/synthesize.benchmark.tsv"
+        conda:
+            "../envs/varprune.yaml"
         threads: 4
         resources:
             mem_mb=2000,
             runtime=30,
-        conda:
-            "../envs/varprune.yaml"
+        params:
+            synthetic=cfg("synthetic"),
+            code=code_version("synthesize.py"),
         script:
             "../scripts/synthesize.py"
 
@@ -32,13 +32,13 @@ elif config["data"]["archive"]:
     rule link_archive:
         output:
             ARCHIVE,
-        params:
-            archive=cfg("data.archive"),
-            code=code_version("link_archive.py"),
         log:
             "logs/data/link_archive.log",
         conda:
             "../envs/varprune.yaml"
+        params:
+            archive=cfg("data.archive"),
+            code=code_version("link_archive.py"),
         script:
             "../scripts/link_archive.py"
 
@@ -51,16 +51,16 @@ else:
     rule download:
         output:
             ARCHIVE,
-        params:
-            url=cfg("data.url"),
-            download=cfg("data.download"),
-            code=code_version("download.py"),
         log:
             "logs/data/download.log",
         benchmark:
             "logs/data/download.benchmark.tsv"
         conda:
             "../envs/varprune.yaml"
+        params:
+            url=cfg("data.url"),
+            download=cfg("data.download"),
+            code=code_version("download.py"),
         script:
             "../scripts/download.py"
 
@@ -72,19 +72,19 @@ rule convert:
         ct="data/nifti/{case}/ct.nii.gz",
         liver="data/nifti/{case}/liver.nii.gz",
         meta="data/nifti/{case}/meta.json",
-    params:
-        assume_hu=cfg("data.assume_hu"),
-        extract=cfg("data.extract"),
-        code=code_version("convert.py"),
     log:
         "logs/data/convert/{case}.log",
     benchmark:
         "logs/data/convert/{case}.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
     resources:
         mem_mb=3000,
         runtime=15,
-    conda:
-        "../envs/varprune.yaml"
+    params:
+        assume_hu=cfg("data.assume_hu"),
+        extract=cfg("data.extract"),
+        code=code_version("convert.py"),
     script:
         "../scripts/convert.py"
 
@@ -95,19 +95,19 @@ rule preprocess:
         liver="data/nifti/{case}/liver.nii.gz",
     output:
         "data/preprocessed/{case}.npz",
-    params:
-        preprocess=cfg("preprocess"),
-        assume_hu=cfg("data.assume_hu"),
-        code=code_version("preprocess.py"),
     log:
         "logs/data/preprocess/{case}.log",
     benchmark:
         "logs/data/preprocess/{case}.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
     resources:
         mem_mb=3000,
         runtime=15,
-    conda:
-        "../envs/varprune.yaml"
+    params:
+        preprocess=cfg("preprocess"),
+        assume_hu=cfg("data.assume_hu"),
+        code=code_version("preprocess.py"),
     script:
         "../scripts/preprocess.py"
 
@@ -117,13 +117,13 @@ rule split:
         meta=expand("data/nifti/{case}/meta.json", case=CASES),
     output:
         "data/splits.json",
-    params:
-        split=cfg("split"),
-        cases=CASES,
-        code=code_version("split.py"),
     log:
         "logs/data/split.log",
     conda:
         "../envs/varprune.yaml"
+    params:
+        split=cfg("split"),
+        cases=CASES,
+        code=code_version("split.py"),
     script:
         "../scripts/split.py"

@@ -10,21 +10,21 @@ rule evaluate:
     output:
         metrics="results/{run}/{model}/metrics.csv",
         pred=directory("results/{run}/{model}/pred"),
+    log:
+        "logs/{run}/{model}/evaluate.log",
+    benchmark:
+        "logs/{run}/{model}/evaluate.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["evaluate"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         evaluate=cfg("evaluate"),
         preprocessed=input_folder("data"),
         nifti=input_folder("truth", up=2),
         code=code_version("evaluate.py"),
-    log:
-        "logs/{run}/{model}/evaluate.log",
-    benchmark:
-        "logs/{run}/{model}/evaluate.benchmark.tsv"
-    threads: config["evaluate"]["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -34,20 +34,20 @@ rule cost:
         model="results/{run}/{model}/model.pt",
     output:
         "results/{run}/{model}/cost.json",
-    params:
-        cost=cfg("cost"),
-        code=code_version("cost.py"),
     log:
         "logs/{run}/{model}/cost.log",
     benchmark:
         "logs/{run}/{model}/cost.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
     # The latency is measured with these threads; Snakemake reserves them so that parallel jobs
     # disturb the timing less (for clean latency, run the cost jobs alone, or see benchmarks/).
     threads: config["cost"]["threads"]
     resources:
         mem_mb=3000,
         runtime=15,
-    conda:
-        "../envs/varprune.yaml"
+    params:
+        cost=cfg("cost"),
+        code=code_version("cost.py"),
     script:
         "../scripts/cost.py"

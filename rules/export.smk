@@ -6,14 +6,14 @@ rule export:
         model="results/{run}/{method}/cycle{k}/model.pt",
     output:
         "results/{run}/{method}/cycle{k}/model.{fmt}",
-    params:
-        code=code_version("export.py"),
     log:
         "logs/{run}/{method}/cycle{k}/export_{fmt}.log",
+    conda:
+        "../envs/varprune.yaml"
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        "../envs/varprune.yaml"
+    params:
+        code=code_version("export.py"),
     script:
         "../scripts/export.py"

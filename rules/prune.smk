@@ -11,22 +11,22 @@ rule prune_cycle:
         sequence="results/{run}/{method}/cycle{k}/sequence.csv",
         log="results/{run}/{method}/cycle{k}/finetune_log.csv",
         oneshot="results/{run}/{method}/cycle{k}/oneshot.json",
+    log:
+        "logs/{run}/{method}/cycle{k}/prune.log",
+    benchmark:
+        "logs/{run}/{method}/cycle{k}/prune.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=60,
     params:
         pruning=cycle_pruning,
         finetune=seeded("finetune"),
         preprocessed=input_folder("data"),
         state_dir=state_dir("{method}/cycle{k}"),
         code=code_version("prune_cycle.py"),
-    log:
-        "logs/{run}/{method}/cycle{k}/prune.log",
-    benchmark:
-        "logs/{run}/{method}/cycle{k}/prune.benchmark.tsv"
-    threads: config["finetune"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=60,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/prune_cycle.py"

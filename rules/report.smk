@@ -38,18 +38,18 @@ rule report:
             caption="../report/cases.rst",
             category="Segmentations",
         ),
+    log:
+        "logs/{run}/report.log",
+    conda:
+        "../envs/varprune.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=15,
     params:
         report=cfg("report"),
         config=canonical(config),
         replicates=replicate_folders,
         nifti=input_folder("truth", up=2),
         code=code_version("report.py"),
-    log:
-        "logs/{run}/report.log",
-    resources:
-        mem_mb=3000,
-        runtime=15,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/report.py"

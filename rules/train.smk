@@ -8,6 +8,17 @@ rule train:
     output:
         model="results/{run}/dense/model.pt",
         log="results/{run}/dense/train_log.csv",
+    log:
+        "logs/{run}/dense/train.log",
+    benchmark:
+        "logs/{run}/dense/train.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("train"),
+        runtime=120,
     params:
         model=cfg("model"),
         train=seeded("train"),
@@ -16,16 +27,5 @@ rule train:
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
         state_dir=state_dir("dense"),
         code=code_version("train.py"),
-    log:
-        "logs/{run}/dense/train.log",
-    benchmark:
-        "logs/{run}/dense/train.benchmark.tsv"
-    threads: config["train"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=gpus("train"),
-        runtime=120,
-    conda:
-        "../envs/varprune.yaml"
     script:
         "../scripts/train.py"
