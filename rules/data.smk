@@ -112,9 +112,8 @@ rule preprocess:
         "../scripts/preprocess.py"
 
 
+# The split depends on the case names only (patients(), known at parse time), not on their data.
 rule split:
-    input:
-        meta=expand("data/nifti/{case}/meta.json", case=CASES),
     output:
         "data/splits.json",
     log:
