@@ -270,26 +270,40 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
             if merged.empty:
                 continue
             for metric in metrics:
-                grid_a = merged.pivot(index="replicate", columns="case", values=f"{metric}_a").to_numpy(float)
-                grid_b = merged.pivot(index="replicate", columns="case", values=f"{metric}_b").to_numpy(float)
                 row = {"budget": budget, "method_a": method_a, "method_b": method_b, "metric": metric}
-                if np.isnan(grid_a + grid_b).any(axis=0).all():  # no case has the metric for both, everywhere
-                    row.update(mean_diff=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
-                               n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan,
-                               verdict=f"{method_a} {MINUS} {method_b}: no test case has {metric} "
-                                       "for both methods in every replicate.")
-                    tests.append(None)
-                else:
-                    c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples,
-                                          seed=seed)
-                    row.update(mean_diff=c.mean_diff, ci_low=c.ci_low, ci_high=c.ci_high,
-                               p_value=c.p_value, n_cases=c.n_cases, n_replicates=c.n_replicates,
-                               min_p_value=c.min_p_value)
-                    tests.append(c)
+                c = _compare_metric(merged, row, confidence, resamples, seed)
+                tests.append(c)
                 rows.append(row)
     out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    # The comparisons of one metric at one budget are one family: Benjamini-Hochberg adjusts
-    # their p-values, so that one lucky pair among many is not called a difference.
+    _adjust_and_word(out, tests)
+    return out
+
+
+def _compare_metric(merged: pd.DataFrame, row: dict, confidence: float, resamples: int,
+                    seed: int) -> PairedComparison | None:
+    """Fill `row` (budget, methods and metric set) with the comparison of one metric of a merged pair;
+    the comparison, or None when no case has the metric for both methods in every replicate."""
+    metric, method_a, method_b = row["metric"], row["method_a"], row["method_b"]
+    grid_a = merged.pivot(index="replicate", columns="case", values=f"{metric}_a").to_numpy(float)
+    grid_b = merged.pivot(index="replicate", columns="case", values=f"{metric}_b").to_numpy(float)
+    if np.isnan(grid_a + grid_b).any(axis=0).all():  # no case has the metric for both, everywhere
+        row.update(mean_diff=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
+                   n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan,
+                   verdict=f"{method_a} {MINUS} {method_b}: no test case has {metric} "
+                           "for both methods in every replicate.")
+        return None
+    c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples, seed=seed)
+    row.update(mean_diff=c.mean_diff, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
+               n_cases=c.n_cases, n_replicates=c.n_replicates, min_p_value=c.min_p_value)
+    return c
+
+
+def _adjust_and_word(out: pd.DataFrame, tests: list[PairedComparison | None]) -> None:
+    """Add the Benjamini-Hochberg adjusted p-values to `out` and the verdicts that use them (in place).
+
+    The comparisons of one metric at one budget are one family: adjusting their p-values keeps one
+    lucky pair among many from being called a difference.
+    """
     out["p_adjusted"] = math.nan
     families = out.groupby(["budget", "metric"], dropna=False)["p_value"]
     for _, family in families:
@@ -303,7 +317,6 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
             row = out.loc[index]
             out.loc[index, "verdict"] = verdict(row["method_a"], row["method_b"], c, metric=row["metric"],
                                                 p_adjusted=row["p_adjusted"], family=int(sizes[index]))
-    return out
 
 
 def _merge_pair(at_budget: pd.DataFrame, method_a: str, method_b: str, budget) -> pd.DataFrame:

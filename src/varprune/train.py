@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,10 @@ from varprune.atomic import atomic_path, write_csv
 from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
 from varprune.inference import pick_device, predict_volume
 from varprune.model import ModelSpec, save_checkpoint
+
+if TYPE_CHECKING:
+    from monai.data import Dataset
+    from monai.transforms import Compose
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +159,167 @@ def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
     write_csv(path, LOG_COLUMNS, rows)
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """How the step budget maps onto epochs of the training dataset."""
+
+    batch_size: int
+    total_steps: int
+    epochs: int  # the last one may be partial when `steps` sets the budget
+    warmup: int  # steps
+
+
+def _budget(settings: TrainSettings, n_items: int) -> _Budget:
+    """Steps, epochs and warm-up from the settings; a batch never exceeds the dataset."""
+    batch_size = min(settings.batch_size, n_items)
+    steps_per_epoch = n_items // batch_size
+    total_steps = settings.steps or settings.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = max(1, round(settings.warmup * total_steps))
+    return _Budget(batch_size=batch_size, total_steps=total_steps, epochs=epochs, warmup=warmup)
+
+
+@dataclass
+class _Run:
+    """The objects one training run updates; the resume state captures all of them."""
+
+    model: nn.Module
+    device: torch.device
+    use_amp: bool
+    settings: TrainSettings
+    budget: _Budget
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    averaged: AveragedModel | None
+    loss_fn: nn.Module
+
+    @classmethod
+    def start(cls, model: nn.Module, device: torch.device, settings: TrainSettings, budget: _Budget) -> _Run:
+        """AdamW with per-step warm-up and cosine decay, the AMP scaler, the EMA when asked, the loss."""
+        use_amp = settings.amp and device.type == "cuda"
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, budget.total_steps, budget.warmup, settings.min_lr_ratio))
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
+                    if settings.ema is not None else None)
+        # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
+        # slice is 0 or 1 whatever the model does, which drowns the signal of the others.
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        return cls(model=model, device=device, use_amp=use_amp, settings=settings, budget=budget,
+                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, averaged=averaged,
+                   loss_fn=loss_fn)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and saved: the average when there is one."""
+        return self.averaged.module if self.averaged is not None else self.model
+
+
+@dataclass
+class _Progress:
+    """What the completed epochs produced; saved after each so that a rerun can continue."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "dice": -1.0, "weights": None})
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimiser steps
+
+
+def _resume(run: _Run, state_path: Path, key: str) -> _Progress:
+    """Load the run's objects from the resume state saved under `key`, or start afresh."""
+    state = _load_state(state_path, key)
+    if state is None:
+        return _Progress()
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    if run.averaged is not None:
+        run.averaged.load_state_dict(state["ema"])
+    done = _Progress(history=state["history"], epoch=state["epoch"], step=state["step"],
+                     best={"epoch": state["best_epoch"], "dice": state["best_dice"],
+                           "weights": state["best_model"]})
+    log.info("resuming after epoch %d of %d (step %d) from %s", done.epoch, run.budget.epochs, done.step,
+             state_path)
+    return done
+
+
+def _resume_state(run: _Run, key: str, done: _Progress) -> dict:
+    """Everything `_resume` needs to continue after the last completed epoch, under `key`."""
+    return {
+        "format": STATE_FORMAT, "fingerprint": key, "epoch": done.epoch, "step": done.step,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "history": done.history,
+        "ema": run.averaged.state_dict() if run.averaged is not None else None,
+        "best_epoch": done.best["epoch"], "best_dice": done.best["dice"], "best_model": done.best["weights"],
+    }
+
+
+def _optimiser_step(run: _Run, loss: torch.Tensor) -> None:
+    """Backward pass, clipping, AMP-scaled update, schedule step and EMA update for one batch."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.averaged is not None:
+        run.averaged.update_parameters(run.model)
+
+
+def _train_epoch(run: _Run, dataset: Dataset, transforms: Compose, epoch: int, done: _Progress,
+                 progress: bool) -> list[float]:
+    """One epoch (or what is left of the step budget), seeded by the epoch so a resumed run agrees with
+    an uninterrupted one; advances `done.step` and returns the batch losses."""
+    epoch_seed = run.settings.seed * 100_003 + epoch
+    reseed(transforms, epoch_seed)
+    torch.manual_seed(epoch_seed)
+    loader = DataLoader(dataset, batch_size=run.budget.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(epoch_seed), num_workers=0)
+    run.model.train()
+    losses = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.budget.epochs}", leave=False, file=sys.stderr,
+               disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    for batch_index, batch in enumerate(bar):
+        if done.step >= run.budget.total_steps:
+            break
+        images, labels = batch["image"].to(run.device), batch["label"].to(run.device)
+        with torch.autocast(run.device.type, enabled=run.use_amp):
+            loss = run.loss_fn(run.model(images), labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss is {loss.item()} at epoch {epoch + 1}, step {batch_index + 1} "
+                f"(global step {done.step + 1}; cases in the batch: {sorted(set(batch['case']))}); "
+                "check the data of these cases and the learning rate")
+        _optimiser_step(run, loss)
+        done.step += 1
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    bar.close()
+    return losses
+
+
+def _record_epoch(run: _Run, done: _Progress, epoch: int, losses: list[float], dice: float,
+                  started: float) -> None:
+    """Log the epoch, and keep a copy of the evaluated weights when they are the best so far."""
+    row = {
+        "epoch": epoch + 1, "step": done.step, "loss": round(float(np.mean(losses)), 6),
+        "val_dice": round(dice, 6), "lr": f"{run.optimizer.param_groups[0]['lr']:.3e}",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    done.history.append(row)
+    # No validation split: the last epoch counts as the best.
+    if math.isnan(dice) or dice > done.best["dice"]:
+        done.best = {"epoch": epoch + 1, "dice": dice,
+                     "weights": {k: v.detach().cpu().clone() for k, v in run.evaluated.state_dict().items()}}
+    done.epoch = epoch + 1
+    log.info("epoch %d/%d: loss %.4f, val Dice %.4f, lr %s, %.1f s", epoch + 1, run.budget.epochs,
+             row["loss"], dice, row["lr"], row["seconds"])
+
+
 def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_volumes: list[Volume],
           settings: TrainSettings, out_model: str | os.PathLike, out_log: str | os.PathLike,
           state_dir: str | os.PathLike, provenance: dict, threads: int | None = None,
@@ -162,114 +328,39 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(settings.device)
-    use_amp = settings.amp and device.type == "cuda"
     dataset, transforms = training_dataset(train_volumes, settings.augment, spec.spatial_dims, spec.depth)
     if len(dataset) == 0:
         raise TrainingError("the training split holds no data")
-    batch_size = min(settings.batch_size, len(dataset))
-    steps_per_epoch = len(dataset) // batch_size
-    total_steps = settings.steps or settings.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = max(1, round(settings.warmup * total_steps))
+    budget = _budget(settings, len(dataset))
 
     state_path = Path(state_dir) / "last.pt"
     key = fingerprint(model, spec, settings, train_volumes, val_volumes)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
-                if settings.ema is not None else None)
-    evaluated = averaged.module if averaged is not None else model
-    # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
-    # slice is 0 or 1 whatever the model does, which drowns the signal of the others.
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-
-    history: list[dict] = []
-    best = {"epoch": 0, "dice": -1.0, "weights": None}
-    start_epoch, step = 0, 0
-    state = _load_state(state_path, key)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if averaged is not None:
-            averaged.load_state_dict(state["ema"])
-        history, start_epoch, step = state["history"], state["epoch"], state["step"]
-        best = {"epoch": state["best_epoch"], "dice": state["best_dice"], "weights": state["best_model"]}
-        log.info("resuming after epoch %d of %d (step %d) from %s", start_epoch, epochs, step, state_path)
+    run = _Run.start(model, device, settings, budget)
+    done = _resume(run, state_path, key)
+    start_epoch = done.epoch
     log.info("training on %s: %d items, batch %d, %d epochs, %d steps, fingerprint %s",
-             device, len(dataset), batch_size, epochs, total_steps, key)
+             device, len(dataset), budget.batch_size, budget.epochs, budget.total_steps, key)
 
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, budget.epochs):
         started = time.perf_counter()
-        epoch_seed = settings.seed * 100_003 + epoch
-        reseed(transforms, epoch_seed)
-        torch.manual_seed(epoch_seed)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(epoch_seed), num_workers=0)
-        model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
-                   disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        for batch_index, batch in enumerate(bar):
-            if step >= total_steps:
-                break
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(images), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss is {loss.item()} at epoch {epoch + 1}, step {batch_index + 1} "
-                    f"(global step {step + 1}; cases in the batch: {sorted(set(batch['case']))}); "
-                    "check the data of these cases and the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        bar.close()
-        dice = validation_dice(evaluated, spec, val_volumes, device, batch_size * 2)
-        row = {
-            "epoch": epoch + 1, "step": step, "loss": round(float(np.mean(losses)), 6),
-            "val_dice": round(dice, 6), "lr": f"{optimizer.param_groups[0]['lr']:.3e}",
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        history.append(row)
-        # No validation split: the last epoch counts as the best.
-        if math.isnan(dice) or dice > best["dice"]:
-            best = {"epoch": epoch + 1, "dice": dice,
-                    "weights": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}}
-        log.info("epoch %d/%d: loss %.4f, val Dice %.4f, lr %s, %.1f s", epoch + 1, epochs,
-                 row["loss"], dice, row["lr"], row["seconds"])
-        _save_state(state_path, {
-            "format": STATE_FORMAT, "fingerprint": key, "epoch": epoch + 1, "step": step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
-            "ema": averaged.state_dict() if averaged is not None else None,
-            "best_epoch": best["epoch"], "best_dice": best["dice"], "best_model": best["weights"],
-        })
+        losses = _train_epoch(run, dataset, transforms, epoch, done, progress)
+        dice = validation_dice(run.evaluated, spec, val_volumes, device, budget.batch_size * 2)
+        _record_epoch(run, done, epoch, losses, dice, started)
+        _save_state(state_path, _resume_state(run, key, done))
 
+    best = done.best
     model.load_state_dict(best["weights"])
     model.cpu()
     provenance = {**provenance, "training": {
         "settings": asdict(settings), "best_epoch": best["epoch"], "best_val_dice": best["dice"],
-        "epochs": epochs, "steps": step, "device": str(device), "fingerprint": key,
+        "epochs": budget.epochs, "steps": done.step, "device": str(device), "fingerprint": key,
         "resumed_from_epoch": start_epoch,
     }}
-    write_log(out_log, history)
+    write_log(out_log, done.history)
     save_checkpoint(out_model, model, spec, provenance)
     log.info("best epoch %d (val Dice %.4f) -> %s", best["epoch"], best["dice"], out_model)
-    return TrainResult(best["epoch"], best["dice"], history, start_epoch)
+    return TrainResult(best["epoch"], best["dice"], done.history, start_epoch)
 
 
 def load_split(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathLike,

@@ -103,6 +103,92 @@ def read_mask(files: list[Path], ct: sitk.Image, ct_files: list[Path], case: str
     return binary
 
 
+def _ct_files(ct_dir: Path, case: str) -> list[Path]:
+    """The slice files of the one CT series in `ct_dir`, failing unless there is exactly one."""
+    ct_groups = series_folders(ct_dir, "PATIENT_DICOM")
+    if len(ct_groups) != 1:
+        raise ArchiveError(
+            f"{case}: PATIENT_DICOM.zip should hold one series, found folders {sorted(ct_groups)}"
+        )
+    ct_files = next(iter(ct_groups.values()))
+    if not ct_files:
+        raise ArchiveError(f"{case}: PATIENT_DICOM.zip holds no slices")
+    return ct_files
+
+
+def _read_ct(ct_dir: Path, case: str, assume_hu: bool) -> tuple[sitk.Image, list[Path], str]:
+    """The checked int16 CT, its slice files in volume order and how that order was found.
+
+    The files are returned because the masks must follow the CT's slice order.
+    """
+    ct_files = _ct_files(ct_dir, case)
+    try:
+        check = check_series(ct_headers(ct_files, case, "PATIENT_DICOM"))
+    except DicomTagError as err:
+        raise ArchiveError(f"{case}: {err}") from err
+    # Sorted by ImagePositionPatient along the slice normal (feet to head), so that the
+    # volume's geometry is right whatever the file names say. Masks follow the same
+    # permutation (slice k <-> image_k, by file name).
+    order = "by ImagePositionPatient" if check.order != sorted(check.order) else "natural"
+    ct_files = [ct_files[i] for i in check.order]
+    ct = read_series(ct_files, case, "PATIENT_DICOM")
+    try:
+        check_hu(check, sitk.GetArrayViewFromImage(ct), f"PATIENT_DICOM/{ct_files[0].name}", assume_hu)
+    except DicomTagError as err:
+        raise ArchiveError(f"{case}: {err}") from err
+    # Round and clamp before the cast: int16 would wrap values above 32767 (assume_hu on
+    # unsigned data) and truncate a non-integer slope.
+    rounded = sitk.Round(sitk.Cast(ct, sitk.sitkFloat32))
+    ct = sitk.Cast(sitk.Clamp(rounded, sitk.sitkFloat32, -32768, 32767), sitk.sitkInt16)
+    return ct, ct_files, order
+
+
+def _liver_folder(masks: dict[str, list[Path]], case: str) -> str:
+    """The name of the liver mask folder (matched case-insensitively); fail when there is none."""
+    names = {name.lower(): name for name in masks}
+    if "liver" not in names:
+        raise ArchiveError(
+            f"{case}: MASKS_DICOM.zip has no 'liver' folder (found: {', '.join(sorted(masks))})"
+        )
+    return names["liver"]
+
+
+def _read_tumours(masks: dict[str, list[Path]], ct: sitk.Image, ct_files: list[Path],
+                  case: str) -> tuple[list[str], sitk.Image | None]:
+    """The tumour folder names and the union of their masks (None when the case has no tumour)."""
+    tumour_names = sorted(n for n in masks if TUMOUR_FOLDER.match(n))
+    tumour = None
+    for name in tumour_names:
+        one = read_mask(masks[name], ct, ct_files, case, f"MASKS_DICOM/{name}")
+        tumour = one if tumour is None else sitk.Or(tumour, one)
+    return tumour_names, tumour
+
+
+def _case_meta(archive_path: str | os.PathLike, case: str, patient: int, ct: sitk.Image,
+               liver: sitk.Image, order: str, structures: list[str], tumour_names: list[str]) -> dict:
+    """The case's `meta.json`: provenance, geometry and the figures that make a bad case visible."""
+    hu = sitk.GetArrayViewFromImage(ct)
+    liver_voxels = int(sitk.GetArrayViewFromImage(liver).sum())
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    return {
+        "case": case,
+        "patient": patient,
+        "archive": Path(archive_path).name,
+        "slices": ct.GetSize()[2],
+        "size": list(ct.GetSize()),
+        "spacing_mm": [round(s, 6) for s in ct.GetSpacing()],
+        "origin_mm": list(ct.GetOrigin()),
+        "direction": list(ct.GetDirection()),
+        "slice_order": order,
+        "hu_min": int(hu.min()),
+        "hu_max": int(hu.max()),
+        "structures": structures,
+        "tumour_folders": tumour_names,
+        "liver_voxels": liver_voxels,
+        "liver_volume_ml": round(liver_voxels * voxel_ml, 2),
+    }
+
+
 def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = False,
               limits: ExtractionLimits | None = None) -> ConvertedCase:
     """Read one case's CT, liver and tumour masks from the archive and check them (the CT's
@@ -114,68 +200,15 @@ def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = Fals
         for inner, folder in (("PATIENT_DICOM.zip", "ct"), ("MASKS_DICOM.zip", "masks")):
             safe_extract(read_inner_zip(archive, prefix, inner, case), tmp / folder, case, limits,
                          f"{Path(archive_path).name}:{prefix}{inner}")
-        ct_groups = series_folders(tmp / "ct", "PATIENT_DICOM")
-        if len(ct_groups) != 1:
-            raise ArchiveError(
-                f"{case}: PATIENT_DICOM.zip should hold one series, found folders {sorted(ct_groups)}"
-            )
-        ct_files = next(iter(ct_groups.values()))
-        if not ct_files:
-            raise ArchiveError(f"{case}: PATIENT_DICOM.zip holds no slices")
-        try:
-            check = check_series(ct_headers(ct_files, case, "PATIENT_DICOM"))
-        except DicomTagError as err:
-            raise ArchiveError(f"{case}: {err}") from err
-        # Sorted by ImagePositionPatient along the slice normal (feet to head), so that the
-        # volume's geometry is right whatever the file names say. Masks follow the same
-        # permutation (slice k <-> image_k, by file name).
-        order = "by ImagePositionPatient" if check.order != sorted(check.order) else "natural"
-        ct_files = [ct_files[i] for i in check.order]
-        ct = read_series(ct_files, case, "PATIENT_DICOM")
-        try:
-            check_hu(check, sitk.GetArrayViewFromImage(ct), f"PATIENT_DICOM/{ct_files[0].name}", assume_hu)
-        except DicomTagError as err:
-            raise ArchiveError(f"{case}: {err}") from err
-        # Round and clamp before the cast: int16 would wrap values above 32767 (assume_hu on
-        # unsigned data) and truncate a non-integer slope.
-        rounded = sitk.Round(sitk.Cast(ct, sitk.sitkFloat32))
-        ct = sitk.Cast(sitk.Clamp(rounded, sitk.sitkFloat32, -32768, 32767), sitk.sitkInt16)
+        ct, ct_files, order = _read_ct(tmp / "ct", case, assume_hu)
 
         masks = series_folders(tmp / "masks", "MASKS_DICOM")
-        names = {name.lower(): name for name in masks}
-        if "liver" not in names:
-            raise ArchiveError(
-                f"{case}: MASKS_DICOM.zip has no 'liver' folder (found: {', '.join(sorted(masks))})"
-            )
-        liver = read_mask(masks[names["liver"]], ct, ct_files, case, f"MASKS_DICOM/{names['liver']}")
-        tumour_names = sorted(n for n in masks if TUMOUR_FOLDER.match(n))
-        tumour = None
-        for name in tumour_names:
-            one = read_mask(masks[name], ct, ct_files, case, f"MASKS_DICOM/{name}")
-            tumour = one if tumour is None else sitk.Or(tumour, one)
-
-        hu = sitk.GetArrayViewFromImage(ct)
-        liver_voxels = int(sitk.GetArrayViewFromImage(liver).sum())
-        voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-        meta = {
-            "case": case,
-            "patient": patient,
-            "archive": Path(archive_path).name,
-            "slices": ct.GetSize()[2],
-            "size": list(ct.GetSize()),
-            "spacing_mm": [round(s, 6) for s in ct.GetSpacing()],
-            "origin_mm": list(ct.GetOrigin()),
-            "direction": list(ct.GetDirection()),
-            "slice_order": order,
-            "hu_min": int(hu.min()),
-            "hu_max": int(hu.max()),
-            "structures": sorted(masks),
-            "tumour_folders": tumour_names,
-            "liver_voxels": liver_voxels,
-            "liver_volume_ml": round(liver_voxels * voxel_ml, 2),
-        }
-        if liver_voxels == 0:
-            raise ArchiveError(f"{case}: the liver mask MASKS_DICOM/{names['liver']} is empty")
+        liver_folder = _liver_folder(masks, case)
+        liver = read_mask(masks[liver_folder], ct, ct_files, case, f"MASKS_DICOM/{liver_folder}")
+        tumour_names, tumour = _read_tumours(masks, ct, ct_files, case)
+        meta = _case_meta(archive_path, case, patient, ct, liver, order, sorted(masks), tumour_names)
+        if meta["liver_voxels"] == 0:
+            raise ArchiveError(f"{case}: the liver mask MASKS_DICOM/{liver_folder} is empty")
         return ConvertedCase(ct=ct, liver=liver, tumour=tumour, meta=meta)
 
 
