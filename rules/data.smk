@@ -14,7 +14,7 @@ if config["data"]["source"] == "synthetic":
             "logs/data/synthesize.benchmark.tsv"
         conda:
             "../envs/varprune.yaml"
-        threads: 4
+        threads: 2  # patients drawn in parallel; a cluster node must have this many CPUs
         resources:
             mem_mb=2000,
             runtime=30,
