@@ -35,12 +35,17 @@ def test_tiny_run_trains_evaluates_and_costs_the_dense_model(done_run):
         rows = list(reader)
     assert reader.fieldnames == METRIC_COLUMNS
     assert [r["case"] for r in rows] == provenance["split"]["test"]
-    assert 0 <= float(rows[0]["dice"]) <= 1
     case = rows[0]["case"]
     pred = sitk.ReadImage(str(dense / "pred" / f"{case}.nii.gz"))
     ct = sitk.ReadImage(str(done_run / "data" / "nifti" / case / "ct.nii.gz"))
     assert pred.GetSize() == ct.GetSize() and pred.GetSpacing() == ct.GetSpacing()
     assert pred.GetOrigin() == ct.GetOrigin() and pred.GetDirection() == ct.GetDirection()
+    # metrics.csv describes the saved prediction: its Dice against the truth, counted here by hand
+    predicted = sitk.GetArrayFromImage(pred) > 0
+    truth_path = done_run / "data" / "nifti" / case / "liver.nii.gz"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))) > 0
+    by_hand = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert float(rows[0]["dice"]) == pytest.approx(by_hand, abs=1e-5)
     cost = json.loads((dense / "cost.json").read_text())
     assert cost["params"] == sum(p.numel() for p in model.parameters())
     assert cost["input_shape"] == [1, 1, 32, 32]
