@@ -19,8 +19,6 @@ from varprune.model import LayerSpec, build_model, save_checkpoint
 
 from .workflow_helpers import threads_for_tests
 
-pytestmark = pytest.mark.workflow
-
 
 @pytest.fixture(scope="module")
 def tiny(done_run, tmp_path_factory):
@@ -48,6 +46,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
 
 
+@pytest.mark.workflow  # uses the tiny pipeline's model and data
 @pytest.mark.parametrize("kind", ["folder", "zip", "nifti"])
 def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path, kind):
     out, preview = tmp_path / "mask.nii.gz", tmp_path / "preview.png"
@@ -64,6 +63,7 @@ def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path
     assert preview.stat().st_size > 1000
 
 
+@pytest.mark.workflow  # uses the tiny pipeline's model and data
 def test_predict_runs_a_setr_model_onto_the_input_grid(tiny, tmp_path):
     """A pruned SETR with the tiny run's preprocessing: predict needs nothing but the checkpoint."""
     from varprune.model import read_checkpoint
@@ -100,6 +100,7 @@ def _series_folder(tiny, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.workflow  # uses the tiny pipeline's model and data
 def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys):
     model = tiny["model"]
     empty = tmp_path / "empty"
@@ -176,8 +177,12 @@ def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys, a
     save_checkpoint(path, build_model(spec), spec, {"kind": "pruned", "method": "variable", "cycle": 2})
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    for i, layer in enumerate(spec.layers, start=1):
-        assert f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}" in out
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["layer", "heads"]))
+    table = [line.split() for line in lines[header + 1: header + 1 + len(spec.layers)]]
+    expected = [[i, ls.heads, ls.head_dim, ls.inner, ls.ffn] for i, ls in enumerate(spec.layers, start=1)]
+    assert [[int(v) for v in row[:5]] for row in table] == expected
+    assert [float(row[5]) for row in table] == pytest.approx([layer.scale for layer in spec.layers], abs=1e-4)
     assert "method variable, cycle 2" in out and "MACs:" in out
     assert {"unetr": "UNETR 2D", "setr": "SETR-PUP 2D, input 1x1x32x32, patch 8"}[arch] in out
     assert out.count("MSA and FFN: ") == 2  # their share of the params and of the MACs
