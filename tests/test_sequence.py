@@ -125,3 +125,12 @@ def test_random_allocation_is_seeded_spread_like_variable_and_ignores_significan
         rates = seq.rate[block]
         assert rates.max() - rates.min() <= settings.spread + 1e-12
         assert len(set(rates.round(6))) > 1
+
+
+def test_depth_smoothing_is_a_centred_moving_average_with_repeated_edges():
+    from varprune.pruning.sequence import smooth_along_depth
+
+    spike = np.array([0.0, 0.0, 3.0, 0.0, 0.0])
+    np.testing.assert_allclose(smooth_along_depth(spike, 3), [0, 1, 1, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(smooth_along_depth(np.array([3.0, 0, 0, 0]), 3), [2, 1, 0, 0], atol=1e-12)
+    np.testing.assert_array_equal(smooth_along_depth(spike, 1), spike)

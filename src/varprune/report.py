@@ -223,8 +223,9 @@ def plot_cases(cases: list[str], nifti: Path, preds: dict[str, Path], window: tu
         z = int(np.argmax(truth.sum(axis=(1, 2))))
         for col, (name, folder) in enumerate(preds.items()):
             pred = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz"))) > 0
-            inter = np.logical_and(pred, truth).sum()
-            dice = 2 * inter / max(1, pred.sum() + truth.sum())
+            # The model's own metrics.csv (next to pred/) holds this prediction's 3D Dice.
+            metrics = pd.read_csv(folder.parent / "metrics.csv", dtype={"case": str}).set_index("case")
+            dice = float(metrics.loc[case, "dice"])
             ax = axes[row, col]
             ax.imshow(ct[z], cmap="gray", vmin=window[0], vmax=window[1])
             ax.contour(truth[z], [0.5], colors="lime", linewidths=1.2)

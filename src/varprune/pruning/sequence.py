@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.ndimage import uniform_filter1d
 
 from varprune.methods import PRUNING_METHODS
 from varprune.model import LayerSpec, ModelSpec
@@ -115,9 +116,7 @@ def smooth_along_depth(values: np.ndarray, window: int) -> np.ndarray:
     """Moving average over `window` neighbouring layers (edges padded by repetition)."""
     if window <= 1:
         return values.copy()
-    half = window // 2
-    padded = np.pad(values, half, mode="edge")
-    return np.convolve(padded, np.ones(window) / window, mode="valid")[: len(values)]
+    return uniform_filter1d(np.asarray(values, dtype=float), size=window, mode="nearest")
 
 
 def quantise(weights: np.ndarray, levels: int) -> np.ndarray:
