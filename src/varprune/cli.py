@@ -16,6 +16,8 @@ from varprune import __version__
 
 
 def _synthesize(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise SystemExit(f"varprune synthesize: --workers must be at least 1, got {args.workers}")
     from varprune.data.synthetic import SyntheticSpec, write_synthetic_archive
 
     write_synthetic_archive(

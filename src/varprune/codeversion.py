@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import cache
 from pathlib import Path
 
 PACKAGE = "varprune"
@@ -73,11 +72,7 @@ def _imported_modules(path: Path, src: Path) -> set[str]:
 def import_closure(script: str | Path, src: str | Path) -> list[Path]:
     """Every file under `src` (the `varprune` package folder) that running `script` can import,
     sorted by path."""
-    return list(_closure(Path(script).resolve(), Path(src).resolve()))
-
-
-@cache
-def _closure(script: Path, src: Path) -> tuple[Path, ...]:
+    script, src = Path(script).resolve(), Path(src).resolve()
     seen: set[Path] = set()
     queue = [script]
     while queue:
@@ -87,7 +82,7 @@ def _closure(script: Path, src: Path) -> tuple[Path, ...]:
                 if found is not None and found not in seen:
                     seen.add(found)
                     queue.append(found)
-    return tuple(sorted(seen))
+    return sorted(seen)
 
 
 def code_fingerprint(script: str | Path, src: str | Path) -> str:
