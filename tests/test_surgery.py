@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.tiny_model import ARCHS, tiny_spec
-from varprune.model import build_model, count_parameters, load_model, save_checkpoint
-from varprune.pruning.groups import LayerPlan
+from varprune.model import LayerSpec, build_model, count_parameters, load_model, save_checkpoint
+from varprune.pruning.groups import COUPLINGS, LayerPlan, coupled_parameters, layer_modules
 from varprune.pruning.surgery import apply_plan, mask_plan, remove_transformer_blocks
 
 
@@ -94,3 +94,35 @@ def test_removing_every_block_equals_zeroing_their_outputs_and_round_trips(tmp_p
     assert loaded_spec == new_spec
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_group_couplings_are_exactly_the_parameters_that_depend_on_the_width(arch, qkv_bias):
+    """COUPLINGS is the one definition of a group; check it against the model itself: the
+    parameters whose shape changes with a block's width, along the axis that changes."""
+    spec = tiny_spec(arch, heads=4, qkv_bias=qkv_bias)
+    layer = spec.layers[0]
+    narrower = {"msa": LayerSpec(layer.heads, layer.head_dim - 1, layer.ffn, layer.scale),
+                "ffn": LayerSpec(layer.heads, layer.head_dim, layer.ffn - 3, layer.scale)}
+    wide = dict(layer_modules(build_model(spec))[0].named_parameters())
+    for kind, smaller in narrower.items():
+        block = layer_modules(build_model(spec.with_layers([smaller] * len(spec.layers))))[0]
+        changed = {name: next(d for d in range(p.dim()) if p.shape[d] != wide[name].shape[d])
+                   for name, p in block.named_parameters() if p.shape != wide[name].shape}
+        listed = {c.path: c.axis for c, _ in coupled_parameters(block, kind)}
+        assert changed == listed, kind
+        assert {c.path for c in COUPLINGS[kind]} >= set(listed)
+
+
+def test_plan_channels_removed_and_kept_partition_the_width():
+    spec = tiny_spec("setr", heads=4)
+    layer = spec.layers[0]
+    plan = LayerPlan(heads=[1], dims={0: [0, 2], 2: [1, 3], 3: [0, 1]}, ffn=[5, 0])
+    removed = plan.removed_channels(layer, "msa")
+    d = layer.head_dim
+    assert removed == sorted([0, 2] + list(range(d, 2 * d)) + [2 * d + 1, 2 * d + 3] + [3 * d, 3 * d + 1])
+    kept = plan.kept_channels(layer, "msa").tolist()
+    assert sorted(kept + removed) == list(range(layer.inner))
+    assert plan.removed_channels(layer, "ffn") == [0, 5]
+    assert len(plan.kept_channels(layer, "ffn")) == layer.ffn - 2

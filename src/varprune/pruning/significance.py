@@ -19,36 +19,19 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from varprune.model import ModelSpec
-from varprune.pruning.groups import Scores, layer_modules
+from varprune.pruning.groups import BLOCKS, Scores, channel_width, fold, layer_modules
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def _msa_fold(layer_spec, weight_qkv: torch.Tensor, bias_qkv: torch.Tensor | None,
-              weight_out: torch.Tensor) -> torch.Tensor:
-    """Sum element importances of qkv rows and out_proj columns into (heads, head_dim)."""
-    inner = layer_spec.inner
-    per_row = weight_qkv.sum(dim=1)
-    if bias_qkv is not None:
-        per_row = per_row + bias_qkv
-    per_channel = per_row[:inner] + per_row[inner:2 * inner] + per_row[2 * inner:] + weight_out.sum(dim=0)
-    return per_channel.reshape(layer_spec.heads, layer_spec.head_dim)
-
-
-def _ffn_fold(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    return w1.sum(dim=1) + b1 + w2.sum(dim=0)
 
 
 def _fold(model: nn.Module, spec: ModelSpec, element) -> Scores:
     """Apply `element(param) -> tensor of the same shape` and fold it into group scores."""
     scores: Scores = {}
     for index, (block, layer) in enumerate(zip(layer_modules(model), spec.layers, strict=True)):
-        attn, mlp = block.attn, block.mlp
-        bias = element(attn.qkv.bias) if attn.qkv.bias is not None else None
-        scores[(index, "msa")] = _msa_fold(layer, element(attn.qkv.weight), bias,
-                                           element(attn.out_proj.weight))
-        scores[(index, "ffn")] = _ffn_fold(element(mlp.linear1.weight), element(mlp.linear1.bias),
-                                           element(mlp.linear2.weight))
+        for kind in BLOCKS:
+            per_channel = fold(block, kind, channel_width(layer, kind), element)
+            scores[(index, kind)] = (per_channel.reshape(layer.heads, layer.head_dim) if kind == "msa"
+                                     else per_channel)
     return scores
 
 
@@ -66,15 +49,6 @@ class Magnitude:
             return _fold(model, spec, lambda p: p.detach().abs())
         squares = _fold(model, spec, lambda p: p.detach() ** 2)
         return {key: value.sqrt() for key, value in squares.items()}
-
-
-def _prunable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    params = []
-    for block in layer_modules(model):
-        params += [p for p in (block.attn.qkv.weight, block.attn.qkv.bias, block.attn.out_proj.weight,
-                               block.mlp.linear1.weight, block.mlp.linear1.bias,
-                               block.mlp.linear2.weight) if p is not None]
-    return params
 
 
 class _GradientCriterion:

@@ -17,23 +17,15 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from varprune.model import AbsentBlock, LayerSpec, ModelSpec
-from varprune.pruning.groups import LayerPlan, check_plan, layer_modules
-
-
-def _kept(total: int, removed: list[int]) -> torch.Tensor:
-    drop = set(removed)
-    return torch.tensor([i for i in range(total) if i not in drop], dtype=torch.long)
-
-
-def _inner_kept(layer: LayerSpec, plan: LayerPlan) -> torch.Tensor:
-    """Indices (head·d + dim) of the q/k/v channels that stay, in head order."""
-    kept = []
-    for head in range(layer.heads):
-        if head in plan.heads:
-            continue
-        removed = set(plan.dims.get(head, []))
-        kept += [head * layer.head_dim + d for d in range(layer.head_dim) if d not in removed]
-    return torch.tensor(kept, dtype=torch.long)
+from varprune.pruning.groups import (
+    BLOCKS,
+    LayerPlan,
+    channel_width,
+    check_plan,
+    coupled_parameters,
+    layer_modules,
+    parameter_indices,
+)
 
 
 def _linear(source: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
@@ -53,15 +45,24 @@ def _linear(source: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | N
     return new
 
 
-def prune_attention(attn: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
-    """Remove heads and head dims from an SABlock in place."""
+def _shrink_linears(block: nn.Module, kind: str, kept: torch.Tensor, width: int) -> None:
+    """Replace every Linear the group spans by one holding only the kept channels' slices."""
+    slices: dict[str, dict[int, torch.Tensor]] = {}
+    for coupling, _ in coupled_parameters(block, kind):
+        slices.setdefault(coupling.module, {})[coupling.axis] = parameter_indices(coupling, kept, width)
+    for module_path, by_axis in slices.items():
+        parent_path, _, name = module_path.rpartition(".")
+        parent = block.get_submodule(parent_path) if parent_path else block
+        setattr(parent, name, _linear(getattr(parent, name), by_axis.get(0), by_axis.get(1)))
+
+
+def prune_attention(attn_block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
+    """Remove heads and head dims from the SABlock of a transformer block in place."""
     if not plan.heads and not plan.dims:
         return
     after = plan.widths_after(layer)
-    inner = _inner_kept(layer, plan)
-    rows = torch.cat([inner + part * layer.inner for part in range(3)])
-    attn.qkv = _linear(attn.qkv, rows, None)
-    attn.out_proj = _linear(attn.out_proj, None, inner)
+    _shrink_linears(attn_block, "msa", plan.kept_channels(layer, "msa"), layer.inner)
+    attn = attn_block.attn
     attn.num_heads = after.heads
     attn.dim_head = after.head_dim
     attn.inner_dim = after.inner
@@ -69,13 +70,10 @@ def prune_attention(attn: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
     attn.scale = layer.scale
 
 
-def prune_mlp(mlp: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
-    """Remove FFN channels from an MLPBlock in place."""
-    if not plan.ffn:
-        return
-    kept = _kept(layer.ffn, plan.ffn)
-    mlp.linear1 = _linear(mlp.linear1, kept, None)
-    mlp.linear2 = _linear(mlp.linear2, None, kept)
+def prune_mlp(block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
+    """Remove FFN channels from the MLPBlock of a transformer block in place."""
+    if plan.ffn:
+        _shrink_linears(block, "ffn", plan.kept_channels(layer, "ffn"), layer.ffn)
 
 
 def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> ModelSpec:
@@ -83,8 +81,8 @@ def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> Mod
     layers = []
     for block, layer, plan in zip(layer_modules(model), spec.layers, plans, strict=True):
         check_plan(layer, plan)
-        prune_attention(block.attn, layer, plan)
-        prune_mlp(block.mlp, layer, plan)
+        prune_attention(block, layer, plan)
+        prune_mlp(block, layer, plan)
         layers.append(plan.widths_after(layer))
     return spec.with_layers(layers)
 
@@ -107,14 +105,8 @@ def mask_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> None
     """Zero the planned groups in place (same function as removing them; shapes unchanged)."""
     for block, layer, plan in zip(layer_modules(model), spec.layers, plans, strict=True):
         check_plan(layer, plan)
-        inner = _inner_kept(layer, plan)
-        dropped = _kept(layer.inner, inner.tolist())
-        for part in range(3):
-            block.attn.qkv.weight[dropped + part * layer.inner] = 0
-            if block.attn.qkv.bias is not None:
-                block.attn.qkv.bias[dropped + part * layer.inner] = 0
-        block.attn.out_proj.weight[:, dropped] = 0
-        ffn = torch.tensor(plan.ffn, dtype=torch.long)
-        block.mlp.linear1.weight[ffn] = 0
-        block.mlp.linear1.bias[ffn] = 0
-        block.mlp.linear2.weight[:, ffn] = 0
+        for kind in BLOCKS:
+            removed = torch.tensor(plan.removed_channels(layer, kind), dtype=torch.long)
+            width = channel_width(layer, kind)
+            for coupling, param in coupled_parameters(block, kind):
+                param.index_fill_(coupling.axis, parameter_indices(coupling, removed, width), 0)
