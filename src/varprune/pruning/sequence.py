@@ -58,9 +58,9 @@ class SequenceSettings:
     rate_min: float = 0.0
     rate_max: float = 0.9
     msa_unit: str = "dim"
-    min_head_dim: int = 8
+    min_head_dim: int = 2
     min_heads: int = 1
-    min_ffn: int = 32
+    min_ffn: int = 8
 
     @classmethod
     def from_config(cls, cfg: dict) -> SequenceSettings:
