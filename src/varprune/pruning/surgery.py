@@ -1,10 +1,13 @@
 """Physical removal of channel groups from MONAI's SABlock and MLPBlock.
 
 The surgery takes the groups to remove (a `LayerPlan` per layer) and never decides which:
-criteria and rate sequences decide elsewhere, as in Torch-Pruning. Weights are sliced into new,
-smaller `nn.Linear`s, the SABlock's `num_heads`, `dim_head`, `inner_dim` and `input_rearrange`
-are updated, and its softmax `scale` is kept from the dense model (a head that lost dims is
-not rescaled, so the remaining channels compute exactly what they did before).
+criteria and rate sequences decide elsewhere, as in Torch-Pruning. Which slices a channel owns
+comes from `groups.COUPLINGS`; how a block of given widths looks comes from
+`model.resize_attention` / `model.resize_mlp`, the same functions that rebuild a pruned
+checkpoint from its spec (MONAI's SABlock constructor refuses head counts that do not divide
+the hidden size, so blocks are resized, not rebuilt). The softmax `scale` is kept from the
+dense model (a head that lost dims is not rescaled, so the remaining channels compute exactly
+what they did before).
 
 `mask_plan` zeroes the same groups in place without removing them; the equivalence test uses
 it to show that removal changes nothing but the shapes.
@@ -13,10 +16,9 @@ it to show that removal changes nothing but the shapes.
 from __future__ import annotations
 
 import torch
-from einops.layers.torch import Rearrange
 from torch import nn
 
-from varprune.model import AbsentBlock, LayerSpec, ModelSpec
+from varprune.model import AbsentBlock, LayerSpec, ModelSpec, resize_attention, resize_mlp
 from varprune.pruning.groups import (
     BLOCKS,
     LayerPlan,
@@ -28,52 +30,37 @@ from varprune.pruning.groups import (
 )
 
 
-def _linear(source: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
-    """A new Linear holding the selected output rows / input columns of `source`."""
-    weight = source.weight.detach()
-    if rows is not None:
-        weight = weight[rows]
-    if cols is not None:
-        weight = weight[:, cols]
-    bias = source.bias is not None
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias,
-                    device=weight.device, dtype=weight.dtype)
+def _resize_keeping(block: nn.Module, kind: str, kept: torch.Tensor, width: int, resize) -> None:
+    """Resize the block's `kind` part with `resize()` (the model's own resizing, as when a pruned
+    checkpoint is rebuilt), then fill it with the old weights: the kept channels' slices of
+    every coupled parameter, every other parameter unchanged."""
+    old = {name: param.detach().clone() for name, param in block.named_parameters()}
+    device = next(iter(old.values())).device
+    slices = {c.path: (c.axis, parameter_indices(c, kept.to(device), width))
+              for c, _ in coupled_parameters(block, kind)}
+    resize()
+    block.to(device)
     with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias:
-            new.bias.copy_(source.bias.detach() if rows is None else source.bias.detach()[rows])
-    return new
+        for name, param in block.named_parameters():
+            value = old[name]
+            if name in slices:
+                axis, index = slices[name]
+                value = value.index_select(axis, index)
+            param.copy_(value)
 
 
-def _shrink_linears(block: nn.Module, kind: str, kept: torch.Tensor, width: int) -> None:
-    """Replace every Linear the group spans by one holding only the kept channels' slices."""
-    slices: dict[str, dict[int, torch.Tensor]] = {}
-    for coupling, _ in coupled_parameters(block, kind):
-        slices.setdefault(coupling.module, {})[coupling.axis] = parameter_indices(coupling, kept, width)
-    for module_path, by_axis in slices.items():
-        parent_path, _, name = module_path.rpartition(".")
-        parent = block.get_submodule(parent_path) if parent_path else block
-        setattr(parent, name, _linear(getattr(parent, name), by_axis.get(0), by_axis.get(1)))
-
-
-def prune_attention(attn_block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
+def prune_attention(block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
     """Remove heads and head dims from the SABlock of a transformer block in place."""
-    if not plan.heads and not plan.dims:
-        return
-    after = plan.widths_after(layer)
-    _shrink_linears(attn_block, "msa", plan.kept_channels(layer, "msa"), layer.inner)
-    attn = attn_block.attn
-    attn.num_heads = after.heads
-    attn.dim_head = after.head_dim
-    attn.inner_dim = after.inner
-    attn.input_rearrange = Rearrange("b h (qkv l d) -> qkv b l h d", qkv=3, l=after.heads)
-    attn.scale = layer.scale
+    if plan.heads or plan.dims:
+        _resize_keeping(block, "msa", plan.kept_channels(layer, "msa"), layer.inner,
+                        lambda: resize_attention(block.attn, plan.widths_after(layer)))
 
 
 def prune_mlp(block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
     """Remove FFN channels from the MLPBlock of a transformer block in place."""
     if plan.ffn:
-        _shrink_linears(block, "ffn", plan.kept_channels(layer, "ffn"), layer.ffn)
+        _resize_keeping(block, "ffn", plan.kept_channels(layer, "ffn"), layer.ffn,
+                        lambda: resize_mlp(block.mlp, layer.ffn - len(plan.ffn)))
 
 
 def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> ModelSpec:
