@@ -63,103 +63,33 @@ def check_config(cfg):
             "pruning.methods",
             f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}",
         )
-    check_model(cfg)
+    dense_spec(cfg)
     check_pruning(cfg)
 
 
 def check_pruning(cfg):
-    """Targets increasing and reachable within the rate bound and the minimum widths.
+    """Targets increasing and reachable: the solvers' own budget arithmetic (no torch)."""
+    from varprune.pruning.budget import SequenceSettings, check_cycle_targets
 
-    Uses the closed-form MAC count of the segmenter (varprune.macs: pure arithmetic, no torch at
-    parse time), the same count the cycle jobs budget with.
-    """
-    from varprune.macs import img_size, layer_macs, rest_macs
-
-    pruning, model = cfg["pruning"], cfg["model"]
-    targets = pruning["cycle_targets"]
-    if any(b <= a for a, b in zip(targets, targets[1:])):
-        config_error("pruning.cycle_targets", f"{targets} must be strictly increasing")
-    if pruning["rate_min"] >= pruning["rate_max"]:
-        config_error(
-            "pruning.rate_min", f"{pruning['rate_min']} must be below pruning.rate_max"
+    pruning = cfg["pruning"]
+    try:
+        check_cycle_targets(
+            dense_spec(cfg),
+            pruning["cycle_targets"],
+            SequenceSettings.from_config(pruning),
         )
-    heads, hidden, ffn = model["heads"], model["hidden"], model["ffn"]
-    head_dim = hidden // heads
-    if (
-        pruning["min_head_dim"] > head_dim
-        or pruning["min_heads"] > heads
-        or pruning["min_ffn"] > ffn
-    ):
-        config_error(
-            "pruning.min_head_dim", "minimum widths larger than the dense model's"
-        )
-    geometry = {**model, "input_size": cfg["preprocess"]["input_size"]}
-    img, patch, layers = img_size(geometry), model["patch"], model["num_layers"]
-    rest = rest_macs(geometry)
-    dense = rest + layers * layer_macs(img, patch, hidden, hidden, ffn)
-    h, d, f = heads, head_dim, ffn
-    rate = pruning["rate_max"]
-    for k, target in enumerate(targets, start=1):
-        if pruning["msa_unit"] == "head":
-            h = max(pruning["min_heads"], h - round(rate * h))
-        else:
-            d = max(pruning["min_head_dim"], d - round(rate * d))
-        f = max(pruning["min_ffn"], f - round(rate * f))
-        reachable = (
-            1 - (rest + layers * layer_macs(img, patch, hidden, h * d, f)) / dense
-        )
-        if reachable < target:
-            config_error(
-                "pruning.cycle_targets",
-                f"cycle {k} target {target} cannot be reached: with pruning.rate_max={rate} and the "
-                f"minimum widths, at most {reachable:.1%} of the dense MACs can be removed by then "
-                f"(what lies outside the transformer layers carries {rest / dense:.1%})",
-            )
+    except ValueError as err:
+        config_error("pruning", err)
 
 
-def check_model(cfg):
-    """The model spec's own checks (patch, head stages, layers), at parse time."""
-    model = cfg["model"]
-    if model["arch"] == "unetr" and (model["patch"] != 16 or model["num_layers"] != 12):
-        config_error(
-            "model.arch",
-            f"unetr has patch 16 and 12 layers (got model.patch "
-            f"{model['patch']}, model.num_layers {model['num_layers']}); use arch setr",
-        )
-    if model["arch"] == "setr":
-        patch, stages = model["patch"], model["patch"].bit_length() - 1
-        if 2**stages != patch:
-            config_error(
-                "model.patch",
-                f"{patch} is not a power of 2 (setr upsamples x2 per stage)",
-            )
-        if len(model["head_channels"]) != stages:
-            config_error(
-                "model.head_channels",
-                f"{model['head_channels']} needs {stages} widths, "
-                f"one per x2 stage for patch {patch}",
-            )
-        layers = model["num_layers"]
-        if any(not -layers <= i < layers for i in model["head_layers"]):
-            config_error(
-                "model.head_layers",
-                f"{model['head_layers']} outside [-{layers}, {layers - 1}]",
-            )
-    size = cfg["preprocess"]["input_size"]
-    if model["arch"] == "setr" and size // model["patch"] < 2:
-        config_error(
-            "preprocess.input_size",
-            f"{size} gives setr fewer than 2 tokens per axis with "
-            f"model.patch {model['patch']}",
-        )
-    if size % model["patch"] or (
-        model["spatial_dims"] == 3 and model["depth"] % model["patch"]
-    ):
-        config_error(
-            "preprocess.input_size",
-            f"{size} (and model.depth in 3D) must be a multiple "
-            f"of model.patch {model['patch']}",
-        )
+def dense_spec(cfg):
+    """The dense model's spec, with the checks every job applies (patch, head stages, sizes)."""
+    from varprune.spec import ModelSpec
+
+    try:
+        return ModelSpec.from_config(cfg["model"], cfg["preprocess"]["input_size"])
+    except ValueError as err:
+        config_error("model", err)
 
 
 check_config(config)

@@ -31,10 +31,28 @@ def tokens(size: tuple[int, ...], patch: int) -> int:
     return voxels(size) // patch ** len(size)
 
 
+def msa_channel_macs(size: tuple[int, ...], patch: int, hidden: int) -> int:
+    """One MSA head-dimension channel: its q, k and v rows and out_proj column (4·n·hidden),
+    and its term in q·kᵀ and in attention·v (2·n²)."""
+    n = tokens(size, patch)
+    return 4 * n * hidden + 2 * n * n
+
+
+def ffn_channel_macs(size: tuple[int, ...], patch: int, hidden: int) -> int:
+    """One FFN channel: a row of linear1 and a column of linear2."""
+    return 2 * tokens(size, patch) * hidden
+
+
 def layer_macs(size: tuple[int, ...], patch: int, hidden: int, inner: int, ffn: int) -> int:
     """q, k, v and output projections, q·kᵀ and attention·v, and the two FFN matmuls."""
-    n = tokens(size, patch)
-    return inner * (4 * n * hidden + 2 * n * n) + ffn * 2 * n * hidden
+    return inner * msa_channel_macs(size, patch, hidden) + ffn * ffn_channel_macs(size, patch, hidden)
+
+
+def model_macs(model: Mapping, layers: list[tuple[int, int]]) -> int:
+    """The whole model: `rest_macs` plus every layer, given as (inner, ffn) widths."""
+    size = img_size(model)
+    return rest_macs(model) + sum(layer_macs(size, model["patch"], model["hidden"], inner, ffn)
+                                  for inner, ffn in layers)
 
 
 def unetr_rest_macs(size: tuple[int, ...], in_channels: int, out_channels: int, hidden: int,

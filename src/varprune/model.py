@@ -15,7 +15,6 @@ FFN width in every layer, so the model is built dense and each layer's `attn` (S
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,125 +25,11 @@ from monai.networks.blocks.selfattention import SABlock
 from monai.networks.nets import UNETR, ViT
 from torch import nn
 
-ARCHS = ("unetr", "setr")
-UNETR_LAYERS = 12  # fixed in MONAI's UNETR (skips from layers 3, 6 and 9)
-UNETR_PATCH = 16  # fixed in MONAI's UNETR
+from varprune.spec import LayerSpec, ModelSpec
 
 
 class CheckpointError(Exception):
     """A checkpoint cannot be loaded; the message names the file and the problem."""
-
-
-@dataclass
-class LayerSpec:
-    """Widths of one transformer layer; `scale` is the softmax scale it was trained with.
-
-    A width of 0 (no heads, or no FFN channels) means the block is absent: the layer passes its
-    residual stream on unchanged (the `transformer_off` control).
-    """
-
-    heads: int
-    head_dim: int
-    ffn: int
-    scale: float
-
-    @property
-    def inner(self) -> int:
-        return self.heads * self.head_dim
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to build the network, dense or pruned.
-
-    The defaults describe checkpoints written before `arch` existed (a UNETR); configs set every
-    key (config/config.yaml), so a new model never depends on them.
-    """
-
-    arch: str = "unetr"
-    spatial_dims: int = 2
-    input_size: int = 128
-    depth: int = 16  # input depth (slices) of a 3D model; unused in 2D
-    in_channels: int = 1
-    out_channels: int = 2
-    hidden: int = 384
-    ffn: int = 1536
-    heads: int = 6
-    feature_size: int = 8  # unetr: decoder feature size
-    qkv_bias: bool = False
-    patch: int = 16  # side of a patch token (unetr: 16 only)
-    num_layers: int = 12  # transformer layers (unetr: 12 only)
-    head_channels: list[int] = field(default_factory=lambda: [64, 32, 16, 16])  # setr: per x2 stage
-    head_kernel: int = 3  # setr: convolution kernel of the head's stages (1 or 3)
-    head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
-    layers: list[LayerSpec] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.spatial_dims not in (2, 3):
-            raise ValueError(f"model.spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.arch == "unetr" and (self.patch != UNETR_PATCH or self.num_layers != UNETR_LAYERS):
-            raise ValueError(f"MONAI's UNETR has patch {UNETR_PATCH} and {UNETR_LAYERS} layers "
-                             f"(got model.patch {self.patch}, model.num_layers {self.num_layers})")
-        if self.arch == "setr":
-            self._check_setr()
-        if self.input_size % self.patch or (self.spatial_dims == 3 and self.depth % self.patch):
-            raise ValueError(f"model input sizes must be multiples of the patch size {self.patch}")
-        if self.hidden % self.heads:
-            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
-        if not self.layers:
-            head_dim = self.hidden // self.heads
-            self.layers = [
-                LayerSpec(self.heads, head_dim, self.ffn, head_dim**-0.5) for _ in range(self.num_layers)
-            ]
-        self.layers = [LayerSpec(**ls) if isinstance(ls, dict) else ls for ls in self.layers]
-        if len(self.layers) != self.num_layers:
-            raise ValueError(f"the spec has {self.num_layers} layers but lists {len(self.layers)}")
-
-    def _check_setr(self) -> None:
-        stages = self.patch.bit_length() - 1
-        if self.patch < 2 or 2 ** stages != self.patch:
-            raise ValueError(f"model.patch must be a power of 2 for setr (one x2 stage per factor), "
-                             f"got {self.patch}")
-        if self.input_size // self.patch < 2:
-            raise ValueError(f"setr needs at least 2 tokens along each in-plane axis (input "
-                             f"{self.input_size}, patch {self.patch}): the head normalises over the grid")
-        if len(self.head_channels) != stages or min(self.head_channels, default=1) < 1:
-            raise ValueError(f"model.head_channels needs one positive width per x2 stage: {stages} "
-                             f"for patch {self.patch}, got {self.head_channels}")
-        if self.head_kernel not in (1, 3):
-            raise ValueError(f"model.head_kernel must be 1 or 3, got {self.head_kernel}")
-        if not self.head_layers or any(not -self.num_layers <= i < self.num_layers
-                                       for i in self.head_layers):
-            raise ValueError(f"model.head_layers must list layers in [-{self.num_layers}, "
-                             f"{self.num_layers - 1}], got {self.head_layers}")
-
-    @property
-    def img_size(self) -> tuple[int, ...]:
-        if self.spatial_dims == 2:
-            return (self.input_size, self.input_size)
-        return (self.depth, self.input_size, self.input_size)
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        return (batch, self.in_channels, *self.img_size)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelSpec:
-        return cls(**data)
-
-    @classmethod
-    def from_config(cls, model_cfg: dict, input_size: int) -> ModelSpec:
-        """A dense spec from the `model` config slice and the preprocess grid size."""
-        keys = {"arch", "spatial_dims", "depth", "hidden", "ffn", "heads", "feature_size", "qkv_bias",
-                "patch", "num_layers", "head_channels", "head_kernel", "head_layers"}
-        return cls(input_size=input_size, **{k: v for k, v in model_cfg.items() if k in keys})
-
-    def with_layers(self, layers: list[LayerSpec]) -> ModelSpec:
-        return replace(self, layers=[replace(ls) for ls in layers])
 
 
 class AbsentBlock(nn.Module):

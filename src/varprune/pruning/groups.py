@@ -89,20 +89,14 @@ def channel_width(layer: LayerSpec, kind: str) -> int:
     return layer.inner if kind == "msa" else layer.ffn
 
 
-def tokens(spec: ModelSpec) -> int:
-    """Number of patch tokens the transformer sees (neither segmenter has a class token)."""
-    return macs.tokens(spec.img_size, spec.patch)
-
-
 def msa_channel_macs(spec: ModelSpec) -> int:
-    """MACs of one MSA head-dimension channel: q, k, v rows, out_proj column, q·kᵀ and attn·v."""
-    n, h = tokens(spec), spec.hidden
-    return 4 * n * h + 2 * n * n
+    """MACs of one MSA head-dimension channel (varprune.macs)."""
+    return macs.msa_channel_macs(spec.img_size, spec.patch, spec.hidden)
 
 
 def ffn_channel_macs(spec: ModelSpec) -> int:
-    """MACs of one FFN channel: a row of linear1 and a column of linear2."""
-    return 2 * tokens(spec) * spec.hidden
+    """MACs of one FFN channel (varprune.macs)."""
+    return macs.ffn_channel_macs(spec.img_size, spec.patch, spec.hidden)
 
 
 def layer_macs(spec: ModelSpec, layer: LayerSpec) -> int:

@@ -26,8 +26,8 @@ from varprune.atomic import write_csv
 from varprune.cost import macs_full
 from varprune.inference import pick_device
 from varprune.model import ModelSpec, load_model
+from varprune.pruning.budget import BudgetError, reachable_per_cycle
 from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
-from varprune.pruning.sequence import BudgetError, SequenceSettings, counts_for_rates, removed_macs
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import remove_transformer_blocks
 from varprune.train import load_split, validation_dice
@@ -35,15 +35,6 @@ from varprune.train import load_split, validation_dice
 log = logging.getLogger(__name__)
 
 ONESHOT_COLUMNS = ["method", "target", "macs_reduction", "val_dice", "test_dice"]
-
-
-def highest_reachable(spec: ModelSpec, dense_macs: int, settings: SequenceSettings) -> float:
-    """The largest share of the dense MACs one cycle can remove: every layer at `rate_max`,
-    within the minimum widths (the bound every method meets)."""
-    n = len(spec.layers)
-    full = np.full(n, settings.rate_max)
-    counts = counts_for_rates(spec, full, full, settings)
-    return removed_macs(spec, counts) / dense_macs
 
 
 def oneshot_targets(cfg: dict, highest: float) -> list[float]:
@@ -70,7 +61,8 @@ def run_oneshot(dense_model: str | os.PathLike, splits_json: str | os.PathLike,
     data = load_split(splits_json, preprocessed_dir, which=("train", "val", "test"))
     run_device = pick_device(device)
     dense = macs_full(model, torch.zeros(spec.input_shape(1)))
-    targets = oneshot_targets(oneshot, highest_reachable(spec, dense, settings.sequence))
+    # The highest share one cycle can remove: every layer at rate_max, within the minimum widths.
+    targets = oneshot_targets(oneshot, reachable_per_cycle(spec, 1, settings.sequence)[0])
     # Cycle 1's calibration sample and random draw, so a one-shot point at cycle 1's target is
     # exactly cycle 1's model before its fine-tuning.
     seed = settings.seed + 1

@@ -32,48 +32,16 @@ import torch
 from scipy.ndimage import uniform_filter1d
 
 from varprune.methods import PRUNING_METHODS
-from varprune.model import LayerSpec, ModelSpec
-from varprune.pruning.groups import (
-    BLOCKS,
-    LayerPlan,
-    Scores,
-    ffn_channel_macs,
-    msa_channel_macs,
+from varprune.model import ModelSpec
+from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' public names)
+    BudgetError,
+    LayerCounts,
+    SequenceSettings,
+    counts_for_rates,
+    msa_channels_removed,
+    removed_macs,
 )
-
-
-class BudgetError(ValueError):
-    """The MAC budget cannot be met within the rate bounds and minimum widths."""
-
-
-@dataclass(frozen=True)
-class SequenceSettings:
-    """The part of the `pruning` config slice that decides rates."""
-
-    aggregate: str = "top_share"
-    top_fraction: float = 0.3
-    smooth: int = 1
-    levels: int = 4
-    spread: float = 0.4
-    rate_min: float = 0.0
-    rate_max: float = 0.9
-    msa_unit: str = "dim"
-    min_head_dim: int = 2
-    min_heads: int = 1
-    min_ffn: int = 8
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> SequenceSettings:
-        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass
-class LayerCounts:
-    """What one layer loses: heads, dims per head, FFN channels."""
-
-    heads: int = 0
-    dims: int = 0
-    ffn: int = 0
+from varprune.pruning.groups import BLOCKS, LayerPlan, Scores, ffn_channel_macs, msa_channel_macs
 
 
 @dataclass
@@ -147,33 +115,6 @@ def level_rates(levels: np.ndarray, t: float, settings: SequenceSettings) -> np.
 
 
 # ---------------------------------------------------------------- rates -> counts -> MACs
-
-
-def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
-                     settings: SequenceSettings) -> list[LayerCounts]:
-    """Channels each layer loses at the given rates, within the minimum widths."""
-    counts = []
-    for layer, r_msa, r_ffn in zip(spec.layers, msa_rates, ffn_rates, strict=True):
-        c = LayerCounts()
-        if settings.msa_unit == "head":
-            c.heads = min(int(round(r_msa * layer.heads)), layer.heads - settings.min_heads)
-        else:
-            c.dims = min(int(round(r_msa * layer.head_dim)), layer.head_dim - settings.min_head_dim)
-        c.ffn = min(int(round(r_ffn * layer.ffn)), layer.ffn - settings.min_ffn)
-        c.heads, c.dims, c.ffn = max(0, c.heads), max(0, c.dims), max(0, c.ffn)
-        counts.append(c)
-    return counts
-
-
-def msa_channels_removed(layer: LayerSpec, c: LayerCounts) -> int:
-    return layer.inner - (layer.heads - c.heads) * (layer.head_dim - c.dims)
-
-
-def removed_macs(spec: ModelSpec, counts: list[LayerCounts]) -> int:
-    """MACs the counts remove (analytic; the same matmuls FlopCounterMode counts)."""
-    per_msa, per_ffn = msa_channel_macs(spec), ffn_channel_macs(spec)
-    return sum(msa_channels_removed(layer, c) * per_msa + c.ffn * per_ffn
-               for layer, c in zip(spec.layers, counts, strict=True))
 
 
 def solve_level(spec: ModelSpec, budget: int, rates_at, settings: SequenceSettings,

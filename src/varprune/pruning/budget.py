@@ -1,0 +1,128 @@
+"""Budget arithmetic of the rate solvers, without torch: how many channels a layer loses at a
+rate within the minimum widths, what that removes in MACs, and how far cycles can go.
+
+The solvers (`varprune.pruning.sequence`) and the workflow's parse-time check of
+`pruning.cycle_targets` (`check_cycle_targets`) both call these functions, so a target the
+check accepts is one the solver can meet, and the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from varprune import macs
+from varprune.spec import LayerSpec, ModelSpec
+
+
+class BudgetError(ValueError):
+    """The MAC budget cannot be met within the rate bounds and minimum widths."""
+
+
+@dataclass(frozen=True)
+class SequenceSettings:
+    """The part of the `pruning` config slice that decides rates."""
+
+    aggregate: str = "top_share"
+    top_fraction: float = 0.3
+    smooth: int = 1
+    levels: int = 4
+    spread: float = 0.4
+    rate_min: float = 0.0
+    rate_max: float = 0.9
+    msa_unit: str = "dim"
+    min_head_dim: int = 2
+    min_heads: int = 1
+    min_ffn: int = 8
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> SequenceSettings:
+        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class LayerCounts:
+    """What one layer loses: heads, dims per head, FFN channels."""
+
+    heads: int = 0
+    dims: int = 0
+    ffn: int = 0
+
+
+
+def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
+                     settings: SequenceSettings) -> list[LayerCounts]:
+    """Channels each layer loses at the given rates, within the minimum widths."""
+    counts = []
+    for layer, r_msa, r_ffn in zip(spec.layers, msa_rates, ffn_rates, strict=True):
+        c = LayerCounts()
+        if settings.msa_unit == "head":
+            c.heads = min(int(round(r_msa * layer.heads)), layer.heads - settings.min_heads)
+        else:
+            c.dims = min(int(round(r_msa * layer.head_dim)), layer.head_dim - settings.min_head_dim)
+        c.ffn = min(int(round(r_ffn * layer.ffn)), layer.ffn - settings.min_ffn)
+        c.heads, c.dims, c.ffn = max(0, c.heads), max(0, c.dims), max(0, c.ffn)
+        counts.append(c)
+    return counts
+
+
+def msa_channels_removed(layer: LayerSpec, c: LayerCounts) -> int:
+    return layer.inner - (layer.heads - c.heads) * (layer.head_dim - c.dims)
+
+
+def removed_macs(spec: ModelSpec, counts: list[LayerCounts]) -> int:
+    """MACs the counts remove (analytic; the same matmuls FlopCounterMode counts)."""
+    per_msa = macs.msa_channel_macs(spec.img_size, spec.patch, spec.hidden)
+    per_ffn = macs.ffn_channel_macs(spec.img_size, spec.patch, spec.hidden)
+    return sum(msa_channels_removed(layer, c) * per_msa + c.ffn * per_ffn
+               for layer, c in zip(spec.layers, counts, strict=True))
+
+
+def widths_after(spec: ModelSpec, counts: list[LayerCounts]) -> ModelSpec:
+    """The spec once every layer has lost its counts (what the surgery will produce)."""
+    return spec.with_layers([
+        replace(layer, heads=layer.heads - c.heads, head_dim=layer.head_dim - c.dims, ffn=layer.ffn - c.ffn)
+        for layer, c in zip(spec.layers, counts, strict=True)])
+
+
+def spec_macs(spec: ModelSpec) -> int:
+    """The whole model's MACs by the closed-form count (varprune.macs)."""
+    return macs.model_macs(spec.to_dict(), [(layer.inner, layer.ffn) for layer in spec.layers])
+
+
+def reachable_per_cycle(spec: ModelSpec, cycles: int, settings: SequenceSettings) -> list[float]:
+    """The largest share of `spec`'s MACs removed after each of `cycles` cycles: every layer at
+    `rate_max` of its current width in every cycle, within the minimum widths (the bound the
+    per-layer-rate solvers check before they search; global ranking, bounded by the minimum
+    widths alone, can go further, so this is the reach every method has)."""
+    dense = spec_macs(spec)
+    reach = []
+    for _ in range(cycles):
+        full = np.full(len(spec.layers), settings.rate_max)
+        spec = widths_after(spec, counts_for_rates(spec, full, full, settings))
+        reach.append(1 - spec_macs(spec) / dense)
+    return reach
+
+
+def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: SequenceSettings) -> None:
+    """Refuse targets that are not increasing or that no cycle could reach (ValueError naming it)."""
+    if any(b <= a for a, b in zip(targets, targets[1:], strict=False)):
+        raise ValueError(f"pruning.cycle_targets {targets} must be strictly increasing")
+    if settings.rate_min >= settings.rate_max:
+        raise ValueError(f"pruning.rate_min {settings.rate_min} must be below pruning.rate_max")
+    dense = spec.layers[0]
+    if (settings.min_head_dim > dense.head_dim or settings.min_heads > dense.heads
+            or settings.min_ffn > dense.ffn):
+        raise ValueError("pruning.min_head_dim, min_heads or min_ffn is larger than the dense model's "
+                         f"width (head dim {dense.head_dim}, {dense.heads} heads, FFN {dense.ffn})")
+    rest = 1 - sum(macs.layer_macs(spec.img_size, spec.patch, spec.hidden, layer.inner, layer.ffn)
+                   for layer in spec.layers) / spec_macs(spec)
+    for k, (target, reachable) in enumerate(zip(targets, reachable_per_cycle(spec, len(targets), settings),
+                                                strict=True), start=1):
+        if reachable < target:
+            raise ValueError(
+                f"pruning.cycle_targets: cycle {k} target {target} cannot be reached: with "
+                f"pruning.rate_max={settings.rate_max} and the minimum widths, at most {reachable:.1%} of "
+                f"the dense MACs can be removed by then (what lies outside the transformer layers "
+                f"carries {rest:.1%})")
