@@ -9,7 +9,7 @@ import pytest
 
 from varprune.codeversion import code_fingerprint, import_closure
 
-from .workflow_helpers import REPO, scheduled
+from .workflow_helpers import REPO, scheduled, snakemake
 
 SRC = REPO / "src" / "varprune"
 
@@ -86,3 +86,16 @@ def test_editing_library_code_reruns_exactly_the_rules_that_import_it(done_run, 
     jobs = scheduled(workdir, repo=repo)
     assert {"prune_cycle", "oneshot", "cost", "report"} <= set(jobs)
     assert not {"train", "convert", "preprocess", "split"} & set(jobs)
+
+
+@pytest.mark.workflow
+def test_jobs_run_the_library_of_the_checkout_they_belong_to(tmp_path):
+    """Every job imports varprune from its workflow's src/ (PYTHONPATH set by the workflow), not
+    from whatever copy is installed: a `--sdm conda` env holds the dependencies only, and an edit
+    in a second checkout must run there."""
+    repo = _workflow_copy(tmp_path / "repo")
+    marker = tmp_path / "imported-from.txt"
+    runlog = repo / "src" / "varprune" / "runlog.py"  # imported by every job's script, not at parse time
+    runlog.write_text(runlog.read_text() + f"\nopen({str(marker)!r}, 'w').write(__file__)\n")
+    snakemake(tmp_path / "run", "data/splits.json", repo=repo)
+    assert marker.read_text() == str(runlog)

@@ -1,4 +1,4 @@
-"""From group scores to how many channels each layer loses, for the three methods.
+"""From group scores to how many channels each layer loses, for every pruning method.
 
 `variable` (the paper's method):
 1. Layer significance per block type (MSA, FFN). Default aggregate `top_share`: normalise the
