@@ -8,16 +8,16 @@ import shutil
 import pytest
 
 from .conftest import rewrite_inner
-from .workflow_helpers import edited_config, scheduled, snakemake
+from .workflow_helpers import edited_config, merged_config, model_jobs, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
 
 
 def test_default_config_dry_run_schedules_every_data_step(tmp_path):
     jobs = scheduled(tmp_path, config=None)
-    assert jobs == {"synthesize": 1, "convert": 14, "preprocess": 14, "split": 1, "train": 1,
-                    "dense_long": 1, "transformer_off": 1, "oneshot": 1, "prune_cycle": 12,
-                    "evaluate": 15, "cost": 15, "export": 4, "report": 1, "all": 1}
+    patients = merged_config(None)["synthetic"]["patients"]
+    assert jobs == {"synthesize": 1, "convert": patients, "preprocess": patients, "split": 1,
+                    **model_jobs(None)}
 
 
 def test_tiny_run_produces_split_model_ready_data(done_run):

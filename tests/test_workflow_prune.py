@@ -10,10 +10,10 @@ import pytest
 from varprune.model import load_model
 from varprune.pruning.cycle import SEQUENCE_COLUMNS
 
-from .workflow_helpers import budget_met, edited_config, scheduled, snakemake
+from .workflow_helpers import budget_met, edited_config, merged_config, model_jobs, scheduled, snakemake
 
 pytestmark = pytest.mark.workflow
-METHODS = ("variable", "fixed", "global", "random")
+METHODS = tuple(merged_config()["pruning"]["methods"])
 
 
 def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(done_run):
@@ -42,22 +42,25 @@ def test_every_cycle_of_every_method_has_its_checkpoint_sequence_and_evaluation(
 def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.07, 0.09]})
     # The controls follow: dense_long and transformer_off get one fine-tuning round per cycle.
+    n = len(METHODS)
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 4, "dense_long": 1, "transformer_off": 1, "evaluate": 6, "cost": 6, "export": 4,
-        "report": 1, "all": 1}
+        "prune_cycle": n, "dense_long": 1, "transformer_off": 1, "evaluate": n + 2, "cost": n + 2,
+        "export": model_jobs()["export"], "report": 1}
 
 
 def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.08]})
+    n = len(METHODS)
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 4, "evaluate": 4, "cost": 4, "export": 4, "report": 1, "all": 1}
+        "prune_cycle": n, "evaluate": n, "cost": n, "export": model_jobs()["export"], "report": 1}
 
 
 def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run, tmp_path):
     config = edited_config(tmp_path, **{"finetune.epochs": 2})
+    everything = model_jobs()  # all but the dense model and its one-shot curve (no fine-tuning there)
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": 8, "dense_long": 1, "transformer_off": 1, "evaluate": 10, "cost": 10, "export": 4,
-        "report": 1, "all": 1}
+        **{rule: n for rule, n in everything.items() if rule not in ("train", "oneshot")},
+        "evaluate": everything["evaluate"] - 1, "cost": everything["cost"] - 1}
 
 
 @pytest.mark.parametrize(

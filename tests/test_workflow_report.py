@@ -43,7 +43,7 @@ def test_html_report_is_self_contained(done_run):
 
 def test_changing_report_options_reruns_the_report_alone(done_run, tmp_path):
     config = edited_config(tmp_path, **{"report.cases": 1})
-    assert scheduled(done_run, config=config) == {"report": 1, "all": 1}
+    assert scheduled(done_run, config=config) == {"report": 1}
 
 
 def test_snakemake_report_collects_the_figures(done_run, tmp_path):

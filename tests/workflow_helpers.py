@@ -93,22 +93,22 @@ def snakemake(
     return result
 
 
+DAG_NODE = re.compile(r'^\s*\d+\[label = "(\w+)[^"]*", color = "[^"]*", style="([^"]*)"\];$', re.M)
+
+
 def scheduled(workdir: Path, config: Path | None = TINY_CONFIG, repo: Path = REPO) -> Counter:
-    """Rule -> number of jobs that a dry run would run (empty when there is nothing to do);
-    `repo`: the workflow (Snakefile, rules, scripts, src) to run, by default this repository."""
-    out = snakemake(workdir, "-n", config=config, repo=repo)
-    text = out.stdout + out.stderr
-    if "Nothing to be done" in text:
-        return Counter()
-    table = text.split("Job stats:", 1)[1]
-    jobs = Counter()
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
-        if not match:
-            break
-        if match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
+    """Rule -> number of jobs a run would execute now (empty when there is nothing to do);
+    `repo`: the workflow (Snakefile, rules, scripts, src) to run, by default this repository.
+
+    Read from the job graph Snakemake writes for Graphviz (`--dag`, a node per job, labelled by
+    its rule; jobs that need not run are drawn dashed), not from its printed job table. The
+    default target `all` is a rule that does no work, so it is left out.
+    """
+    out = snakemake(workdir, "--dag", config=config, repo=repo)
+    nodes = DAG_NODE.findall(out.stdout)
+    if not nodes:
+        raise AssertionError(f"no job graph from snakemake --dag:\n{out.stdout}\n{out.stderr}")
+    return Counter(rule for rule, style in nodes if "dashed" not in style and rule != "all")
 
 
 def edited_config(tmp: Path, base: Path = TINY_CONFIG, **changes) -> Path:
@@ -123,6 +123,28 @@ def edited_config(tmp: Path, base: Path = TINY_CONFIG, **changes) -> Path:
     path = tmp / f"config-{abs(hash(tuple(sorted(map(str, changes.items()))))) % 10**8}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def merged_config(config: Path | None = TINY_CONFIG) -> dict:
+    """config/config.yaml with `config` laid over it (per top-level section), as Snakemake reads them."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in (yaml.safe_load(config.read_text()) if config else {}).items():
+        nested = isinstance(value, dict) and isinstance(cfg.get(key), dict)
+        cfg[key] = {**cfg[key], **value} if nested else value
+    return cfg
+
+
+def model_jobs(config: Path | None = TINY_CONFIG) -> dict:
+    """The jobs from dense training on that a whole run of `config` has, counted from the config:
+    per replicate the dense model, its controls and every (method, cycle) are trained, evaluated
+    and costed; each method's last cycle is exported once per format; one report."""
+    cfg = merged_config(config)
+    methods, cycles = len(cfg["pruning"]["methods"]), len(cfg["pruning"]["cycle_targets"])
+    seeds = len(cfg["replicates"]["seeds"] or [None])
+    models = 3 + methods * cycles
+    return {"train": seeds, "dense_long": seeds, "transformer_off": seeds, "oneshot": seeds,
+            "prune_cycle": seeds * methods * cycles, "evaluate": seeds * models, "cost": seeds * models,
+            "export": methods * len(cfg["export"]["formats"]), "report": 1}
 
 
 def budget_met(reduction: float, target: float, dense_macs: float) -> bool:
