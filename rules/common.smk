@@ -1,6 +1,5 @@
 """Config validation, wildcard constraints and input functions shared by the rules."""
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -8,13 +7,11 @@ from pathlib import Path
 from snakemake.utils import validate
 
 # The checkout's library, for the parse-time checks below and for every job (also inside
-# `--sdm conda` envs, which hold the dependencies only): the code that runs is this checkout's,
-# whatever copy of varprune is installed.
-SRC_ROOT = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC_ROOT)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [SRC_ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SRC_ROOT)]
-)
+# `--sdm conda` envs, which hold the dependencies only).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from varprune.checkout import use_checkout_library
+
+use_checkout_library(str(Path(workflow.basedir) / "src"))
 
 validate(config, schema="../config/schema.yaml")
 
