@@ -50,7 +50,6 @@ class LayerCounts:
     ffn: int = 0
 
 
-
 def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
                      settings: SequenceSettings) -> list[LayerCounts]:
     """Channels each layer loses at the given rates, within the minimum widths."""
