@@ -24,6 +24,7 @@ def config_error(key, problem):
 
 
 from varprune.codeversion import code_fingerprint
+from varprune.layout import ONESHOT_TABLE, report_files, run_models
 from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
 
 
@@ -247,94 +248,38 @@ def oneshot_pruning(wildcards):
     )
 
 
-def model_outputs(model, run):
-    """The files every model (dense, a control or a pruning cycle) gets: checkpoint, metrics, cost."""
-    base = f"results/{run}/{model}"
-    return [f"{base}/model.pt", f"{base}/metrics.csv", f"{base}/cost.json"]
-
-
 def gpus(section):
     """GPUs a training job asks the scheduler for: 1 when `{section}.device` is cuda."""
     return 1 if config[section]["device"] == "cuda" else 0
 
 
-def input_folder(key, up=1):
-    """Params function: the folder `up` levels above the first file of input `key`, so a
-    folder param follows the inputs (snakemake --lint: no hard-coded path prefixes)."""
-
-    def folder(wildcards, input):
-        path = Path(input[key][0])
-        for _ in range(up):
-            path = path.parent
-        return str(path)
-
-    return folder
-
-
 def report_inputs(wildcards):
-    """Everything the report reads, of every replicate: every model's outputs, predictions,
-    logs and sequences, and the one-shot table."""
-    inputs = {
-        "splits": "data/splits.json",
-        "truth": expand(
-            "data/nifti/{case}/{name}.nii.gz", case=TEST_CASES, name=("ct", "liver")
+    """Every file the report reads (varprune.layout.report_files names them, and the report
+    reads them by those names), and the first `report.cases` test cases' CT and liver mask.
+    """
+    shown = TEST_CASES[: config["report"]["cases"]]
+    return {
+        **report_files(
+            [f"results/{run}" for run in replicate_runs(wildcards.run)],
+            METHODS,
+            len(TARGETS),
+            config["export"]["formats"],
         ),
+        "cases_ct": expand("data/nifti/{case}/ct.nii.gz", case=shown),
+        "cases_liver": expand("data/nifti/{case}/liver.nii.gz", case=shown),
     }
-    for index, run in enumerate(replicate_runs(wildcards.run)):
-        base = f"results/{run}"
-        tag = f"r{index}_"
-        cycles = {
-            f"{m}_cycle{k}": f"{base}/{m}/cycle{k}"
-            for m in METHODS
-            for k in range(1, len(TARGETS) + 1)
-        }
-        controls = {name: f"{base}/{name}" for name in CONTROLS}
-        inputs[f"{tag}train_log"] = f"{base}/dense/train_log.csv"
-        for key, folder in {"dense": f"{base}/dense", **controls, **cycles}.items():
-            inputs[f"{tag}{key}_metrics"] = f"{folder}/metrics.csv"
-            inputs[f"{tag}{key}_cost"] = f"{folder}/cost.json"
-            inputs[f"{tag}{key}_pred"] = f"{folder}/pred"
-        for key, folder in controls.items():
-            inputs[f"{tag}{key}_log"] = f"{folder}/train_log.csv"
-        for key, folder in cycles.items():
-            inputs[f"{tag}{key}_sequence"] = f"{folder}/sequence.csv"
-            inputs[f"{tag}{key}_log"] = f"{folder}/finetune_log.csv"
-            inputs[f"{tag}{key}_oneshot"] = f"{folder}/oneshot.json"
-        inputs[f"{tag}oneshot"] = f"{base}/oneshot.csv"
-    inputs["exports"] = export_outputs(replicate_runs(wildcards.run)[0])
-    return inputs
-
-
-def replicate_folders(wildcards):
-    """Params function: results/{run} of every replicate (the report reads them all)."""
-    return [f"results/{run}" for run in replicate_runs(wildcards.run)]
-
-
-def export_outputs(run):
-    """The exported last cycle of every method, in every configured format (the first replicate's:
-    deployment files are examples, not statistics)."""
-    k = len(TARGETS)
-    return [
-        f"results/{run}/{m}/cycle{k}/model.{fmt}"
-        for m in METHODS
-        for fmt in config["export"]["formats"]
-    ]
 
 
 def final_outputs():
     """What `rule all` builds (every model of every replicate, and the run's report)."""
-    models = [
-        "dense",
-        *CONTROLS,
-        *(
-            f"{method}/cycle{k}"
-            for method in METHODS
-            for k in range(1, len(TARGETS) + 1)
-        ),
-    ]
     outputs = ["data/splits.json"]
     for run in replicate_runs(config["run"]):
-        outputs += [path for model in models for path in model_outputs(model, run)]
-        outputs.append(f"results/{run}/oneshot.csv")
+        folder = f"results/{run}"
+        outputs += [
+            str(model.path(folder, kind))
+            for model in run_models(METHODS, len(TARGETS))
+            for kind in ("model", "metrics", "cost")
+        ]
+        outputs.append(f"{folder}/{ONESHOT_TABLE}")
     outputs.append(f"results/{config['run']}/report/report.html")
     return outputs

@@ -5,7 +5,8 @@ rule dense_long:
     input:
         model="results/{run}/dense/model.pt",
         splits="data/splits.json",
-        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
     output:
         model="results/{run}/dense_long/model.pt",
         log="results/{run}/dense_long/train_log.csv",
@@ -24,7 +25,6 @@ rule dense_long:
         finetune=seeded("finetune"),
         # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
         rounds=len(TARGETS),
-        preprocessed=input_folder("data"),
         state_dir=state_dir("dense_long"),
         code=code_version("control.py"),
     script:
@@ -35,7 +35,8 @@ rule transformer_off:
     input:
         model="results/{run}/dense/model.pt",
         splits="data/splits.json",
-        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
     output:
         model="results/{run}/transformer_off/model.pt",
         log="results/{run}/transformer_off/train_log.csv",
@@ -54,7 +55,6 @@ rule transformer_off:
         finetune=seeded("finetune"),
         # The same fine-tuning as dense_long: the headroom compares equal training.
         rounds=len(TARGETS),
-        preprocessed=input_folder("data"),
         state_dir=state_dir("transformer_off"),
         code=code_version("control.py"),
     script:
@@ -64,10 +64,9 @@ rule transformer_off:
 rule oneshot:
     input:
         model="results/{run}/dense/model.pt",
-        splits="data/splits.json",
-        data=expand(
-            "data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES + TEST_CASES
-        ),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        test=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
     output:
         "results/{run}/oneshot.csv",
     log:
@@ -86,7 +85,6 @@ rule oneshot:
         pruning=oneshot_pruning,
         oneshot=cfg("oneshot"),
         device=config["finetune"]["device"],
-        preprocessed=input_folder("data"),
         code=code_version("oneshot.py"),
     script:
         "../scripts/oneshot.py"

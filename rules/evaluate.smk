@@ -4,7 +4,6 @@
 rule evaluate:
     input:
         model="results/{run}/{model}/model.pt",
-        splits="data/splits.json",
         data=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
         truth=expand("data/nifti/{case}/liver.nii.gz", case=TEST_CASES),
     output:
@@ -22,8 +21,6 @@ rule evaluate:
         runtime=30,
     params:
         evaluate=cfg("evaluate"),
-        preprocessed=input_folder("data"),
-        nifti=input_folder("truth", up=2),
         code=code_version("evaluate.py"),
     script:
         "../scripts/evaluate.py"

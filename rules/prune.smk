@@ -5,7 +5,8 @@ rule prune_cycle:
     input:
         model=previous_model,
         splits="data/splits.json",
-        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
     output:
         model="results/{run}/{method}/cycle{k}/model.pt",
         sequence="results/{run}/{method}/cycle{k}/sequence.csv",
@@ -25,7 +26,6 @@ rule prune_cycle:
     params:
         pruning=cycle_pruning,
         finetune=seeded("finetune"),
-        preprocessed=input_folder("data"),
         state_dir=state_dir("{method}/cycle{k}"),
         code=code_version("prune_cycle.py"),
     script:

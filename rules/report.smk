@@ -48,8 +48,6 @@ rule report:
     params:
         report=cfg("report"),
         config=canonical(config),
-        replicates=replicate_folders,
-        nifti=input_folder("truth", up=2),
         code=code_version("report.py"),
     script:
         "../scripts/report.py"

@@ -4,7 +4,8 @@
 rule train:
     input:
         splits="data/splits.json",
-        data=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES + VAL_CASES),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
     output:
         model="results/{run}/dense/model.pt",
         log="results/{run}/dense/train_log.csv",
@@ -23,7 +24,6 @@ rule train:
         model=cfg("model"),
         train=seeded("train"),
         preprocess=cfg("preprocess"),
-        preprocessed=input_folder("data"),
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
         state_dir=state_dir("dense"),
         code=code_version("train.py"),

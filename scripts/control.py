@@ -9,7 +9,7 @@ with to_log_file(snakemake.log[0]):
         kind=snakemake.rule,
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
-        preprocessed_dir=snakemake.params.preprocessed,
+        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
         finetune=snakemake.params.finetune,
         rounds=snakemake.params.rounds,
         out_model=snakemake.output.model,

@@ -7,9 +7,8 @@ with to_log_file(snakemake.log[0]):
     settings = snakemake.params.evaluate
     evaluate_checkpoint(
         model_path=snakemake.input.model,
-        splits_json=snakemake.input.splits,
-        preprocessed_dir=snakemake.params.preprocessed,
-        nifti_dir=snakemake.params.nifti,
+        preprocessed=snakemake.input.data,
+        truth=snakemake.input.truth,
         out_metrics=snakemake.output.metrics,
         out_pred_dir=snakemake.output.pred,
         batch_size=settings["batch_size"],

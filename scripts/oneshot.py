@@ -6,8 +6,7 @@ from varprune.runlog import to_log_file
 with to_log_file(snakemake.log[0]):
     run_oneshot(
         dense_model=snakemake.input.model,
-        splits_json=snakemake.input.splits,
-        preprocessed_dir=snakemake.params.preprocessed,
+        preprocessed={split: getattr(snakemake.input, split) for split in ("train", "val", "test")},
         methods=snakemake.params.methods,
         pruning=snakemake.params.pruning,
         oneshot=snakemake.params.oneshot,

@@ -7,7 +7,7 @@ with to_log_file(snakemake.log[0]):
     run_cycle(
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
-        preprocessed_dir=snakemake.params.preprocessed,
+        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
         method=snakemake.wildcards.method,
         cycle=int(snakemake.wildcards.k),
         pruning=snakemake.params.pruning,

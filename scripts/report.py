@@ -7,9 +7,7 @@ from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     build_report(
-        replicates=snakemake.params.replicates,
-        nifti_dir=snakemake.params.nifti,
-        splits_json=snakemake.input.splits,
+        files=dict(snakemake.input.items()),
         config=snakemake.params.config,
         settings=snakemake.params.report,
         out_summary=snakemake.output.summary,

@@ -6,7 +6,7 @@ from varprune.train import train_dense
 with to_log_file(snakemake.log[0]):
     train_dense(
         splits_json=snakemake.input.splits,
-        preprocessed_dir=snakemake.params.preprocessed,
+        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
         model_cfg=snakemake.params.model,
         train_cfg=snakemake.params.train,
         preprocess_cfg=snakemake.params.preprocess,

@@ -25,7 +25,7 @@ def test_the_closure_follows_imports_through_modules_and_functions():
     # load_split imports varprune.data.datasets inside the function body
     assert "data/datasets.py" in _names("train.py")
     report = _names("report.py")
-    assert "report.py" in report and "stats.py" in report
+    assert {"report/__init__.py", "report/build.py", "report/page.py", "stats.py", "layout.py"} <= report
     assert not {"macs.py", "train.py", "model.py"} & report
 
 
@@ -56,6 +56,24 @@ def test_fingerprint_changes_with_imported_code_only(tmp_path):
     assert code_fingerprint(script, src) != before
 
 
+def test_a_package_template_counts_as_the_code_of_the_package_that_holds_it(tmp_path):
+    src = _package(tmp_path, {
+        "page/__init__.py": "from varprune.page import render\n",
+        "page/render.py": "TEMPLATE = 'templates/page.j2'\n",
+        "page/templates/page.j2": "<p>{{ x }}</p>\n",
+        "other/__init__.py": "",
+        "other/data.txt": "unrelated\n",
+    })
+    script = tmp_path / "script.py"
+    script.write_text("from varprune.page import render\n")
+    assert "page/templates/page.j2" in {p.relative_to(src).as_posix() for p in import_closure(script, src)}
+    before = code_fingerprint(script, src)
+    (src / "other" / "data.txt").write_text("edited\n")
+    assert code_fingerprint(script, src) == before
+    (src / "page" / "templates" / "page.j2").write_text("<p>{{ x }}!</p>\n")
+    assert code_fingerprint(script, src) != before
+
+
 def _workflow_copy(dest: Path) -> Path:
     """The workflow files of this repository (no runs, no tests) in `dest`."""
     top_level = {".git", ".venv", "data", "results", "logs", ".snakemake", "tests", "benchmarks",
@@ -75,11 +93,12 @@ def test_editing_library_code_reruns_exactly_the_rules_that_import_it(done_run, 
     shutil.copytree(done_run, workdir, symlinks=True)
     assert scheduled(workdir, repo=repo) == {}
 
-    report = repo / "src" / "varprune" / "report.py"
-    original = report.read_text()
-    report.write_text(original + "\n# edited\n")
-    assert scheduled(workdir, repo=repo) == {"report": 1}  # `all` is a target rule, no job
-    report.write_text(original)
+    for edited in ("report/figures.py", "report/templates/report.html.j2"):
+        report = repo / "src" / "varprune" / edited
+        original = report.read_text()
+        report.write_text(original + "\n")
+        assert scheduled(workdir, repo=repo) == {"report": 1}, edited  # `all` is a target rule, no job
+        report.write_text(original)
 
     macs = repo / "src" / "varprune" / "macs.py"
     macs.write_text(macs.read_text() + "\n# edited\n")

@@ -13,7 +13,7 @@ from varprune.data.preprocess import PreprocessSpec
 from varprune.data.synthetic import SyntheticSpec
 from varprune.pruning.cycle import CycleSettings
 from varprune.pruning.sequence import SequenceSettings
-from varprune.report import ReportSettings
+from varprune.report.settings import ReportSettings
 from varprune.train import TrainSettings
 
 from .workflow_helpers import REPO

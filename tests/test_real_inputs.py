@@ -118,9 +118,9 @@ def _convert_and_evaluate(trained: dict, archive: Path, root: Path) -> tuple[sit
     convert_case(archive, case, root / "nifti" / case)
     preprocess_case(root / "nifti" / case / "ct.nii.gz", root / "nifti" / case / "liver.nii.gz", case,
                     trained["prep"], root / "preprocessed" / f"{case}.npz")
-    (root / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": [case]}))
-    rows = evaluate_checkpoint(trained["model"], root / "splits.json", root / "preprocessed", root / "nifti",
-                               root / "metrics.csv", root / "pred", threads=threads_for_tests() or 1)
+    rows = evaluate_checkpoint(trained["model"], [root / "preprocessed" / f"{case}.npz"],
+                               [root / "nifti" / case / "liver.nii.gz"], root / "metrics.csv", root / "pred",
+                               threads=threads_for_tests() or 1)
     return sitk.ReadImage(str(root / "pred" / f"{case}.nii.gz")), rows[0]["dice"]
 
 

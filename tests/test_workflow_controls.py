@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
+from varprune.layout import report_files
 from varprune.model import load_model
 from varprune.report import FIGURES, build_report
 from varprune.stats import COMPARISON_COLUMNS
 
-from .workflow_helpers import TINY_CONFIG, budget_met, edited_config, model_jobs, scheduled, snakemake
+from .workflow_helpers import (
+    budget_met,
+    edited_config,
+    merged_config,
+    model_jobs,
+    scheduled,
+    snakemake,
+)
 
 pytestmark = pytest.mark.workflow
 METHODS = ("variable", "fixed", "global", "random")
@@ -115,20 +123,33 @@ def test_a_replicate_trains_with_its_own_seed(done_run, tmp_path):
     assert seed1.loss.tolist() != seed0.loss.tolist()
 
 
-def test_the_report_pools_replicates_in_its_tables_and_statistics(done_run, tmp_path):
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["pruning"]["methods"] = list(METHODS)
-    config["data"] = {"source": "synthetic"}
-    folders = []
-    for seed in (0, 1):  # two replicates that agree: the plumbing, not the statistics, is tested
-        folder = tmp_path / "results" / f"seed{seed}"
-        shutil.copytree(done_run / "results" / "tiny", folder,
-                        ignore=shutil.ignore_patterns("report", ".state"))
-        folders.append(folder)
+def _scattered(files: dict[str, str], dest: Path) -> dict[str, str]:
+    """Every given run file copied under a meaningless name: a reader that rebuilt paths from a
+    run folder instead of taking the files it is given would not find them."""
+    dest.mkdir(parents=True)
+    moved = {}
+    for index, (key, path) in enumerate(files.items()):
+        target = dest / f"{index:03d}{Path(path).suffix}"
+        (shutil.copytree if Path(path).is_dir() else shutil.copy)(path, target)
+        moved[key] = str(target)
+    return moved
+
+
+def test_the_report_pools_replicates_and_reads_only_the_files_it_is_given(done_run, tmp_path):
+    config = merged_config()
+    assert tuple(config["pruning"]["methods"]) == METHODS
+    # Two replicates that agree (the plumbing, not the statistics, is tested), both read from the
+    # finished run's folder but handed over under scattered names.
+    run = done_run / "results" / "tiny"
+    files = report_files([run, run], METHODS, len(TARGETS), config["export"]["formats"])
+    files = _scattered(files, tmp_path / "given")
+    cases = json.loads((done_run / "data" / "splits.json").read_text())["test"][:2]
+    files["cases_ct"] = [str(done_run / "data" / "nifti" / c / "ct.nii.gz") for c in cases]
+    files["cases_liver"] = [str(done_run / "data" / "nifti" / c / "liver.nii.gz") for c in cases]
     out = tmp_path / "report"
     figures = {name: str(out / f"{name}.png") for name in FIGURES}
-    table = build_report(folders, done_run / "data" / "nifti", done_run / "data" / "splits.json", config, {},
-                         out / "summary.csv", out / "report.html", figures, out / "comparison.csv")
+    table = build_report(files, config, {}, out / "summary.csv", out / "report.html", figures,
+                         out / "comparison.csv")
     assert (table.replicates == 2).all()
     comparison = pd.read_csv(out / "comparison.csv")
     assert (comparison.n_replicates == 2).all()

@@ -5,7 +5,8 @@ does. Each rule therefore passes the fingerprint of its script's import closure 
 `src/varprune` as a param: editing any module the job can execute reruns the job and what
 follows, and editing a module it never imports leaves it alone. The closure is found
 statically (every `import varprune…` / `from varprune… import …`, at any depth of the file,
-including imports inside functions), so the list is never kept by hand.
+including imports inside functions), so the list is never kept by hand; the data files of
+the imported packages (the report's template) count as their code.
 Pure standard library: the workflow computes it at parse time.
 """
 
@@ -69,8 +70,22 @@ def _imported_modules(path: Path, src: Path) -> set[str]:
     return {name for name in names if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
+def _package_data(init: Path) -> list[Path]:
+    """The data files of the package whose `__init__.py` is `init` (templates and the like):
+    every non-Python file in its folder tree, outside its subpackages and caches."""
+    files = []
+    for path in init.parent.rglob("*"):
+        folders = path.relative_to(init.parent).parents
+        inside_subpackage = any((init.parent / f / "__init__.py").is_file() for f in folders if str(f) != ".")
+        if (path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+                and not inside_subpackage):
+            files.append(path)
+    return files
+
+
 def import_closure(script: str | Path, src: str | Path) -> list[Path]:
     """Every file under `src` (the `varprune` package folder) that running `script` can import,
+    and the data files of the packages among them (a report template reruns the report),
     sorted by path."""
     script, src = Path(script).resolve(), Path(src).resolve()
     seen: set[Path] = set()
@@ -82,7 +97,8 @@ def import_closure(script: str | Path, src: str | Path) -> list[Path]:
                 if found is not None and found not in seen:
                     seen.add(found)
                     queue.append(found)
-    return sorted(seen)
+    data = {file for init in seen if init.name == "__init__.py" for file in _package_data(init)}
+    return sorted(seen | data)
 
 
 def code_fingerprint(script: str | Path, src: str | Path) -> str:

@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from varprune.methods import CONTROLS, PRUNING_METHODS
+from varprune.layout import RunFiles, run_models
+from varprune.methods import PRUNING_METHODS
 from varprune.methods import comparison_pairs as method_pairs
 from varprune.stats import PairedComparison, comparison_rows, paired_comparison
 
 METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
 COMPARED_METRICS = ["dice", "hd95_mm"]
-REFERENCES = ("dense", *CONTROLS)
 # Below this headroom (dense_long − transformer_off, in Dice) no ranking of transformer pruning
 # methods means anything on this data.
 HEADROOM_WARNING = 0.02
-
-
-def model_names(methods: list[str], cycles: int) -> list[tuple[str, int, str]]:
-    """(method, cycle, folder) of every model: dense and the controls first (cycle 0)."""
-    references = [(name, 0, name) for name in REFERENCES]
-    return references + [(m, k, f"{m}/cycle{k}") for m in methods for k in range(1, cycles + 1)]
-
-
-def _oneshot(folder: Path) -> dict:
-    path = folder / "oneshot.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _mean(records: list[dict], key: str) -> float:
@@ -45,17 +33,21 @@ def _mean(records: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def summary_table(replicates: list[Path], methods: list[str], targets: list[float]) -> pd.DataFrame:
-    """One row per model over all replicates (result folders): size and cost (mean over
-    replicates) and their reductions vs dense, metrics (mean, std over replicates × test cases),
-    Dice against dense_long, and validation Dice before and after fine-tuning."""
+def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
+    """One row per model over all replicates: size and cost (mean over replicates) and their
+    reductions vs dense, metrics (mean, std over replicates × test cases), Dice against
+    dense_long, and validation Dice before and after fine-tuning."""
     rows = []
-    for method, cycle, folder in model_names(methods, len(targets)):
-        costs = [json.loads((r / folder / "cost.json").read_text()) for r in replicates]
-        metrics = pd.concat([pd.read_csv(r / folder / "metrics.csv") for r in replicates], ignore_index=True)
-        oneshots = [_oneshot(r / folder) for r in replicates]
+    replicates = range(files.replicates)
+    for model in run_models(methods, len(targets)):
+        method, cycle = model.method, model.cycle
+        costs = [json.loads(files.path(r, model, "cost").read_text()) for r in replicates]
+        metrics = pd.concat([pd.read_csv(files.path(r, model, "metrics")) for r in replicates],
+                            ignore_index=True)
+        oneshots = [json.loads(files.path(r, model, "oneshot").read_text()) if cycle else {}
+                    for r in replicates]
         row = {"method": method, "cycle": cycle, "target": targets[cycle - 1] if cycle else 0.0,
-               "replicates": len(replicates)}
+               "replicates": files.replicates}
         for key in ("params", "macs_thop", "macs_full", "macs_transformer"):
             row[key] = int(round(_mean(costs, key)))  # equal over replicates but for rounding of widths
         row["latency_ms"] = _mean(costs, "latency_ms_median")
@@ -81,23 +73,23 @@ def summary_table(replicates: list[Path], methods: list[str], targets: list[floa
     return table[order]
 
 
-def metrics_long(replicates: list[Path], methods: list[str], targets: list[float]) -> pd.DataFrame:
+def metrics_long(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
     """Per-case metrics of every model of every replicate in long form (method, budget,
     replicate, case, metrics); the references carry no budget (compared at every budget)."""
     frames = []
-    for index, folder_of_run in enumerate(replicates):
-        for method, cycle, folder in model_names(methods, len(targets)):
-            frame = pd.read_csv(folder_of_run / folder / "metrics.csv")
-            frame["method"] = method
-            frame["budget"] = targets[cycle - 1] if cycle else math.nan
+    for index in range(files.replicates):
+        for model in run_models(methods, len(targets)):
+            frame = pd.read_csv(files.path(index, model, "metrics"))
+            frame["method"] = model.method
+            frame["budget"] = targets[model.cycle - 1] if model.cycle else math.nan
             frame["replicate"] = index
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def oneshot_long(replicates: list[Path]) -> pd.DataFrame:
+def oneshot_long(files: RunFiles) -> pd.DataFrame:
     """Every replicate's oneshot.csv, with a replicate column."""
-    frames = [pd.read_csv(folder / "oneshot.csv").assign(replicate=i) for i, folder in enumerate(replicates)]
+    frames = [pd.read_csv(files.oneshot_table(i)).assign(replicate=i) for i in range(files.replicates)]
     return pd.concat(frames, ignore_index=True)
 
 

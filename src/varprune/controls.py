@@ -26,7 +26,7 @@ import torch
 from varprune.atomic import atomic_path
 from varprune.model import load_model
 from varprune.pruning.surgery import remove_transformer_blocks
-from varprune.train import LOG_COLUMNS, TrainSettings, load_split, train
+from varprune.train import LOG_COLUMNS, SplitFiles, TrainSettings, load_split, train
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ def _provenance(kind: str, parent: str | os.PathLike, parent_provenance: dict, f
 
 def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.PathLike,
                      parent_provenance: dict, splits_json: str | os.PathLike,
-                     preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                     preprocessed: SplitFiles, finetune: dict, rounds: int,
                      out_model: str | os.PathLike, out_log: str | os.PathLike,
                      state_dir: str | os.PathLike, threads: int | None = None) -> None:
     """Fine-tune `model` `rounds` times in a row, each round exactly as a pruning cycle's."""
     if rounds < 1:
         raise ValueError(f"{kind} needs at least one fine-tuning round, got {rounds}")
     settings = TrainSettings.from_config(finetune)
-    data = load_split(splits_json, preprocessed_dir)
+    data = load_split(preprocessed)
     state = Path(state_dir)
     logs = []
     offset_epochs = offset_steps = 0
@@ -80,7 +80,7 @@ CONTROLS = ("dense_long", "transformer_off")
 
 
 def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.PathLike,
-                  preprocessed_dir: str | os.PathLike, finetune: dict, rounds: int,
+                  preprocessed: SplitFiles, finetune: dict, rounds: int,
                   out_model: str | os.PathLike, out_log: str | os.PathLike,
                   state_dir: str | os.PathLike, threads: int | None = None) -> None:
     """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle); for
@@ -92,5 +92,5 @@ def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.Pa
     model, spec, parent_provenance = load_model(parent)
     if kind == "transformer_off":
         spec = remove_transformer_blocks(model, spec)
-    fine_tune_rounds(kind, model, spec, parent, parent_provenance, splits_json, preprocessed_dir,
+    fine_tune_rounds(kind, model, spec, parent, parent_provenance, splits_json, preprocessed,
                      finetune, rounds, out_model, out_log, state_dir, threads)

@@ -14,10 +14,10 @@ The distances are NaN when the prediction is empty (no surface to measure from).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +83,25 @@ def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
               [{k: (row[k] if k == "case" else f"{row[k]:.6g}") for k in METRIC_COLUMNS} for row in rows])
 
 
-def evaluate_checkpoint(model_path: str | os.PathLike, splits_json: str | os.PathLike,
-                        preprocessed_dir: str | os.PathLike, nifti_dir: str | os.PathLike,
-                        out_metrics: str | os.PathLike, out_pred_dir: str | os.PathLike,
+def cases_with_truth(preprocessed: Sequence[str | os.PathLike],
+                     truth: Sequence[str | os.PathLike]) -> list[tuple[str, Path, Path]]:
+    """(case, data/preprocessed/{case}.npz, data/nifti/{case}/liver.nii.gz) of every test case
+    given, in the given order; the two lists must name the same cases."""
+    pairs = [(Path(p), Path(t)) for p in preprocessed for t in truth
+             if Path(p).name.removesuffix(".npz") == Path(t).parent.name]
+    cases = [Path(p).name.removesuffix(".npz") for p in preprocessed]
+    if len(pairs) != len(cases) or len(truth) != len(cases):
+        given = [Path(t).parent.name for t in truth]
+        raise ValueError(f"test cases {cases} given with ground truth of {given}: every case needs exactly "
+                         "one liver mask")
+    if not cases:
+        raise ValueError("no test cases given: every model is evaluated on the test split")
+    return [(case, p, t) for case, (p, t) in zip(cases, pairs, strict=True)]
+
+
+def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[str | os.PathLike],
+                        truth: Sequence[str | os.PathLike], out_metrics: str | os.PathLike,
+                        out_pred_dir: str | os.PathLike,
                         batch_size: int = 16, device: str = "auto", interpolate: bool = True,
                         largest_component: bool = True, threads: int | None = None) -> list[dict]:
     """Predict every test case, save `pred/{case}.nii.gz` on the CT grid, write `metrics.csv`."""
@@ -94,14 +110,12 @@ def evaluate_checkpoint(model_path: str | os.PathLike, splits_json: str | os.Pat
     model, spec, _ = load_model(model_path)
     target = pick_device(device)
     model.to(target)
-    cases = json.loads(Path(splits_json).read_text())["test"]
-    if not cases:
-        raise ValueError(f"{splits_json}: the test split is empty")
+    cases = cases_with_truth(preprocessed, truth)
     out_pred_dir = Path(out_pred_dir)
     out_pred_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in cases:
-        arrays = load_npz(Path(preprocessed_dir) / f"{case}.npz")
+    for case, npz_path, truth_path in cases:
+        arrays = load_npz(npz_path)
         prob = predict_volume(model, arrays["image"], spec, target, batch_size)
         pred = to_original_grid(prob, arrays, interpolate=interpolate)
         if largest_component:
@@ -109,7 +123,6 @@ def evaluate_checkpoint(model_path: str | os.PathLike, splits_json: str | os.Pat
                                           .astype(np.uint8))
             kept.CopyInformation(pred)
             pred = kept
-        truth_path = Path(nifti_dir) / case / "liver.nii.gz"
         truth = read_image(truth_path, case)
         if truth.GetSize() != pred.GetSize():
             raise ValueError(f"{case}: {truth_path} is {truth.GetSize()}, the prediction {pred.GetSize()}")

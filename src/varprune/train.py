@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -363,16 +364,18 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
     return TrainResult(best["epoch"], best["dice"], done.history, start_epoch)
 
 
-def load_split(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathLike,
-               which: tuple[str, ...] = ("train", "val")) -> dict[str, list[Volume]]:
-    """The volumes of the named splits of `splits.json`."""
-    from varprune.data.datasets import load_volumes, npz_paths
-
-    splits = json.loads(Path(splits_json).read_text())
-    return {name: load_volumes(npz_paths(preprocessed_dir, splits[name])) for name in which}
+# The preprocessed files of each split a job was given: {"train": [.../{case}.npz, ...], "val": [...]}.
+SplitFiles = Mapping[str, Sequence[str | os.PathLike]]
 
 
-def train_dense(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathLike, model_cfg: dict,
+def load_split(preprocessed: SplitFiles) -> dict[str, list[Volume]]:
+    """The volumes of each split from the files given for it: {"train": [.../{case}.npz, ...], ...}."""
+    from varprune.data.datasets import case_paths, load_volumes
+
+    return {name: load_volumes(case_paths(files)) for name, files in preprocessed.items()}
+
+
+def train_dense(splits_json: str | os.PathLike, preprocessed: SplitFiles, model_cfg: dict,
                 train_cfg: dict, preprocess_cfg: dict, out_model: str | os.PathLike,
                 out_log: str | os.PathLike, state_dir: str | os.PathLike,
                 threads: int | None = None) -> TrainResult:
@@ -381,7 +384,7 @@ def train_dense(splits_json: str | os.PathLike, preprocessed_dir: str | os.PathL
 
     settings = TrainSettings.from_config(train_cfg)
     spec = ModelSpec.from_config(model_cfg, preprocess_cfg["input_size"])
-    data = load_split(splits_json, preprocessed_dir)
+    data = load_split(preprocessed)
     torch.manual_seed(settings.seed)
     model = build_model(spec)
     provenance = {

@@ -9,6 +9,7 @@ saving random-number-generator states.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +67,10 @@ def load_volumes(preprocessed: dict[str, str | os.PathLike]) -> list[Volume]:
     return volumes
 
 
-def npz_paths(directory: str | os.PathLike, cases: list[str]) -> dict[str, Path]:
-    """{case: directory/case.npz}, failing with the missing file's name."""
-    paths = {case: Path(directory) / f"{case}.npz" for case in cases}
+def case_paths(files: Iterable[str | os.PathLike]) -> dict[str, Path]:
+    """{case: path} of preprocessed files `{case}.npz`, in the given order, failing with the
+    missing files' names."""
+    paths = {Path(f).name.removesuffix(".npz"): Path(f) for f in files}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"preprocessed case(s) missing: {', '.join(missing)}")

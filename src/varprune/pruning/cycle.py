@@ -35,7 +35,7 @@ from varprune.pruning.sequence import (
 )
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan
-from varprune.train import TrainSettings, load_split, train, validation_dice
+from varprune.train import SplitFiles, TrainSettings, load_split, train, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: 
 
 
 def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
-              preprocessed_dir: str | os.PathLike, method: str, cycle: int, pruning: dict,
+              preprocessed: SplitFiles, method: str, cycle: int, pruning: dict,
               finetune: dict, out_model: str | os.PathLike, out_sequence: str | os.PathLike,
               out_log: str | os.PathLike, state_dir: str | os.PathLike,
               out_oneshot: str | os.PathLike | None = None, threads: int | None = None) -> dict:
@@ -158,7 +158,7 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
     settings = CycleSettings.from_config(pruning)
     ft = TrainSettings.from_config(finetune)
     model, spec, parent_provenance = load_model(parent)
-    data = load_split(splits_json, preprocessed_dir)
+    data = load_split(preprocessed)
     batches = calibration_batches(data["train"], settings.calibration_batches,
                                   settings.calibration_batch_size, settings.seed + cycle)
     log.info("cycle %d of %s from %s: criterion %s on %d batches, target %.3f (previous %.3f)",

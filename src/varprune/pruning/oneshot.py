@@ -30,7 +30,7 @@ from varprune.pruning.budget import BudgetError, reachable_per_cycle
 from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import remove_transformer_blocks
-from varprune.train import load_split, validation_dice
+from varprune.train import SplitFiles, load_split, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def oneshot_targets(cfg: dict, highest: float) -> list[float]:
     return [round(float(t), 3) for t in np.linspace(start, top, int(cfg.get("points", 10)))]
 
 
-def run_oneshot(dense_model: str | os.PathLike, splits_json: str | os.PathLike,
-                preprocessed_dir: str | os.PathLike, methods: list[str], pruning: dict, oneshot: dict,
+def run_oneshot(dense_model: str | os.PathLike,
+                preprocessed: SplitFiles, methods: list[str], pruning: dict, oneshot: dict,
                 out_csv: str | os.PathLike, device: str = "auto", threads: int | None = None) -> list[dict]:
     """Prune the dense model to every target with every method, without fine-tuning; write the table."""
     if threads:
@@ -58,7 +58,7 @@ def run_oneshot(dense_model: str | os.PathLike, splits_json: str | os.PathLike,
     if spec.layers != replace(spec, layers=[]).layers:
         raise ValueError(f"{dense_model}: one-shot curves start from the dense model, not a pruned one")
     settings = CycleSettings.from_config({**pruning, "target": 0.0})
-    data = load_split(splits_json, preprocessed_dir, which=("train", "val", "test"))
+    data = load_split(preprocessed)
     run_device = pick_device(device)
     dense = macs_full(model, torch.zeros(spec.input_shape(1)))
     # The highest share one cycle can remove: every layer at rate_max, within the minimum widths.

@@ -1,0 +1,148 @@
+"""The run's file contract: which models a run holds, which files each model has under
+`results/{run}/`, and the names under which a job that reads many of them (the report, the
+comparison benchmark) receives them.
+
+The rules' output patterns (`rules/*.smk`) write these files; the workflow declares the report's
+inputs from `report_files`, and the report reads them back through `RunFiles` by the same keys,
+so a path is spelt out once here and never rebuilt by the code that reads it. Torch-free: the
+workflow imports it at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from varprune.methods import CONTROLS, PRUNING_METHODS
+
+# File kind -> file name inside a model's folder.
+FILE_NAMES = {
+    "model": "model.pt",
+    "metrics": "metrics.csv",
+    "cost": "cost.json",
+    "pred": "pred",  # a folder: {case}.nii.gz on each test case's CT grid
+    "train_log": "train_log.csv",
+    "sequence": "sequence.csv",
+    "finetune_log": "finetune_log.csv",
+    "oneshot": "oneshot.json",
+}
+ONESHOT_TABLE = "oneshot.csv"  # per run (replicate), next to the model folders
+REFERENCES = ("dense", *CONTROLS)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model of a run: dense, a control (cycle 0), or a method's pruning cycle."""
+
+    method: str
+    cycle: int = 0
+
+    @property
+    def folder(self) -> str:
+        return self.method if self.cycle == 0 else f"{self.method}/cycle{self.cycle}"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The file kinds this model's jobs write."""
+        common = ("model", "metrics", "cost", "pred")
+        return (*common, "train_log") if self.cycle == 0 else (*common, "sequence", "finetune_log", "oneshot")
+
+    def path(self, run_folder: str | os.PathLike, kind: str) -> Path:
+        if kind not in self.kinds:
+            raise KeyError(f"{self.folder} has no {kind!r} file (it has {', '.join(self.kinds)})")
+        return Path(run_folder) / self.folder / FILE_NAMES[kind]
+
+
+def run_models(methods: Iterable[str], cycles: int) -> list[Model]:
+    """Every model of a run: dense and the controls first, then each method's cycles."""
+    return [Model(name) for name in REFERENCES] + [Model(m, k) for m in methods for k in range(1, cycles + 1)]
+
+
+def proposed_method(methods: Sequence[str]) -> str:
+    """The method the report illustrates: the first proposed one in the run, else the first."""
+    proposed = [m for m, spec in PRUNING_METHODS.items() if spec.role == "proposed" and m in methods]
+    return (proposed or list(methods))[0]
+
+
+# --- what the report reads, by input name ---------------------------------------------------
+
+_KEY = re.compile(r"r(\d+)__")
+
+
+def file_key(replicate: int, model: Model, kind: str) -> str:
+    """The input name of one model file of one replicate (a valid Python identifier)."""
+    return f"r{replicate}__{model.method}__c{model.cycle}__{kind}"
+
+
+def oneshot_key(replicate: int) -> str:
+    return f"r{replicate}__oneshot_table"
+
+
+def export_key(method: str, fmt: str) -> str:
+    return f"export__{method}__{fmt}"
+
+
+def report_reads(methods: Sequence[str], cycles: int, replicate: int) -> list[tuple[Model, str]]:
+    """(model, kind) of every file the report reads from one replicate: metrics and cost of every
+    model, the cycles' one-shot records; the illustrations (curves, sequences, widths, cases,
+    deployment files) come from the first replicate only."""
+    reads = []
+    for model in run_models(methods, cycles):
+        reads += [(model, "metrics"), (model, "cost")]
+        if model.cycle:
+            reads.append((model, "oneshot"))
+        if replicate == 0:
+            extra = ("train_log",) if model.cycle == 0 else ("finetune_log", "sequence")
+            reads += [(model, kind) for kind in extra]
+    if replicate == 0:
+        reads += [(Model("dense"), "model"), (Model("dense"), "pred"),
+                  (Model(proposed_method(methods), cycles), "pred")]
+    return reads
+
+
+def report_files(run_folders: Sequence[str | os.PathLike], methods: Sequence[str], cycles: int,
+                 formats: Sequence[str]) -> dict[str, str]:
+    """Input name -> path of every run file the report reads (`run_folders`: one per replicate).
+    The exported files are those of the first replicate's last cycles."""
+    files = {}
+    for index, folder in enumerate(run_folders):
+        for model, kind in report_reads(methods, cycles, index):
+            files[file_key(index, model, kind)] = str(model.path(folder, kind))
+        files[oneshot_key(index)] = str(Path(folder) / ONESHOT_TABLE)
+    for method in methods:
+        for fmt in formats:
+            files[export_key(method, fmt)] = str(Path(run_folders[0]) / Model(method, cycles).folder
+                                                 / f"model.{fmt}")
+    return files
+
+
+class RunFiles:
+    """The files a job was given, looked up by replicate, model and kind (KeyError when a file
+    was not given: the reader cannot reach past its declared inputs)."""
+
+    def __init__(self, files: Mapping[str, str | os.PathLike]):
+        self.files = {key: Path(value) for key, value in files.items() if _KEY.match(key) or
+                      key.startswith("export__")}
+        self.replicates = len({int(m.group(1)) for key in self.files if (m := _KEY.match(key))})
+        if not self.replicates:
+            raise ValueError("no run files given (expected inputs named like r0__dense__c0__metrics)")
+
+    @classmethod
+    def from_folders(cls, run_folders: Sequence[str | os.PathLike], methods: Sequence[str], cycles: int,
+                     formats: Sequence[str] = ()) -> RunFiles:
+        """The files of finished runs on disk (for tools outside the workflow)."""
+        return cls(report_files(run_folders, methods, cycles, formats))
+
+    def path(self, replicate: int, model: Model, kind: str) -> Path:
+        return self.files[file_key(replicate, model, kind)]
+
+    def oneshot_table(self, replicate: int) -> Path:
+        return self.files[oneshot_key(replicate)]
+
+    def exports(self) -> list[tuple[str, str, Path]]:
+        """(method, format, path) of every exported last cycle given."""
+        return [(*key.split("__")[1:], path) for key, path in self.files.items()
+                if key.startswith("export__")]

@@ -1,0 +1,127 @@
+"""The report's HTML page: the opening findings, provenance, and the Jinja2 template
+(`templates/report.html.j2`) that lays out findings, tables, figures and configuration in one
+self-contained file (figures embedded as base64, so it opens offline and can be mailed)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+import SimpleITK as sitk
+import yaml
+
+from varprune.compare import HEADROOM_WARNING
+from varprune.report.tables import human_comparison, human_summary, percent
+from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One sentence of the opening: `lead` in bold, then `text`; `strong` makes it all bold,
+    `item` indents it as a bullet."""
+
+    text: str
+    lead: str = ""
+    strong: bool = False
+    item: bool = False
+
+
+def provenance(config: dict, repo: Path | None) -> dict:
+    """Data source, versions and git commit, as this job sees them."""
+    import monai
+    import snakemake
+    import torch
+
+    commit = "unknown"
+    if repo is not None:
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or "unknown"
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            if dirty and commit != "unknown":
+                commit += " (with uncommitted changes)"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {
+        "data source": config["data"]["source"] + (" (generated phantoms in the IRCADb layout)"
+                                                    if config["data"]["source"] == "synthetic" else ""),
+        "git commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__, "monai": monai.__version__, "snakemake": snakemake.__version__,
+        "SimpleITK": sitk.Version_VersionString(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+
+def arch_phrase(model: dict) -> str:
+    """The segmenter in a few words, from the `model` config slice."""
+    if model.get("arch", "unetr") == "setr":
+        return (f"SETR-PUP (MONAI ViT, patch {model.get('patch')}, {model.get('num_layers')} layers, "
+                f"hidden {model.get('hidden')}, upsampling head {model.get('head_channels')} of "
+                f"{model.get('head_kernel')}x{model.get('head_kernel')} convolutions)")
+    return f"MONAI UNETR (hidden {model.get('hidden')})"
+
+
+def findings(table: pd.DataFrame, comparison: pd.DataFrame, room: PairedComparison | None) -> list[Finding]:
+    """The opening sentences: what the numbers support, and what they cannot."""
+    lines = []
+    if room is not None:
+        text = verdict("dense_long", "transformer_off", room, metric="dice", explain_power=False)
+        lines.append(Finding(f" (how much of the Dice the transformer carries): {text}",
+                             lead="Transformer headroom"))
+        if room.mean_diff < HEADROOM_WARNING:
+            lines.append(Finding(
+                f"Warning: the headroom is below {100 * HEADROOM_WARNING:.0f} Dice points. Without its "
+                "transformer the model segments almost as well, so this dataset cannot rank transformer "
+                "pruning methods: every allocation of widths, including none, looks lossless.", strong=True))
+    dice = comparison[comparison.metric == "dice"].dropna(subset=["mean_diff"])
+    if len(dice):
+        last = dice.budget.max()
+        lines.append(Finding(", paired over test cases:",
+                             lead=f"At the highest budget ({percent(last)} of the MACs removed)"))
+        at_last = dice[dice.budget == last]
+        for r in at_last.itertuples():
+            lines.append(Finding(verdict(r.method_a, r.method_b, comparison_from_row(r), explain_power=False,
+                                         p_adjusted=r.p_adjusted, family=len(at_last)), item=True))
+        note = power_note(int(at_last.n_cases.min()))
+        if note:
+            lines.append(Finding(note, strong=True))
+    long = table[table.method == "dense_long"]
+    dense = table[table.method == "dense"]
+    if len(long) and len(dense):
+        lines.append(Finding(
+            "Extra fine-tuning alone moves the dense model's test Dice from "
+            f"{dense.dice_mean.iloc[0]:.4f} to "
+            f"{long.dice_mean.iloc[0]:.4f} (dense_long): differences of pruned models from dense are read "
+            "against dense_long."))
+    return lines
+
+
+def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, config: dict,
+                run: str, exports: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
+                room: PairedComparison | None = None) -> str:
+    """A single self-contained page: what the numbers support first, then tables, figures, provenance."""
+    comparison = comparison if comparison is not None else pd.DataFrame(columns=["metric", "mean_diff"])
+    table_html = human_comparison(comparison, table).to_html(index=False, border=0) if len(comparison) else ""
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template("report.html.j2").render(
+        run=run,
+        arch=arch_phrase(config.get("model", {})),
+        findings=findings(table, comparison, room),
+        comparison=table_html,
+        summary=human_summary(table).to_html(index=False, border=0),
+        exports=exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}")
+        if exports is not None and len(exports) else "",
+        figures={name: base64.b64encode(path.read_bytes()).decode() for name, path in figures.items()},
+        provenance=prov,
+        config=yaml.safe_dump(config, sort_keys=False),
+    )

@@ -1,0 +1,100 @@
+"""The report's tables: the run files read into frames (sequences, training logs, file sizes)
+and the summary and comparison rewritten for people (summary.csv and comparison.csv keep the
+machine names)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from varprune.layout import Model, RunFiles
+from varprune.methods import CONTROLS, LABELS
+
+SEQUENCE_COLUMNS = ["method", "cycle", "layer", "block", "rate_planned", "rate_realised", "weight",
+                    "channels_after", "heads_after"]
+
+
+def read_sequences(files: RunFiles, methods: list[str], cycles: int) -> pd.DataFrame:
+    """Every cycle's sequence.csv of the first replicate, with a method column."""
+    frames = [pd.read_csv(files.path(0, Model(m, k), "sequence")).assign(method=m)
+              for m in methods for k in range(1, cycles + 1)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SEQUENCE_COLUMNS)
+
+
+def read_logs(files: RunFiles, methods: list[str], cycles: int) -> dict[str, pd.DataFrame]:
+    """Training logs of the first replicate with a running epoch axis: dense, then the controls
+    and each method's cycles."""
+    dense = pd.read_csv(files.path(0, Model("dense"), "train_log"))
+    dense["x"] = dense.epoch
+    logs = {"dense": dense}
+    for control in CONTROLS:
+        frame = pd.read_csv(files.path(0, Model(control), "train_log"))
+        frame["x"] = frame.epoch + int(dense.epoch.max())
+        logs[control] = frame
+    for method in methods:
+        offset = int(dense.epoch.max())
+        for k in range(1, cycles + 1):
+            frame = pd.read_csv(files.path(0, Model(method, k), "finetune_log"))
+            frame["x"] = frame.epoch + offset
+            offset += int(frame.epoch.max())
+            logs[f"{method}/cycle{k}"] = frame
+    return logs
+
+
+def export_sizes(files: RunFiles, cycles: int) -> pd.DataFrame:
+    """File sizes of the dense checkpoint and of the exported last cycles."""
+    dense = files.path(0, Model("dense"), "model")
+    rows = [{"model": "dense", "file": "model.pt", "MB": dense.stat().st_size / 1e6}]
+    rows += [{"model": f"{method}/cycle{cycles}", "file": f"model.{fmt}", "MB": path.stat().st_size / 1e6}
+             for method, fmt, path in files.exports()]
+    return pd.DataFrame(rows)
+
+
+def percent(v: float) -> str:
+    """A share as "12.3 %" (empty when missing)."""
+    return "" if pd.isna(v) else f"{100 * v:.1f} %"
+
+
+def human_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary for people: readable names and units (summary.csv keeps the machine names)."""
+    def fmt(v, spec):
+        return "" if pd.isna(v) else format(v, spec)
+
+    return pd.DataFrame({
+        "Model": table.method, "Cycle": table.cycle.map(lambda c: str(c) if c else ""),
+        "Target (MACs removed)": table.target.map(lambda t: percent(t) if t else ""),
+        "Params": table.params.map(lambda v: f"{v / 1e6:,.2f} M"),
+        "Params removed": table.params_reduction.map(percent),
+        "MACs": table.macs_full.map(lambda v: f"{v / 1e9:,.3f} G"),
+        "MACs removed": table.macs_full_reduction.map(percent),
+        "Transformer MACs removed": table.macs_transformer_reduction.map(percent),
+        "Latency (ms, batch 1)": table.latency_ms.map(lambda v: fmt(v, ".1f")),
+        "Latency reduction": table.latency_ms_reduction.map(percent),
+        "Test Dice (mean ± std)": [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(table.dice_mean, table.dice_std,
+                                                                         strict=True)],
+        "Δ Dice vs dense_long (points)": table.dice_vs_dense_long.map(lambda v: f"{100 * v:+.2f}"),
+        "HD95 (mm)": table.hd95_mm_mean.map(lambda v: fmt(v, ".2f")),
+        "Val Dice before → after fine-tuning": [
+            "" if pd.isna(b) else f"{b:.3f} → {a:.3f}"
+            for b, a in zip(table.val_dice_before_finetune, table.val_dice_after_finetune, strict=True)],
+    })
+
+
+def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """comparison.csv for people: budgets as shares of all MACs and of the transformer's MACs."""
+    transformer = table[table.cycle > 0].groupby("target").macs_transformer_reduction.mean()
+    rows = []
+    for r in comparison.itertuples():
+        scale, unit = (100, "points") if r.metric in ("dice", "voe", "rvd") else (1, "mm")
+        rows.append({
+            "Budget: MACs removed (all / transformer)":
+                f"{percent(r.budget)} / {percent(transformer.get(r.budget, math.nan))}",
+            "A − B": f"{r.method_a} − {r.method_b}", "Metric": LABELS.get(r.metric, r.metric),
+            "Mean difference": "" if pd.isna(r.mean_diff) else f"{scale * r.mean_diff:+.2f} {unit}",
+            "95 % CI": "" if pd.isna(r.ci_low) else f"[{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}]",
+            "p (paired permutation)": "" if pd.isna(r.p_value) else f"{r.p_value:.2g}",
+            "p adjusted (BH, per budget and metric)": "" if pd.isna(r.p_adjusted) else f"{r.p_adjusted:.2g}",
+            "Cases × replicates": f"{r.n_cases} × {r.n_replicates}",
+        })
+    return pd.DataFrame(rows)
