@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from varprune.compare import headroom, metrics_long, oneshot_long
+from varprune.layout import RunFiles
 from varprune.stats import verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,11 +101,12 @@ def main() -> int:
         return 2
     summary = pd.read_csv(results / "report" / "summary.csv")
     comparison = pd.read_csv(results / "report" / "comparison.csv")
-    oneshot = oneshot_long(replicates).groupby(["method", "target"], as_index=False)[
-        ["macs_reduction", "val_dice", "test_dice"]].mean()
     methods = config["pruning"]["methods"]
     targets = config["pruning"]["cycle_targets"]
-    room = headroom(metrics_long(replicates, methods, targets))
+    files = RunFiles.from_folders(replicates, methods, len(targets))
+    oneshot = oneshot_long(files).groupby(["method", "target"], as_index=False)[
+        ["macs_reduction", "val_dice", "test_dice"]].mean()
+    room = headroom(metrics_long(files, methods, targets))
 
     sample = "1 replicate" if room.n_replicates == 1 else f"{room.n_replicates} replicates"
     print(f"\n## Controls and last cycles (run {run}: {room.n_cases} test cases × {sample}; means)")
