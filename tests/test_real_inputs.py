@@ -27,7 +27,7 @@ from varprune.data.preprocess import (
     preprocess_arrays,
     preprocess_case,
 )
-from varprune.evaluate import evaluate_checkpoint
+from varprune.evaluate import dice, evaluate_checkpoint
 from varprune.model import read_checkpoint
 
 from . import probes
@@ -37,11 +37,6 @@ from .workflow_helpers import threads_for_tests
 
 def orientation_of(image: sitk.Image) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 # ---- orientation ----

@@ -19,12 +19,11 @@ Which counter counts what:
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import thop
 import torch
 from torch import nn
+from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from varprune.model import ModelSpec, count_parameters, transformer_parameters
@@ -48,17 +47,15 @@ def macs_full(module: nn.Module, x: torch.Tensor) -> int:
 
 
 def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
-    """Median and inter-quartile range of `fn()` in milliseconds."""
+    """Median and inter-quartile range of `fn()` in milliseconds, by torch.utils.benchmark's
+    Timer at the current thread count: one call per sample, because a deployment sees the
+    latency of one call, not the mean of a block of them."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1000.0)
-    q = statistics.quantiles(samples, n=4)
-    return statistics.median(samples), q[2] - q[0]
+        timer.timeit(warmup)
+        samples = [timer.timeit(1) for _ in range(runs)]
+    measurement = benchmark.Measurement.merge(samples)[0]
+    return measurement.median * 1000.0, measurement.iqr * 1000.0
 
 
 def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int = 20,

@@ -41,14 +41,22 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["case", "dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
 
 
+def _as_batch(mask: np.ndarray) -> torch.Tensor:
+    """A binary volume as MONAI's metrics take it: (batch 1, channel 1, *spatial), float."""
+    return torch.as_tensor(np.asarray(mask, dtype=bool))[None, None].float()
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary volumes by MONAI's `compute_dice` (1.0 when both are empty)."""
+    return float(compute_dice(_as_batch(pred), _as_batch(truth), include_background=True, ignore_empty=False))
+
+
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> dict:
     """The metrics of one binary prediction against its truth; `spacing` in array axis order (mm)."""
-    p = torch.as_tensor(np.asarray(pred, dtype=bool))[None, None].float()
-    t = torch.as_tensor(np.asarray(truth, dtype=bool))[None, None].float()
+    p, t = _as_batch(pred), _as_batch(truth)
     if t.sum() == 0:
         raise ValueError("the ground truth is empty: the metrics are undefined")
     spacing = [float(s) for s in spacing]
-    dice = float(compute_dice(p, t, include_background=True, ignore_empty=False))
     iou = float(compute_iou(p, t, include_background=True, ignore_empty=False))
     if p.sum() == 0:
         assd = msd = hd95 = math.nan
@@ -59,7 +67,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[flo
         hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
                                                 spacing=spacing))
     return {
-        "dice": dice,
+        "dice": dice(pred, truth),
         "voe": 1.0 - iou,
         "rvd": float((p.sum() - t.sum()) / t.sum()),
         "assd_mm": assd,

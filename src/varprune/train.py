@@ -99,7 +99,11 @@ class TrainResult:
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
+    """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` at `total`.
+
+    Not MONAI's WarmupCosineSchedule: that one spends its first step at learning rate 0 and
+    clamps the cosine at an absolute floor instead of scaling it down to `min_ratio`, so every
+    trained model and result would change; this closed form is restored exactly on resume."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from varprune.evaluate import dice
+
 HU_EDGES = np.arange(-200, 401, 5)  # candidate window bounds
 
 
@@ -24,12 +26,6 @@ class Case:
     name: str
     hu: np.ndarray
     liver: np.ndarray
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean volumes (1.0 when both are empty)."""
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def window_dice_table(case: Case) -> np.ndarray:

@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -28,6 +29,7 @@ from varprune.inference import pick_device
 from varprune.model import ModelSpec, load_model
 from varprune.pruning.budget import BudgetError, reachable_per_cycle
 from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
+from varprune.pruning.groups import Scores
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import remove_transformer_blocks
 from varprune.train import SplitFiles, load_split, validation_dice
@@ -46,6 +48,47 @@ def oneshot_targets(cfg: dict, highest: float) -> list[float]:
     if top <= start:
         return [top]
     return [round(float(t), 3) for t in np.linspace(start, top, int(cfg.get("points", 10)))]
+
+
+Scorer = Callable[[torch.nn.Module, ModelSpec, str], float]  # (model, spec, split) -> mean Dice
+
+
+def reference_rows(model: torch.nn.Module, spec: ModelSpec, dense_macs: int, dice: Scorer) -> list[dict]:
+    """The dense model's row and transformer_off's (every MSA and FFN removed, no fine-tuning)."""
+    rows = [{"method": "dense", "target": 0.0, "macs_reduction": 0.0,
+             "val_dice": round(dice(model, spec, "val"), 6),
+             "test_dice": round(dice(model, spec, "test"), 6)}]
+    model.cpu()
+    off = copy.deepcopy(model)
+    off_spec = remove_transformer_blocks(off, spec)
+    off_reduction = 1 - macs_full(off, torch.zeros(spec.input_shape(1))) / dense_macs
+    rows.append({"method": "transformer_off", "target": round(off_reduction, 6),
+                 "macs_reduction": round(off_reduction, 6),
+                 "val_dice": round(dice(off, off_spec, "val"), 6),
+                 "test_dice": round(dice(off, off_spec, "test"), 6)})
+    log.info("one-shot transformer_off: MACs -%.1f %%, val Dice %.4f, test Dice %.4f",
+             100 * off_reduction, rows[-1]["val_dice"], rows[-1]["test_dice"])
+    return rows
+
+
+def pruned_row(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings, seed: int,
+               scores: Scores, dice: Scorer) -> dict:
+    """One point of a method's curve: a copy of the dense model pruned to `settings.target` in one
+    step and scored without fine-tuning (empty when the floors make the target unreachable)."""
+    target = settings.target
+    pruned = copy.deepcopy(model)
+    try:
+        new_spec, summary = prune_model(pruned, spec, method, settings, [], seed=seed, scores=scores)
+    except BudgetError as err:
+        log.warning("one-shot %s at %.3f: %s", method, target, err)
+        return {"method": method, "target": target, "macs_reduction": "", "val_dice": "", "test_dice": ""}
+    row = {"method": method, "target": target,
+           "macs_reduction": round(summary["reduction_vs_dense"], 6),
+           "val_dice": round(dice(pruned, new_spec, "val"), 6),
+           "test_dice": round(dice(pruned, new_spec, "test"), 6)}
+    log.info("one-shot %-8s target %.3f: MACs -%.1f %%, val Dice %.4f, test Dice %.4f", method,
+             target, 100 * row["macs_reduction"], row["val_dice"], row["test_dice"])
+    return row
 
 
 def run_oneshot(dense_model: str | os.PathLike,
@@ -75,37 +118,9 @@ def run_oneshot(dense_model: str | os.PathLike,
     def dice(m: torch.nn.Module, s: ModelSpec, split: str) -> float:
         return validation_dice(m.to(run_device), s, data[split], run_device, 16)
 
-    rows = [{"method": "dense", "target": 0.0, "macs_reduction": 0.0,
-             "val_dice": round(dice(model, spec, "val"), 6),
-             "test_dice": round(dice(model, spec, "test"), 6)}]
-    model.cpu()
-    off = copy.deepcopy(model)
-    off_spec = remove_transformer_blocks(off, spec)
-    off_reduction = 1 - macs_full(off, torch.zeros(spec.input_shape(1))) / dense
-    rows.append({"method": "transformer_off", "target": round(off_reduction, 6),
-                 "macs_reduction": round(off_reduction, 6),
-                 "val_dice": round(dice(off, off_spec, "val"), 6),
-                 "test_dice": round(dice(off, off_spec, "test"), 6)})
-    log.info("one-shot transformer_off: MACs -%.1f %%, val Dice %.4f, test Dice %.4f",
-             100 * off_reduction, rows[-1]["val_dice"], rows[-1]["test_dice"])
-    del off
+    rows = reference_rows(model, spec, dense, dice)
     for method in methods:
         for target in targets:
-            pruned = copy.deepcopy(model)
-            try:
-                new_spec, summary = prune_model(pruned, spec, method, replace(settings, target=target), [],
-                                                seed=seed, scores=scores)
-            except BudgetError as err:
-                log.warning("one-shot %s at %.3f: %s", method, target, err)
-                rows.append({"method": method, "target": target, "macs_reduction": "", "val_dice": "",
-                             "test_dice": ""})
-                continue
-            row = {"method": method, "target": target,
-                   "macs_reduction": round(summary["reduction_vs_dense"], 6),
-                   "val_dice": round(dice(pruned, new_spec, "val"), 6),
-                   "test_dice": round(dice(pruned, new_spec, "test"), 6)}
-            log.info("one-shot %-8s target %.3f: MACs -%.1f %%, val Dice %.4f, test Dice %.4f", method,
-                     target, 100 * row["macs_reduction"], row["val_dice"], row["test_dice"])
-            rows.append(row)
+            rows.append(pruned_row(model, spec, method, replace(settings, target=target), seed, scores, dice))
     write_csv(out_csv, ONESHOT_COLUMNS, rows)
     return rows
