@@ -3,13 +3,14 @@ Logic lives in varprune.controls."""
 
 from varprune.controls import train_control
 from varprune.runlog import to_log_file
+from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     train_control(
         kind=snakemake.rule,
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
-        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
+        preprocessed=split_files(snakemake.input),
         finetune=snakemake.params.finetune,
         rounds=snakemake.params.rounds,
         out_model=snakemake.output.model,

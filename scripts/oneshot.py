@@ -2,11 +2,12 @@
 
 from varprune.pruning.oneshot import run_oneshot
 from varprune.runlog import to_log_file
+from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     run_oneshot(
         dense_model=snakemake.input.model,
-        preprocessed={split: getattr(snakemake.input, split) for split in ("train", "val", "test")},
+        preprocessed=split_files(snakemake.input),
         methods=snakemake.params.methods,
         pruning=snakemake.params.pruning,
         oneshot=snakemake.params.oneshot,

@@ -2,12 +2,13 @@
 
 from varprune.pruning.cycle import run_cycle
 from varprune.runlog import to_log_file
+from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     run_cycle(
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
-        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
+        preprocessed=split_files(snakemake.input),
         method=snakemake.wildcards.method,
         cycle=int(snakemake.wildcards.k),
         pruning=snakemake.params.pruning,

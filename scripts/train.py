@@ -1,12 +1,12 @@
 """Snakemake script: train the dense segmenter. Logic: varprune.train."""
 
 from varprune.runlog import to_log_file
-from varprune.train import train_dense
+from varprune.train import split_files, train_dense
 
 with to_log_file(snakemake.log[0]):
     train_dense(
         splits_json=snakemake.input.splits,
-        preprocessed={"train": snakemake.input.train, "val": snakemake.input.val},
+        preprocessed=split_files(snakemake.input),
         model_cfg=snakemake.params.model,
         train_cfg=snakemake.params.train,
         preprocess_cfg=snakemake.params.preprocess,

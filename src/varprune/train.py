@@ -372,6 +372,11 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
 SplitFiles = Mapping[str, Sequence[str | os.PathLike]]
 
 
+def split_files(inputs) -> dict[str, list[str]]:
+    """The SplitFiles among a rule's named inputs (`train`, `val`, `test`: whichever it declares)."""
+    return {name: list(inputs[name]) for name in ("train", "val", "test") if name in inputs.keys()}
+
+
 def load_split(preprocessed: SplitFiles) -> dict[str, list[Volume]]:
     """The volumes of each split from the files given for it: {"train": [.../{case}.npz, ...], ...}."""
     from varprune.data.datasets import case_paths, load_volumes
