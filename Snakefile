@@ -18,7 +18,15 @@ include: "rules/prune.smk"
 include: "rules/controls.smk"
 include: "rules/evaluate.smk"
 include: "rules/export.smk"
-include: "rules/report.smk"
+
+
+if GUARDED:
+
+    include: "rules/guard.smk"
+
+else:
+
+    include: "rules/report.smk"
 
 
 rule all:

@@ -24,7 +24,12 @@ def config_error(key, problem):
 
 
 from varprune.codeversion import code_fingerprint
-from varprune.layout import ONESHOT_TABLE, report_files, run_models
+from varprune.layout import (
+    ONESHOT_TABLE,
+    guarded_report_files,
+    report_files,
+    run_models,
+)
 from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
 
 
@@ -77,10 +82,30 @@ def check_config(cfg):
 
 
 def check_pruning(cfg):
-    """Targets increasing and reachable: the solvers' own budget arithmetic (no torch)."""
-    from varprune.pruning.budget import SequenceSettings, check_cycle_targets
+    """Targets increasing and reachable: the solvers' own budget arithmetic (no torch); on
+    the guarded schedule, a search that can start."""
+    from varprune.pruning.budget import (
+        SequenceSettings,
+        check_cycle_targets,
+        reachable_per_cycle,
+    )
+    from varprune.pruning.guard import GuardSettings
 
     pruning = cfg["pruning"]
+    if pruning["schedule"] == "guarded":
+        guard = GuardSettings.from_config(pruning["guard"])
+        try:
+            guard.check()
+        except ValueError as err:
+            config_error("pruning.guard", err)
+        reach = reachable_per_cycle(
+            dense_spec(cfg), 1, SequenceSettings.from_config(pruning)
+        )[0]
+        if guard.start > reach:
+            config_error(
+                "pruning.guard.start",
+                f"{guard.start} is more than one cycle can remove ({reach:.4f})",
+            )
     try:
         check_cycle_targets(
             dense_spec(cfg),
@@ -137,7 +162,15 @@ wildcard_constraints:
     k=r"[1-9]\d*",
     case=r"ircad\d{2}",
     run=r"[A-Za-z0-9_.-]+(/seed\d+)?",
-    model="|".join(["dense", *CONTROLS, r"[a-z]+/cycle\d+"]),
+    model="|".join(
+        [
+            "dense",
+            *CONTROLS,
+            r"[a-z]+/cycle\d+",
+            r"[a-z]+/selected",
+            r"dense_long/round\d+",
+        ]
+    ),
     fmt=r"onnx|torchscript",
 
 
@@ -211,28 +244,152 @@ METHODS = config["pruning"]["methods"]
 TARGETS = config["pruning"]["cycle_targets"]
 
 
+# Guarded schedule (pruning.schedule: guarded): a method's cycles follow the `guard` checkpoint's
+# decisions (varprune.pruning.guard) instead of pruning.cycle_targets.
+GUARDED = config["pruning"]["schedule"] == "guarded"
+# Keys of the pruning slice that choose cycles rather than shape one: not passed to a cycle.
+SCHEDULE_KEYS = ("methods", "cycle_targets", "schedule", "guard")
+
+
+def model_path(run, method, cycle):
+    """The checkpoint of a method's cycle (0: the dense model)."""
+    folder = "dense" if cycle == 0 else f"{method}/cycle{cycle}"
+    return f"results/{run}/{folder}/model.pt"
+
+
+def decision_path(run, method, k):
+    return f"results/{run}/{method}/guard/cycle{k}.json"
+
+
+def guard_decisions(run, method, until=None):
+    """The guard's decisions for cycles 1, 2, ... (up to `until` - 1, else to the one that ended
+    the search), read through the checkpoint: what is missing, Snakemake schedules first.
+    """
+    from varprune.pruning.guard import Decision
+
+    chain, k = [], 1
+    while until is None or k < until:
+        done = checkpoints.guard.get(run=run, method=method, k=k).output[0]
+        chain.append(Decision.read(done))
+        if chain[-1].stopped_because is not None:
+            if until is not None:
+                raise ValueError(
+                    f"{done}: the search of {method} ended at cycle {k}; "
+                    f"cycle {until} is not part of it"
+                )
+            break
+        k += 1
+    return chain
+
+
+def guarded_plan(wildcards):
+    """(target, parent, depth) of guarded cycle k of a method."""
+    from varprune.pruning.guard import GuardSettings, plan
+
+    chain = guard_decisions(wildcards.run, wildcards.method, until=int(wildcards.k))
+    return plan(chain, GuardSettings.from_config(config["pruning"]["guard"]))
+
+
 def previous_model(wildcards):
-    """Input function: cycle k starts from cycle k-1 of the same method, cycle 1 from dense."""
+    """Input function: cycle k starts from cycle k-1 of the same method, cycle 1 from dense;
+    guarded, from the cycle the guard's last decision names. The decisions are read through the
+    checkpoint but not declared as inputs: a decision rewritten with the same plan (say after
+    raising max_cycles) must not redo the cycles; a changed plan changes the parent or the
+    target (a param), which does."""
     k = int(wildcards.k)
+    if GUARDED:
+        return model_path(wildcards.run, wildcards.method, guarded_plan(wildcards)[1])
     if k == 1:
         return f"results/{wildcards.run}/dense/model.pt"
     return f"results/{wildcards.run}/{wildcards.method}/cycle{k - 1}/model.pt"
+
+
+def earlier_decisions(wildcards):
+    """Input function of `guard`: the decisions before cycle k."""
+    run, method = wildcards.run, wildcards.method
+    return [decision_path(run, method, j) for j in range(1, int(wildcards.k))]
+
+
+def guard_reference(wildcards):
+    """Input function: the model cycle k is judged against: dense_long fine-tuned as often as
+    the cycle's lineage (round = its depth), or dense (pruning.guard.reference)."""
+    if config["pruning"]["guard"]["reference"] == "dense":
+        return f"results/{wildcards.run}/dense/model.pt"
+    return (
+        f"results/{wildcards.run}/dense_long/round{guarded_plan(wildcards)[2]}/model.pt"
+    )
+
+
+def guard_fallback(wildcards):
+    """Input function: where the search goes back to if cycle k fails (the last cycle within
+    tolerance before it, or dense)."""
+    chain = guard_decisions(wildcards.run, wildcards.method, until=int(wildcards.k))
+    return model_path(
+        wildcards.run, wildcards.method, chain[-1].selected if chain else 0
+    )
+
+
+def reference_parent(wildcards):
+    """Input function: reference round k starts from round k-1, round 1 from dense."""
+    k = int(wildcards.k)
+    if k == 1:
+        return f"results/{wildcards.run}/dense/model.pt"
+    return f"results/{wildcards.run}/dense_long/round{k - 1}/model.pt"
+
+
+def selection_inputs(wildcards):
+    """Input function of `select`: every decision of the search and the selected checkpoint."""
+    chain = guard_decisions(wildcards.run, wildcards.method)
+    run, method = wildcards.run, wildcards.method
+    return {
+        "decisions": [decision_path(run, method, d.cycle) for d in chain],
+        "model": model_path(run, method, chain[-1].selected),
+    }
+
+
+def selected_reference(run, method):
+    """The folder of the reference matched to a method's selected cycle (dense when none passed)."""
+    chain = guard_decisions(run, method)
+    depth = next((d.depth for d in chain if d.cycle == chain[-1].selected), 0)
+    if config["pruning"]["guard"]["reference"] == "dense" or depth == 0:
+        return len(chain), "dense"
+    return len(chain), f"dense_long/round{depth}"
+
+
+def guarded_report_inputs(wildcards):
+    """Every file the guarded report reads (varprune.layout.guarded_report_files names them)."""
+    runs = replicate_runs(wildcards.run)
+    searches = {
+        (index, method): selected_reference(run, method)
+        for index, run in enumerate(runs)
+        for method in METHODS
+    }
+    return guarded_report_files(
+        [f"results/{run}" for run in runs],
+        METHODS,
+        searches,
+        config["export"]["formats"],
+    )
 
 
 def cycle_pruning(wildcards):
     """Params function: the pruning slice a cycle needs, with only its own target and its
     predecessor's, so appending a target leaves earlier cycles untouched."""
     k = int(wildcards.k)
+    slice_ = seeded("pruning")(wildcards)
+    slice_ = {key: value for key, value in slice_.items() if key not in SCHEDULE_KEYS}
+    if GUARDED:
+        target, parent, _ = guarded_plan(wildcards)
+        chain = guard_decisions(wildcards.run, wildcards.method, until=k)
+        slice_["target"] = target
+        slice_["previous_target"] = next(
+            (d.target for d in chain if d.cycle == parent), 0.0
+        )
+        return canonical(slice_)
     if k > len(TARGETS):
         raise ValueError(
             f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets"
         )
-    slice_ = seeded("pruning")(wildcards)
-    slice_ = {
-        key: value
-        for key, value in slice_.items()
-        if key not in ("methods", "cycle_targets")
-    }
     slice_["target"] = TARGETS[k - 1]
     slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
     return canonical(slice_)
@@ -243,9 +400,7 @@ def oneshot_pruning(wildcards):
     targets (and the method list, passed on its own), so appending a cycle does not redo them.
     """
     slice_ = seeded("pruning")(wildcards)
-    return canonical(
-        {k: v for k, v in slice_.items() if k not in ("methods", "cycle_targets")}
-    )
+    return canonical({k: v for k, v in slice_.items() if k not in SCHEDULE_KEYS})
 
 
 def gpus(section):
@@ -273,6 +428,18 @@ def report_inputs(wildcards):
 def final_outputs():
     """What `rule all` builds (every model of every replicate, and the run's report)."""
     outputs = ["data/splits.json"]
+    if GUARDED:
+        for run in replicate_runs(config["run"]):
+            outputs += [
+                f"results/{run}/dense/{name}"
+                for name in ("model.pt", "metrics.csv", "cost.json")
+            ]
+            outputs += [
+                f"results/{run}/{method}/selected/{name}"
+                for method in METHODS
+                for name in ("model.pt", "selected.json", "metrics.csv", "cost.json")
+            ]
+        return outputs + [f"results/{config['run']}/report/report.html"]
     for run in replicate_runs(config["run"]):
         folder = f"results/{run}"
         outputs += [

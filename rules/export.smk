@@ -1,13 +1,14 @@
-"""Deployment files: the last cycle of every method exported (ONNX and/or TorchScript)."""
+"""Deployment files: the last (or, guarded, the selected) cycle of every method exported (ONNX
+and/or TorchScript)."""
 
 
 rule export:
     input:
-        model="results/{run}/{method}/cycle{k}/model.pt",
+        model="results/{run}/{model}/model.pt",
     output:
-        "results/{run}/{method}/cycle{k}/model.{fmt}",
+        "results/{run}/{model}/model.{fmt}",
     log:
-        "logs/{run}/{method}/cycle{k}/export_{fmt}.log",
+        "logs/{run}/{model}/export_{fmt}.log",
     conda:
         "../envs/varprune.yaml"
     resources:

@@ -7,7 +7,7 @@ from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     train_control(
-        kind=snakemake.rule,
+        kind=getattr(snakemake.params, "kind", snakemake.rule),
         parent=snakemake.input.model,
         splits_json=snakemake.input.splits,
         preprocessed=split_files(snakemake.input),

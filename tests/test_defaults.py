@@ -12,6 +12,7 @@ from varprune.data.datasets import AugmentSpec
 from varprune.data.preprocess import PreprocessSpec
 from varprune.data.synthetic import SyntheticSpec
 from varprune.pruning.cycle import CycleSettings
+from varprune.pruning.guard import GuardSettings
 from varprune.pruning.sequence import SequenceSettings
 from varprune.report.settings import ReportSettings
 from varprune.train import TrainSettings
@@ -31,10 +32,12 @@ def _plain(value):
     (AugmentSpec(), CONFIG["train"]["augment"]),
     (SequenceSettings(), CONFIG["pruning"]),
     (CycleSettings(target=0.5), CONFIG["pruning"]),
+    (GuardSettings(), CONFIG["pruning"]["guard"]),
     (ReportSettings(), CONFIG["report"]),
     (SyntheticSpec(), CONFIG["synthetic"]),
     (PreprocessSpec(), CONFIG["preprocess"]),
-], ids=["train", "augment", "pruning-sequence", "pruning-cycle", "report", "synthetic", "preprocess"])
+], ids=["train", "augment", "pruning-sequence", "pruning-cycle", "pruning-guard", "report", "synthetic",
+        "preprocess"])
 def test_dataclass_defaults_are_the_config_defaults(instance, section):
     compared = 0
     for field in dataclasses.fields(instance):

@@ -73,6 +73,10 @@ def test_editing_the_cohort_reruns_everything_but_the_split(done_run, tmp_path):
         ({"data.archive": "3Dircadb1.zip"}, "3Dircadb1.zip is set but data.source is synthetic"),
         ({"data.source": "ircadb", "data.archive": "/no/such/3Dircadb1.zip"},
          "data.archive: /no/such/3Dircadb1.zip: no such file"),
+        ({"pruning.schedule": "guarded", "pruning.guard": {"step": 0.02, "min_step": 0.05}},
+         "pruning.guard: pruning.guard.min_step"),
+        ({"pruning.schedule": "guarded", "pruning.guard": {"start": 0.99}},
+         "pruning.guard.start: 0.99 is more"),
     ],
 )
 def test_a_wrong_config_value_stops_before_any_job_naming_the_key(tmp_path, change, key):

@@ -146,3 +146,41 @@ class RunFiles:
         """(method, format, path) of every exported last cycle given."""
         return [(*key.split("__")[1:], path) for key, path in self.files.items()
                 if key.startswith("export__")]
+
+
+# --- the guarded schedule's report ----------------------------------------------------------
+
+SELECTED = "selected"  # {method}/selected/: model.pt, selected.json, metrics.csv, cost.json
+
+
+def guarded_key(replicate: int, method: str, kind: str) -> str:
+    """Input name of a guarded method's file: record (selected.json), metrics, cost, decisions
+    (every cycle's guard decision, a list), reference_metrics (the matched reference's test metrics)."""
+    return f"g{replicate}__{method}__{kind}"
+
+
+def guarded_report_files(run_folders: Sequence[str | os.PathLike], methods: Sequence[str],
+                         searches: Mapping[tuple[int, str], tuple[int, str]],
+                         formats: Sequence[str]) -> dict[str, str | list[str]]:
+    """Input name -> path(s) of what the guarded report reads. `searches[(replicate, method)]`:
+    (cycles the search tried, the folder of the reference matched to the selected cycle, e.g.
+    "dense_long/round3" or "dense")."""
+    files: dict[str, str | list[str]] = {}
+    for index, folder in enumerate(run_folders):
+        dense = Model("dense")
+        files[file_key(index, dense, "metrics")] = str(dense.path(folder, "metrics"))
+        files[file_key(index, dense, "cost")] = str(dense.path(folder, "cost"))
+        for method in methods:
+            tried, reference = searches[(index, method)]
+            selected = Path(folder) / method / SELECTED
+            files[guarded_key(index, method, "record")] = str(selected / "selected.json")
+            files[guarded_key(index, method, "metrics")] = str(selected / FILE_NAMES["metrics"])
+            files[guarded_key(index, method, "cost")] = str(selected / FILE_NAMES["cost"])
+            files[guarded_key(index, method, "reference_metrics")] = str(Path(folder) / reference
+                                                                         / FILE_NAMES["metrics"])
+            files[guarded_key(index, method, "decisions")] = [
+                str(Path(folder) / method / "guard" / f"cycle{k}.json") for k in range(1, tried + 1)]
+    for method in methods:
+        for fmt in formats:
+            files[export_key(method, fmt)] = str(Path(run_folders[0]) / method / SELECTED / f"model.{fmt}")
+    return files

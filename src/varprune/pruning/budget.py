@@ -104,6 +104,13 @@ def reachable_per_cycle(spec: ModelSpec, cycles: int, settings: SequenceSettings
     return reach
 
 
+def reachable_from(spec: ModelSpec, dense: ModelSpec, settings: SequenceSettings) -> float:
+    """The largest share of `dense`'s MACs removed after one more cycle from `spec` (every layer
+    at `rate_max` of its current width, within the minimum widths)."""
+    full = np.full(len(spec.layers), settings.rate_max)
+    return 1 - spec_macs(widths_after(spec, counts_for_rates(spec, full, full, settings))) / spec_macs(dense)
+
+
 def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: SequenceSettings) -> None:
     """Refuse targets that are not increasing or that no cycle could reach (ValueError naming it)."""
     if any(b <= a for a, b in zip(targets, targets[1:], strict=False)):

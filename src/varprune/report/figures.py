@@ -21,7 +21,8 @@ from varprune.report.settings import ReportSettings  # noqa: E402
 FIGURES = ("tradeoff", "oneshot", "sequence", "widths", "curves", "cases")
 
 
-def _save(fig, path: Path, dpi: int) -> None:
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Write a figure as PNG atomically and free it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -52,7 +53,7 @@ def plot_tradeoff(table: pd.DataFrame, settings: ReportSettings, path: Path) -> 
     ax.set_title("Accuracy against compression")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)
 
 
 def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
@@ -81,7 +82,7 @@ def plot_oneshot(oneshot: pd.DataFrame, table: pd.DataFrame, settings: ReportSet
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean 3D Dice (model grid)")
     fig.tight_layout()
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)
 
 
 def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
@@ -95,7 +96,7 @@ def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path)
         for ax in axes.flat:
             ax.text(0.5, 0.5, "no cycles of a method with a rate sequence in this run", ha="center")
             ax.axis("off")
-        _save(fig, path, settings.dpi)
+        save_figure(fig, path, settings.dpi)
         return
     cycles = sorted(data.cycle.unique())
     for col, block in enumerate(("msa", "ffn")):
@@ -122,7 +123,7 @@ def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)
 
 
 def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
@@ -150,7 +151,7 @@ def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -
         ax.set_xticks(range(1, 13))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)
 
 
 def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: Path) -> None:
@@ -172,7 +173,7 @@ def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: P
     axes[0].set_title("Training and fine-tuning loss")
     axes[1].set_title("Validation Dice")
     fig.tight_layout()
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)
 
 
 @dataclass(frozen=True)
@@ -214,4 +215,4 @@ def plot_cases(cases: list[CaseImages], preds: dict[str, Predictions], window: t
             ax.axis("off")
     fig.suptitle("Ground truth (green) and prediction (red)", fontsize=11)
     fig.tight_layout()
-    _save(fig, path, settings.dpi)
+    save_figure(fig, path, settings.dpi)

@@ -111,9 +111,8 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
     """A single self-contained page: what the numbers support first, then tables, figures, provenance."""
     comparison = comparison if comparison is not None else pd.DataFrame(columns=["metric", "mean_diff"])
     table_html = human_comparison(comparison, table).to_html(index=False, border=0) if len(comparison) else ""
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return environment.get_template("report.html.j2").render(
+    return render(
+        "report.html.j2",
         run=run,
         arch=arch_phrase(config.get("model", {})),
         findings=findings(table, comparison, room),
@@ -121,7 +120,21 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         summary=human_summary(table).to_html(index=False, border=0),
         exports=exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}")
         if exports is not None and len(exports) else "",
-        figures={name: base64.b64encode(path.read_bytes()).decode() for name, path in figures.items()},
+        figures={name: embed(path) for name, path in figures.items()},
         provenance=prov,
-        config=yaml.safe_dump(config, sort_keys=False),
+        config=config,
     )
+
+
+def embed(path: Path) -> str:
+    """A PNG as base64, for an <img> that needs no file next to the page."""
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def render(template: str, **context) -> str:
+    """Fill a template of `templates/` (autoescaped; `config` is shown as YAML)."""
+    if "config" in context:
+        context["config"] = yaml.safe_dump(context["config"], sort_keys=False)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template(template).render(**context)

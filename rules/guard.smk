@@ -1,0 +1,106 @@
+"""Tolerance-guarded cycles (pruning.schedule: guarded; varprune.pruning.guard): after each cycle
+of a method the `guard` checkpoint judges its validation Dice against the reference fine-tuned
+as often and plans the next cycle or ends the search; `select` hands over the last cycle within
+tolerance; the guarded report reads the selected models only."""
+
+
+rule reference_round:
+    input:
+        model=reference_parent,
+        splits="data/splits.json",
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+    output:
+        model="results/{run}/dense_long/round{k}/model.pt",
+        log="results/{run}/dense_long/round{k}/train_log.csv",
+    log:
+        "logs/{run}/dense_long/round{k}/train.log",
+    benchmark:
+        "logs/{run}/dense_long/round{k}/train.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=gpus("finetune"),
+        runtime=60,
+    params:
+        kind="dense_long",
+        finetune=seeded("finetune"),
+        # Round k: round k-1 fine-tuned once more, exactly as a pruning cycle is.
+        rounds=1,
+        state_dir=state_dir("dense_long/round{k}"),
+        code=code_version("control.py"),
+    script:
+        "../scripts/control.py"
+
+
+checkpoint guard:
+    input:
+        oneshot="results/{run}/{method}/cycle{k}/oneshot.json",
+        cycle="results/{run}/{method}/cycle{k}/model.pt",
+        reference=guard_reference,
+        previous=earlier_decisions,
+        fallback=guard_fallback,
+        dense="results/{run}/dense/model.pt",
+    output:
+        "results/{run}/{method}/guard/cycle{k}.json",
+    log:
+        "logs/{run}/{method}/guard/cycle{k}.log",
+    conda:
+        "../envs/varprune.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        guard=cfg("pruning.guard"),
+        pruning=oneshot_pruning,
+        code=code_version("guard.py"),
+    script:
+        "../scripts/guard.py"
+
+
+rule select:
+    input:
+        unpack(selection_inputs),
+        dense="results/{run}/dense/model.pt",
+    output:
+        model="results/{run}/{method}/selected/model.pt",
+        record="results/{run}/{method}/selected/selected.json",
+    log:
+        "logs/{run}/{method}/select.log",
+    conda:
+        "../envs/varprune.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        code=code_version("select.py"),
+    script:
+        "../scripts/select.py"
+
+
+rule report_guarded:
+    input:
+        unpack(guarded_report_inputs),
+    output:
+        table="results/{run}/report/guarded.csv",
+        html="results/{run}/report/report.html",
+        search=report(
+            "results/{run}/report/figures/guarded.png",
+            caption="../report/guarded.rst",
+            category="Compression",
+        ),
+    log:
+        "logs/{run}/report.log",
+    conda:
+        "../envs/varprune.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    params:
+        report=cfg("report"),
+        config=canonical(config),
+        code=code_version("report_guarded.py"),
+    script:
+        "../scripts/report_guarded.py"
