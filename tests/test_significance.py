@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss
@@ -81,3 +82,28 @@ def test_l1_and_l2_are_magnitudes_of_the_group():
 def test_unknown_criterion_is_refused():
     with pytest.raises(ValueError, match="unknown significance criterion 'fisher'"):
         make_criterion("fisher")
+
+
+def test_calibration_batches_are_slabs_of_the_model_depth_in_3d():
+    from varprune.data.datasets import Volume
+    from varprune.pruning.cycle import calibration_batches
+
+    rng = np.random.default_rng(0)
+    volumes = [Volume(f"c{i}", rng.random((n, 8, 8), dtype=np.float32), (rng.random((n, 8, 8)) > 0.5), {})
+               for i, n in enumerate((10, 3))]  # the second is shorter than a slab: zero-padded
+    batches = calibration_batches(volumes, batches=3, batch_size=2, seed=1, spatial_dims=3, depth=4)
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 1, 4, 8, 8)] * 3
+    images = torch.cat([x for x, _ in batches])
+    starts = {(i, s) for i in range(2) for s in range(max(1, volumes[i].image.shape[0] - 3))}
+    expected = []
+    for i, s in starts:
+        slab = np.zeros((4, 8, 8), np.float32)
+        part = volumes[i].image[s:s + 4]
+        slab[: len(part)] = part
+        expected.append(slab)
+    for image in images:  # every drawn slab is a real window of a volume
+        assert any(np.array_equal(image[0].numpy(), e) for e in expected)
+    again = calibration_batches(volumes, batches=3, batch_size=2, seed=1, spatial_dims=3, depth=4)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    flat = calibration_batches(volumes, batches=2, batch_size=3, seed=1)  # 2D: single slices
+    assert [tuple(x.shape) for x, _ in flat] == [(3, 1, 8, 8)] * 2

@@ -106,3 +106,21 @@ def test_the_test_set_is_not_needed_before_selection(done_run, tmp_path):
     for case in test_cases:
         assert not (workdir / "data" / "preprocessed" / f"{case}.npz").exists()
         assert not (workdir / "data" / "nifti" / case).exists()
+
+
+def test_a_3d_model_goes_through_the_same_path(done_run, tmp_path):
+    """UNETR with spatial_dims 3 (slabs of model.depth slices, sliding-window evaluation):
+    dense training, guarded cycles, selection, evaluation, cost, export and the report."""
+    workdir = tmp_path / "work"
+    shutil.copytree(done_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    guard = {"start": 0.04, "step": 0.02, "min_step": 0.02, "max_cycles": 2, "tolerance": 0.3}
+    config = edited_config(tmp_path, **{"model.spatial_dims": 3, "model.depth": 8,
+                                        "pruning.schedule": "guarded", "pruning.methods": ["variable"],
+                                        "pruning.guard": guard})
+    snakemake(workdir, config=config)
+    selected = workdir / "results" / "tiny" / "variable" / "selected"
+    record = json.loads((selected / "selected.json").read_text())
+    assert record["cycle"] == 2 and 0.05 < record["macs_reduction"] < 0.07
+    assert json.loads((selected / "cost.json").read_text())["input_shape"] == [1, 1, 8, 32, 32]
+    assert (selected / "model.onnx").is_file()
+    assert pd.read_csv(workdir / "results" / "tiny" / "report" / "guarded.csv").depth.tolist() == [2]

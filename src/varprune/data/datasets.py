@@ -86,6 +86,20 @@ def slice_items(volumes: list[Volume]) -> list[dict]:
     ]
 
 
+def slab_starts(volumes: list[Volume], depth: int) -> list[tuple[int, int]]:
+    """(volume index, first slice) of every slab of `depth` consecutive slices (one per volume
+    shorter than `depth`)."""
+    return [(i, s) for i, v in enumerate(volumes) for s in range(max(1, v.image.shape[0] - depth + 1))]
+
+
+def slab_item(volume: Volume, start: int, depth: int) -> dict:
+    """One channel-first 3D item of `depth` slices from `start`, zero-padded past the volume's end."""
+    pad = ((0, max(0, start + depth - volume.image.shape[0])), (0, 0), (0, 0))
+    return {"image": np.pad(volume.image[start:start + depth], pad)[None],
+            "label": np.pad(volume.label[start:start + depth], pad)[None].astype(np.float32),
+            "case": volume.case}
+
+
 def slab_items(volumes: list[Volume], repeats: int = 4) -> list[dict]:
     """Whole volumes as 3D items (cropped to slabs by the transforms), each `repeats` times."""
     return [

@@ -19,7 +19,7 @@ import torch
 
 from varprune.atomic import write_csv, write_json
 from varprune.cost import macs_full
-from varprune.data.datasets import Volume, slice_items
+from varprune.data.datasets import Volume, slab_item, slab_starts, slice_items
 from varprune.inference import pick_device
 from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
@@ -64,10 +64,15 @@ class CycleSettings:
         return cls(**own, sequence=SequenceSettings.from_config(cfg))
 
 
-def calibration_batches(volumes: list[Volume], batches: int, batch_size: int,
-                        seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded sample of training slices (no augmentation) for the gradient criteria."""
-    items = slice_items(volumes)
+def calibration_batches(volumes: list[Volume], batches: int, batch_size: int, seed: int,
+                        spatial_dims: int = 2, depth: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded sample of training slices (3D: slabs of `depth` slices; no augmentation) for the
+    gradient criteria."""
+    if spatial_dims == 2:
+        items = slice_items(volumes)
+    else:  # slabs are cut only when drawn: all of them at once would copy every volume `depth` times
+        starts = slab_starts(volumes, depth)
+        items = _Lazy(len(starts), lambda i: slab_item(volumes[starts[i][0]], starts[i][1], depth))
     order = np.random.default_rng(seed).permutation(len(items))
     result = []
     for b in range(batches):
@@ -77,6 +82,19 @@ def calibration_batches(volumes: list[Volume], batches: int, batch_size: int,
         result.append((torch.as_tensor(np.stack([c["image"] for c in chosen])),
                        torch.as_tensor(np.stack([c["label"] for c in chosen]))))
     return result
+
+
+class _Lazy:
+    """A sequence whose items are made when indexed."""
+
+    def __init__(self, length: int, make):
+        self.length, self.make = length, make
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.make(index)
 
 
 def dense_macs(model: torch.nn.Module, spec: ModelSpec, measured: int) -> int:
@@ -160,7 +178,8 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
     model, spec, parent_provenance = load_model(parent)
     data = load_split(preprocessed)
     batches = calibration_batches(data["train"], settings.calibration_batches,
-                                  settings.calibration_batch_size, settings.seed + cycle)
+                                  settings.calibration_batch_size, settings.seed + cycle,
+                                  spec.spatial_dims, spec.depth)
     log.info("cycle %d of %s from %s: criterion %s on %d batches, target %.3f (previous %.3f)",
              cycle, method, parent, settings.criterion, len(batches), settings.target,
              settings.previous_target)

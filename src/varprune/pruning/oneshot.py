@@ -110,7 +110,7 @@ def run_oneshot(dense_model: str | os.PathLike,
     # exactly cycle 1's model before its fine-tuning.
     seed = settings.seed + 1
     batches = calibration_batches(data["train"], settings.calibration_batches,
-                                  settings.calibration_batch_size, seed)
+                                  settings.calibration_batch_size, seed, spec.spatial_dims, spec.depth)
     scores = make_criterion(settings.criterion).score(model, spec, batches)
     log.info("one-shot: %d methods x %d targets %s, criterion %s", len(methods), len(targets), targets,
              settings.criterion)
