@@ -66,6 +66,6 @@ def test_the_guarded_report_lists_every_seed_and_the_spread(tmp_path):
     variable = table[table.method == "variable"]
     assert sorted(variable.target.round(4)) == [0.6125, 0.6625]  # each seed's own knee, to min_step
     assert table.macs_removed.to_numpy() == pytest.approx(table.target.to_numpy())
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert "seeds: 61.3 %, 66.2 %" in html  # the per-seed selections, not just their mean
     assert (out / "guarded.png").stat().st_size > 10_000

@@ -64,7 +64,7 @@ def test_the_search_stops_at_max_cycles_and_the_report_reads_the_selected_models
         assert (results / method / "selected" / "model.onnx").is_file()
     table = pd.read_csv(results / "report" / "guarded.csv")
     assert table.method.tolist() == METHODS and (table.selected_cycle == 2).all()
-    html = (results / "report" / "report.html").read_text()
+    html = (results / "report" / "report.html").read_text(encoding="utf-8")
     assert "Most removed within the tolerance" in html and "max_cycles (2) reached" in html
 
 
