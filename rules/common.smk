@@ -215,7 +215,8 @@ def seeded(section):
     """Params function: the config slice `section` with its seed set to the replicate's."""
 
     def params(wildcards):
-        value = cfg(section)
+        # keep_state decides what is left on disk, not what is computed: not a param.
+        value = {k: v for k, v in cfg(section).items() if k != "keep_state"}
         seed = replicate_seed(wildcards.run)
         return value if seed is None else canonical({**value, "seed": seed})
 

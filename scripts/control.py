@@ -17,4 +17,6 @@ with to_log_file(snakemake.log[0]):
         out_log=snakemake.output.log,
         state_dir=snakemake.params.state_dir,
         threads=snakemake.threads,
+        # Read from the config, not a param: it changes what is left on disk, not the outputs.
+        keep_state=snakemake.config["train"]["keep_state"],
     )

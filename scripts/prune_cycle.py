@@ -19,4 +19,6 @@ with to_log_file(snakemake.log[0]):
         state_dir=snakemake.params.state_dir,
         out_oneshot=snakemake.output.oneshot,
         threads=snakemake.threads,
+        # Read from the config, not a param: it changes what is left on disk, not the outputs.
+        keep_state=snakemake.config["train"]["keep_state"],
     )

@@ -117,3 +117,24 @@ def test_an_exponential_moving_average_is_validated_saved_and_resumed(tmp_path, 
     killed_in_epoch_3(tmp_path, "ema_resumed", monkeypatch, ema)
     result, resumed, _ = run(tmp_path, "ema_resumed", ema)
     assert result.resumed_from == 2 and same_weights(resumed, averaged)
+
+
+def test_a_finished_jobs_state_goes_and_so_do_the_folders_it_empties(tmp_path):
+    from varprune.train import discard_state
+
+    state = tmp_path / "results" / "run" / ".state"
+    for name in ("variable/cycle1", "variable/cycle2", "dense"):
+        (state / name).mkdir(parents=True)
+        (state / name / "last.pt").write_bytes(b"x")
+    discard_state(state / "variable" / "cycle1", keep=True)
+    assert (state / "variable" / "cycle1" / "last.pt").exists()
+    discard_state(state / "variable" / "cycle1")
+    assert not (state / "variable" / "cycle1").exists() and (state / "variable" / "cycle2").exists()
+    discard_state(state / "variable" / "cycle2")
+    assert not (state / "variable").exists() and (state / "dense").exists()
+    discard_state(state / "dense")
+    assert not state.exists() and (tmp_path / "results" / "run").is_dir()
+    elsewhere = tmp_path / "mine" / "state"  # outside a .state folder: only the folder itself
+    elsewhere.mkdir(parents=True)
+    discard_state(elsewhere)
+    assert not elsewhere.exists() and (tmp_path / "mine").is_dir()

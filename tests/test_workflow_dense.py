@@ -101,3 +101,9 @@ def test_sigkill_during_training_then_rerun_resumes_and_matches(done_run, tmp_pa
     resumed = read_checkpoint(workdir / "results" / "tiny" / "dense" / "model.pt")["state_dict"]
     straight = read_checkpoint(done_run / "results" / "tiny" / "dense" / "model.pt")["state_dict"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert not state.parent.exists()  # resumed, finished: its resume state is gone
+
+
+def test_a_successful_run_leaves_no_resume_state_and_keeping_it_reruns_nothing(done_run, tmp_path):
+    assert not (done_run / "results" / "tiny" / ".state").exists()
+    assert scheduled(done_run, config=edited_config(tmp_path, **{"train.keep_state": True})) == {}

@@ -26,7 +26,7 @@ import torch
 from varprune.atomic import atomic_path
 from varprune.model import load_model
 from varprune.pruning.surgery import remove_transformer_blocks
-from varprune.train import LOG_COLUMNS, SplitFiles, TrainSettings, load_split, train
+from varprune.train import LOG_COLUMNS, SplitFiles, TrainSettings, discard_state, load_split, train
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ CONTROLS = ("dense_long", "transformer_off")
 def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.PathLike,
                   preprocessed: SplitFiles, finetune: dict, rounds: int,
                   out_model: str | os.PathLike, out_log: str | os.PathLike,
-                  state_dir: str | os.PathLike, threads: int | None = None) -> None:
+                  state_dir: str | os.PathLike, threads: int | None = None, keep_state: bool = False) -> None:
     """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle); for
-    `transformer_off`, first remove every MSA and FFN block."""
+    `transformer_off`, first remove every MSA and FFN block. The resume state (with the
+    intermediate rounds) is deleted once the outputs are written unless `keep_state`."""
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r}; choose from {', '.join(CONTROLS)}")
     if threads:
@@ -94,3 +95,4 @@ def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.Pa
         spec = remove_transformer_blocks(model, spec)
     fine_tune_rounds(kind, model, spec, parent, parent_provenance, splits_json, preprocessed,
                      finetune, rounds, out_model, out_log, state_dir, threads)
+    discard_state(state_dir, keep_state)

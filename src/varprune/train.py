@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -136,6 +137,25 @@ def validation_dice(model: nn.Module, spec: ModelSpec, volumes: list[Volume], de
         truth = torch.as_tensor(v.label)[None, None].float()
         scores.append(float(compute_dice(pred, truth, include_background=True, ignore_empty=False)))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def discard_state(state_dir: str | os.PathLike, keep: bool = False) -> None:
+    """Delete a finished job's resume state, then the parent folders it leaves empty up to the
+    run's `.state/` (the state is worth hundreds of MB per job and useless once the outputs exist)."""
+    folder = Path(state_dir)
+    if keep or not folder.exists():
+        return
+    shutil.rmtree(folder)
+    root = next((p for p in folder.parents if p.name == ".state"), None)
+    if root is None:
+        return
+    for parent in folder.parents:
+        try:
+            parent.rmdir()  # only when empty: another job's state stays
+        except OSError:
+            return
+        if parent == root:
+            return
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -387,8 +407,9 @@ def load_split(preprocessed: SplitFiles) -> dict[str, list[Volume]]:
 def train_dense(splits_json: str | os.PathLike, preprocessed: SplitFiles, model_cfg: dict,
                 train_cfg: dict, preprocess_cfg: dict, out_model: str | os.PathLike,
                 out_log: str | os.PathLike, state_dir: str | os.PathLike,
-                threads: int | None = None) -> TrainResult:
-    """Train the dense segmenter of a run from its config slices (the `train` rule)."""
+                threads: int | None = None, keep_state: bool = False) -> TrainResult:
+    """Train the dense segmenter of a run from its config slices (the `train` rule); its resume
+    state is deleted once the outputs are written unless `keep_state`."""
     from varprune.model import build_model
 
     settings = TrainSettings.from_config(train_cfg)
@@ -401,5 +422,7 @@ def train_dense(splits_json: str | os.PathLike, preprocessed: SplitFiles, model_
         "config": {"model": model_cfg, "train": train_cfg, "preprocess": preprocess_cfg},
         "split": json.loads(Path(splits_json).read_text()),
     }
-    return train(model, spec, data["train"], data["val"], settings, out_model, out_log, state_dir,
-                 provenance, threads)
+    result = train(model, spec, data["train"], data["val"], settings, out_model, out_log, state_dir,
+                   provenance, threads)
+    discard_state(state_dir, keep_state)
+    return result

@@ -35,7 +35,7 @@ from varprune.pruning.sequence import (
 )
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan
-from varprune.train import SplitFiles, TrainSettings, load_split, train, validation_dice
+from varprune.train import SplitFiles, TrainSettings, discard_state, load_split, train, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
               preprocessed: SplitFiles, method: str, cycle: int, pruning: dict,
               finetune: dict, out_model: str | os.PathLike, out_sequence: str | os.PathLike,
               out_log: str | os.PathLike, state_dir: str | os.PathLike,
-              out_oneshot: str | os.PathLike | None = None, threads: int | None = None) -> dict:
+              out_oneshot: str | os.PathLike | None = None, threads: int | None = None,
+              keep_state: bool = False) -> dict:
     """Prune the parent checkpoint by one cycle of `method`, fine-tune it, save.
 
     `oneshot.json` records the validation Dice right after the surgery and after fine-tuning:
@@ -205,4 +206,5 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
     if out_oneshot is not None:
         write_json(out_oneshot, {"val_dice_before": round(val_before, 6),
                                  "val_dice_after": round(result.best_val_dice, 6)})
+    discard_state(state_dir, keep_state)
     return summary
