@@ -187,6 +187,14 @@ def canonical(value):
     return value
 
 
+def shown_config():
+    """The config as the report shows it: everything that defines the run (train.keep_state
+    only decides what is left on disk, so toggling it must not rebuild the report)."""
+    shown = canonical(config)
+    shown["train"] = {k: v for k, v in shown["train"].items() if k != "keep_state"}
+    return shown
+
+
 def cfg(dotted):
     """A narrow, canonical slice of the config for a rule's params: cfg("data.download")."""
     node = config

@@ -100,7 +100,7 @@ rule report_guarded:
         runtime=15,
     params:
         report=cfg("report"),
-        config=canonical(config),
+        config=shown_config(),
         code=code_version("report_guarded.py"),
     script:
         "../scripts/report_guarded.py"

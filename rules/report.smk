@@ -47,7 +47,7 @@ rule report:
         runtime=15,
     params:
         report=cfg("report"),
-        config=canonical(config),
+        config=shown_config(),
         code=code_version("report.py"),
     script:
         "../scripts/report.py"
