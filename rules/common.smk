@@ -30,6 +30,7 @@ from varprune.layout import (
     report_files,
     run_models,
 )
+from varprune.resources import cohort, rule_resources
 from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
 
 
@@ -58,6 +59,16 @@ def check_config(cfg):
         and not Path(data["archive"]).is_file()
     ):
         config_error("data.archive", f"{data['archive']}: no such file")
+    if data["source"] == "nifti":
+        for key in ("archive", "patients"):
+            if data[key]:
+                config_error(
+                    f"data.{key}",
+                    f"{data[key]} is set but data.source is nifti "
+                    "(choose NIfTI cases with data.nifti.cases)",
+                )
+        if not data["nifti"]["root"]:
+            config_error("data.nifti.root", "data.source nifti needs the dataset folder")
     if data["source"] == "synthetic" and data["patients"]:
         too_big = [p for p in data["patients"] if p > syn["patients"]]
         if too_big:
@@ -138,7 +149,18 @@ def patients():
     return list(range(1, 21))
 
 
-CASES = [f"ircad{p:02d}" for p in patients()]
+def nifti_cases():
+    """case id -> (image, label) of a NIfTI source (file names only: nothing is read)."""
+    from varprune.data.nifti import NiftiError, NiftiSource, discover_cases
+
+    try:
+        return discover_cases(NiftiSource.from_config(config["data"]))
+    except (NiftiError, ValueError) as err:
+        config_error("data.nifti", err)
+
+
+NIFTI_CASES = nifti_cases() if config["data"]["source"] == "nifti" else {}
+CASES = list(NIFTI_CASES) or [f"ircad{p:02d}" for p in patients()]
 
 # The split is checked now, so that an impossible one stops the run before any job.
 from varprune.data.splits import (
@@ -160,7 +182,7 @@ if not TEST_CASES:
 wildcard_constraints:
     method=method_pattern(),
     k=r"[1-9]\d*",
-    case=r"ircad\d{2}",
+    case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     run=r"[A-Za-z0-9_.-]+(/seed\d+)?",
     model="|".join(
         [
@@ -189,8 +211,9 @@ def canonical(value):
 
 def shown_config():
     """The config as the report shows it: everything that defines the run (train.keep_state
-    only decides what is left on disk, so toggling it must not rebuild the report)."""
-    shown = canonical(config)
+    only decides what is left on disk, `resources` what jobs ask a scheduler for: toggling them
+    must not rebuild the report)."""
+    shown = {k: v for k, v in canonical(config).items() if k != "resources"}
     shown["train"] = {k: v for k, v in shown["train"].items() if k != "keep_state"}
     return shown
 
@@ -412,9 +435,19 @@ def oneshot_pruning(wildcards):
     return canonical({k: v for k, v in slice_.items() if k not in SCHEDULE_KEYS})
 
 
-def gpus(section):
-    """GPUs a training job asks the scheduler for: 1 when `{section}.device` is cuda."""
-    return 1 if config[section]["device"] == "cuda" else 0
+# GPUs the profile offers a job: Snakemake's global resource `gpu` (`resources: [gpu=4]` in a
+# profile, or `--resources gpu=4`). Jobs whose device is auto ask for one only where it is set.
+OFFERED_GPUS = int(getattr(workflow.global_resources.get("gpu"), "value", None) or 0)
+COHORT = cohort(config, len(TRAIN_CASES), len(VAL_CASES), len(TEST_CASES))
+
+
+def job_resources(rule, rounds=1):
+    """mem_mb, runtime (min) and gpu of `rule`, estimated from the config (varprune.resources;
+    `resources.rules.{rule}` in the config sets them outright)."""
+    try:
+        return rule_resources(config, rule, COHORT, rounds, OFFERED_GPUS)
+    except (KeyError, TypeError) as err:
+        config_error(f"resources.rules.{rule}", err)
 
 
 def report_inputs(wildcards):

@@ -18,9 +18,7 @@ rule dense_long:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=120,
+        **job_resources("dense_long", rounds=len(TARGETS)),
     params:
         finetune=seeded("finetune"),
         # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
@@ -48,9 +46,7 @@ rule transformer_off:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=120,
+        **job_resources("transformer_off", rounds=len(TARGETS)),
     params:
         finetune=seeded("finetune"),
         # The same fine-tuning as dense_long: the headroom compares equal training.
@@ -77,9 +73,7 @@ rule oneshot:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=60,
+        **job_resources("oneshot"),
     params:
         methods=METHODS,
         pruning=oneshot_pruning,

@@ -1,4 +1,5 @@
-"""From the raw archive (downloaded, given, or synthesized) to split, model-ready data."""
+"""From the raw archive (downloaded, given, or synthesized) or NIfTI folders to split,
+model-ready data."""
 
 ARCHIVE = "data/raw/3Dircadb1.zip"
 
@@ -16,13 +17,40 @@ if config["data"]["source"] == "synthetic":
             "../envs/varprune.yaml"
         threads: 2  # patients drawn in parallel; a cluster node must have this many CPUs
         resources:
-            mem_mb=2000,
-            runtime=30,
+            **job_resources("synthesize"),
         params:
             synthetic=cfg("synthetic"),
             code=code_version("synthesize.py"),
         script:
             "../scripts/synthesize.py"
+
+elif config["data"]["source"] == "nifti":
+
+    # The label is a param, not an input: a case without one must fail alone, naming the file,
+    # not stop the whole run at planning (MissingInputException).
+    rule convert_nifti:
+        input:
+            image=lambda wildcards: NIFTI_CASES[wildcards.case][0],
+        output:
+            ct="data/nifti/{case}/ct.nii.gz",
+            liver="data/nifti/{case}/liver.nii.gz",
+            meta="data/nifti/{case}/meta.json",
+        log:
+            "logs/data/convert/{case}.log",
+        benchmark:
+            "logs/data/convert/{case}.benchmark.tsv"
+        conda:
+            "../envs/varprune.yaml"
+        resources:
+            **job_resources("convert"),
+        params:
+            label=lambda wildcards: str(NIFTI_CASES[wildcards.case][1]),
+            liver_labels=cfg("data.nifti.liver_labels"),
+            tumor_labels=cfg("data.nifti.tumor_labels"),
+            assume_hu=cfg("data.assume_hu"),
+            code=code_version("convert_nifti.py"),
+        script:
+            "../scripts/convert_nifti.py"
 
 elif config["data"]["archive"]:
 
@@ -65,28 +93,29 @@ else:
             "../scripts/download.py"
 
 
-rule convert:
-    input:
-        archive=ARCHIVE,
-    output:
-        ct="data/nifti/{case}/ct.nii.gz",
-        liver="data/nifti/{case}/liver.nii.gz",
-        meta="data/nifti/{case}/meta.json",
-    log:
-        "logs/data/convert/{case}.log",
-    benchmark:
-        "logs/data/convert/{case}.benchmark.tsv"
-    conda:
-        "../envs/varprune.yaml"
-    resources:
-        mem_mb=3000,
-        runtime=15,
-    params:
-        assume_hu=cfg("data.assume_hu"),
-        extract=cfg("data.extract"),
-        code=code_version("convert.py"),
-    script:
-        "../scripts/convert.py"
+if config["data"]["source"] != "nifti":
+
+    rule convert:
+        input:
+            archive=ARCHIVE,
+        output:
+            ct="data/nifti/{case}/ct.nii.gz",
+            liver="data/nifti/{case}/liver.nii.gz",
+            meta="data/nifti/{case}/meta.json",
+        log:
+            "logs/data/convert/{case}.log",
+        benchmark:
+            "logs/data/convert/{case}.benchmark.tsv"
+        conda:
+            "../envs/varprune.yaml"
+        resources:
+            **job_resources("convert"),
+        params:
+            assume_hu=cfg("data.assume_hu"),
+            extract=cfg("data.extract"),
+            code=code_version("convert.py"),
+        script:
+            "../scripts/convert.py"
 
 
 rule preprocess:
@@ -102,8 +131,7 @@ rule preprocess:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("preprocess"),
     params:
         preprocess=cfg("preprocess"),
         assume_hu=cfg("data.assume_hu"),

@@ -17,8 +17,7 @@ rule evaluate:
         "../envs/varprune.yaml"
     threads: config["evaluate"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("evaluate"),
     params:
         evaluate=cfg("evaluate"),
         code=code_version("evaluate.py"),
@@ -41,8 +40,7 @@ rule cost:
     # disturb the timing less (for clean latency, run the cost jobs alone, or see benchmarks/).
     threads: config["cost"]["threads"]
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("cost"),
     params:
         cost=cfg("cost"),
         code=code_version("cost.py"),

@@ -12,8 +12,7 @@ rule export:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=4000,
-        runtime=15,
+        **job_resources("export"),
     params:
         code=code_version("export.py"),
     script:

@@ -21,9 +21,7 @@ rule reference_round:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=60,
+        **job_resources("reference_round"),
     params:
         kind="dense_long",
         finetune=seeded("finetune"),
@@ -50,8 +48,7 @@ checkpoint guard:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=2000,
-        runtime=5,
+        **job_resources("guard"),
     params:
         guard=cfg("pruning.guard"),
         pruning=oneshot_pruning,
@@ -72,8 +69,7 @@ rule select:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=2000,
-        runtime=5,
+        **job_resources("select"),
     params:
         code=code_version("select.py"),
     script:
@@ -96,8 +92,7 @@ rule report_guarded:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("report_guarded"),
     params:
         report=cfg("report"),
         config=shown_config(),

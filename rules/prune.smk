@@ -20,9 +20,7 @@ rule prune_cycle:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("finetune"),
-        runtime=60,
+        **job_resources("prune_cycle"),
     params:
         pruning=cycle_pruning,
         finetune=seeded("finetune"),

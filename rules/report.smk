@@ -43,8 +43,7 @@ rule report:
     conda:
         "../envs/varprune.yaml"
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("report"),
     params:
         report=cfg("report"),
         config=shown_config(),

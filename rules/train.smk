@@ -17,9 +17,7 @@ rule train:
         "../envs/varprune.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=gpus("train"),
-        runtime=120,
+        **job_resources("train"),
     params:
         model=cfg("model"),
         train=seeded("train"),

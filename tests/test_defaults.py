@@ -15,6 +15,7 @@ from varprune.pruning.cycle import CycleSettings
 from varprune.pruning.guard import GuardSettings
 from varprune.pruning.sequence import SequenceSettings
 from varprune.report.settings import ReportSettings
+from varprune.resources import Calibration
 from varprune.train import TrainSettings
 
 from .workflow_helpers import REPO
@@ -36,8 +37,9 @@ def _plain(value):
     (ReportSettings(), CONFIG["report"]),
     (SyntheticSpec(), CONFIG["synthetic"]),
     (PreprocessSpec(), CONFIG["preprocess"]),
+    (Calibration(), CONFIG["resources"]),
 ], ids=["train", "augment", "pruning-sequence", "pruning-cycle", "pruning-guard", "report", "synthetic",
-        "preprocess"])
+        "preprocess", "resources"])
 def test_dataclass_defaults_are_the_config_defaults(instance, section):
     compared = 0
     for field in dataclasses.fields(instance):
