@@ -109,7 +109,7 @@ def test_the_test_set_is_not_needed_before_selection(done_run, tmp_path):
 
 
 def test_a_3d_model_goes_through_the_same_path(done_run, tmp_path):
-    """UNETR with spatial_dims 3 (slabs of model.depth slices, sliding-window evaluation):
+    """The tiny SETR with spatial_dims 3 (slabs of model.depth slices, sliding-window evaluation):
     dense training, guarded cycles, selection, evaluation, cost, export and the report."""
     workdir = tmp_path / "work"
     shutil.copytree(done_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results"))
