@@ -10,6 +10,12 @@ MONAI's implementations where they exist:
 - `msd_mm`: maximum symmetric surface distance = Hausdorff distance (compute_hausdorff_distance).
 - `hd95_mm`: 95th percentile Hausdorff distance (the larger of the two directed 95th percentiles).
 The distances are NaN when the prediction is empty (no surface to measure from).
+
+Memory: every metric is computed on the box around the prediction and the truth (one voxel
+wider, as MONAI crops for its surface distances), and the largest component is labelled slab
+by slab, so a LiTS-sized CT (512 x 512 x 1000) is scored without whole-volume float or int64
+copies; the results are those of the whole volumes (the overlap counts are exact float32 sums
+below 2**24 voxels either way). The peak is mapping the prediction back: one float32 volume.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from varprune.model import load_model
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["case", "dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
+CHUNK_VOXELS = 2**22  # voxels read at a time where a box is found in a whole volume
+SLAB_SLICES = 32  # slices labelled at a time by keep_largest_component
 
 
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
@@ -51,11 +59,44 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(compute_dice(_as_batch(pred), _as_batch(truth), include_background=True, ignore_empty=False))
 
 
+def _nonzero_box(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The box (slices) around the nonzero voxels of all `masks` (of one shape), `margin`
+    voxels wider within the volume; None when all are empty. Read a few million voxels at a
+    time, so that no whole-volume temporary is made."""
+    shape = masks[0].shape
+    hits = [np.zeros(n, bool) for n in shape]
+    rows = max(1, CHUNK_VOXELS // max(1, math.prod(shape[1:])))
+    for mask in masks:
+        for i in range(0, shape[0], rows):
+            part = np.asarray(mask[i:i + rows]) != 0
+            for axis in range(len(shape)):
+                profile = part.any(axis=tuple(a for a in range(len(shape)) if a != axis))
+                if axis == 0:
+                    hits[0][i:i + len(profile)] |= profile
+                else:
+                    hits[axis] |= profile
+    if not hits[0].any():
+        return None
+    box = []
+    for axis, hit in enumerate(hits):
+        where = np.flatnonzero(hit)
+        box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, shape[axis])))
+    return tuple(box)
+
+
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> dict:
-    """The metrics of one binary prediction against its truth; `spacing` in array axis order (mm)."""
-    p, t = _as_batch(pred), _as_batch(truth)
-    if t.sum() == 0:
+    """The metrics of one binary prediction against its truth; `spacing` in array axis order (mm).
+
+    Both are cropped to the box around their nonzero voxels, one voxel wider, first: the
+    overlap counts do not change, and MONAI crops its surface distances to that very box."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if _nonzero_box(truth) is None:
         raise ValueError("the ground truth is empty: the metrics are undefined")
+    if pred.shape != truth.shape:
+        raise ValueError(f"y_pred and y should have same shapes, got {pred.shape} and {truth.shape}.")
+    box = _nonzero_box(pred, truth, margin=1)
+    pred, truth = pred[box], truth[box]
+    p, t = _as_batch(pred), _as_batch(truth)
     spacing = [float(s) for s in spacing]
     iou = float(compute_iou(p, t, include_background=True, ignore_empty=False))
     if p.sum() == 0:
@@ -78,11 +119,91 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[flo
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 3D connected component of a binary mask: the liver is one organ, so a
-    detached island is a false positive (a piece of heart or spleen)."""
-    if not mask.any():
+    detached island is a false positive (a piece of heart or spleen).
+
+    MONAI's KeepLargestConnectedComponent (full connectivity) gives the answer; a 3D mask is
+    labelled SLAB_SLICES slices at a time within the box around it instead, its pieces joined
+    across slab borders, so that no label image of the volume's size is made (MONAI's is int64
+    or int32, 4 to 8 bytes a voxel). The components, their raster-order numbering, their sizes
+    and the choice among them (the same argsort of the same counts) are MONAI's."""
+    box = _nonzero_box(mask)
+    if box is None:
         return mask
-    keep = KeepLargestConnectedComponent(applied_labels=[1], connectivity=None)
-    return keep(torch.as_tensor(mask[None].astype(np.uint8))).numpy()[0] > 0
+    kept = np.zeros(mask.shape, bool)
+    if mask.ndim != 3:
+        keep = KeepLargestConnectedComponent(applied_labels=[1], connectivity=None)
+        kept[box] = keep(torch.as_tensor(mask[box][None].astype(np.uint8))).numpy()[0] > 0
+        return kept
+    _keep_largest_3d(mask[box], kept[box])
+    return kept
+
+
+def _touching(last: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """(2, n) unique pairs of piece ids in two adjacent slices that touch (26-connectivity)."""
+    rows, cols = last.shape
+    pairs = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            a = last[max(0, -dy):rows - max(0, dy), max(0, -dx):cols - max(0, dx)]
+            b = first[max(0, dy):rows - max(0, -dy), max(0, dx):cols - max(0, -dx)]
+            both = (a > 0) & (b > 0)
+            pairs.append(np.stack([a[both], b[both]]))
+    return np.unique(np.concatenate(pairs, axis=1), axis=1)
+
+
+def _keep_largest_3d(mask: np.ndarray, out: np.ndarray) -> None:
+    """`out[...]` = MONAI's KeepLargestConnectedComponent(applied_labels=[1], connectivity=None)
+    of `mask` read as uint8, > 0; labelled slab by slab (two passes: count, then keep)."""
+    from scipy.ndimage import label
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    full = np.ones((3, 3, 3), bool)  # skimage's connectivity=None in 3D; scipy numbers pieces alike
+    step = max(1, SLAB_SLICES)
+    slabs = [(z0, min(z0 + step, len(mask))) for z0 in range(0, len(mask), step)]
+
+    def pieces_of(z0: int, z1: int) -> tuple[np.ndarray, np.ndarray, int]:
+        values = mask[z0:z1].astype(np.uint8)  # as MONAI reads the mask
+        ids, count = label(values == 1, structure=full)
+        return values, ids, count
+
+    sizes, joins, offsets = [], [], []
+    last, pieces = None, 0
+    for z0, z1 in slabs:
+        _, ids, count = pieces_of(z0, z1)
+        offsets.append(pieces)
+        sizes.append(np.bincount(ids.ravel(), minlength=count + 1)[1:])
+        first = np.where(ids[0] > 0, ids[0].astype(np.int64) + pieces, 0)
+        if last is not None:
+            joins.append(_touching(last, first))
+        last = np.where(ids[-1] > 0, ids[-1].astype(np.int64) + pieces, 0)
+        pieces += count
+        del ids
+    offsets.append(pieces)
+    keep = None  # per piece, whether it is in the component kept; None: keep every voxel
+    if pieces:
+        pairs = np.concatenate(joins, axis=1) - 1 if joins else np.zeros((2, 0), np.int64)
+        graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(pieces, pieces))
+        count, component = connected_components(graph, directed=False)
+        if count > 1:  # MONAI keeps the mask as it is when it has no more components than it keeps
+            # Number the components as labelling the whole box does: by their first voxel, which
+            # lies in their first piece (pieces are numbered in raster order).
+            start = np.full(count, pieces)
+            np.minimum.at(start, component, np.arange(pieces))
+            number = np.empty(count, np.int64)
+            number[np.argsort(start)] = np.arange(1, count + 1)
+            counts = np.zeros(count + 1, np.int64)  # MONAI's bincount of the labels, background zeroed
+            counts[number] = np.bincount(component, weights=np.concatenate(sizes), minlength=count)
+            kept_number = np.argsort(counts)[::-1][0]  # MONAI's very choice, ties included
+            keep = component == np.flatnonzero(number == kept_number)[0]
+    for i, (z0, z1) in enumerate(slabs):
+        if keep is None:
+            out[z0:z1] = mask[z0:z1].astype(np.uint8) > 0
+            continue
+        values, ids, _ = pieces_of(z0, z1)
+        lookup = np.concatenate([[False], keep[offsets[i]:offsets[i + 1]]])
+        # Foreground (== 1) voxels outside the kept component are cleared; other nonzero ones stay.
+        out[z0:z1] = (values > 0) & ((values != 1) | lookup[ids])
 
 
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -107,6 +228,34 @@ def cases_with_truth(preprocessed: Sequence[str | os.PathLike],
     return [(case, p, t) for case, (p, t) in zip(cases, pairs, strict=True)]
 
 
+def evaluate_case(prob: np.ndarray, grid: dict[str, np.ndarray], truth_path: str | os.PathLike, case: str,
+                  out_pred: str | os.PathLike | None = None, interpolate: bool = True,
+                  largest_component: bool = True) -> dict:
+    """One test case: map the model-grid prediction `prob` back onto the CT grid (`grid`: the
+    case's .npz arrays), keep its largest component, write it to `out_pred` (when given) and
+    score it against the liver mask at `truth_path`; returns the metrics."""
+    pred = to_original_grid(prob, grid, interpolate=interpolate)  # uint8 0/1 on the CT grid
+    if largest_component:
+        view = sitk.GetArrayViewFromImage(pred)  # uint8 0/1: read as the mask > 0 is
+        kept = keep_largest_component(view)
+        if kept is not view:
+            del view
+            kept = sitk.GetImageFromArray(kept.view(np.uint8))
+            kept.CopyInformation(pred)
+            pred = kept
+    truth = read_image(truth_path, case)
+    if truth.GetSize() != pred.GetSize():
+        raise ValueError(f"{case}: {truth_path} is {truth.GetSize()}, the prediction {pred.GetSize()}")
+    if out_pred is not None:
+        with atomic_path(out_pred) as tmp:
+            sitk.WriteImage(pred, str(tmp), useCompression=True)
+    spacing_zyx = tuple(reversed(truth.GetSpacing()))
+    values = sitk.GetArrayViewFromImage(truth)
+    # Unsigned masks are > 0 wherever nonzero, which is how the metrics read them: no copy.
+    truth_mask = values if values.dtype.kind in "bu" else values > 0
+    return segmentation_metrics(sitk.GetArrayViewFromImage(pred), truth_mask, spacing_zyx)
+
+
 def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[str | os.PathLike],
                         truth: Sequence[str | os.PathLike], out_metrics: str | os.PathLike,
                         out_pred_dir: str | os.PathLike,
@@ -125,20 +274,8 @@ def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[st
     for case, npz_path, truth_path in cases:
         arrays = load_npz(npz_path)
         prob = predict_volume(model, arrays["image"], spec, target, batch_size)
-        pred = to_original_grid(prob, arrays, interpolate=interpolate)
-        if largest_component:
-            kept = sitk.GetImageFromArray(keep_largest_component(sitk.GetArrayFromImage(pred) > 0)
-                                          .astype(np.uint8))
-            kept.CopyInformation(pred)
-            pred = kept
-        truth = read_image(truth_path, case)
-        if truth.GetSize() != pred.GetSize():
-            raise ValueError(f"{case}: {truth_path} is {truth.GetSize()}, the prediction {pred.GetSize()}")
-        with atomic_path(out_pred_dir / f"{case}.nii.gz") as tmp:
-            sitk.WriteImage(pred, str(tmp), useCompression=True)
-        spacing_zyx = tuple(reversed(truth.GetSpacing()))
-        metrics = segmentation_metrics(sitk.GetArrayFromImage(pred) > 0,
-                                       sitk.GetArrayFromImage(truth) > 0, spacing_zyx)
+        metrics = evaluate_case(prob, arrays, truth_path, case, out_pred_dir / f"{case}.nii.gz",
+                                interpolate=interpolate, largest_component=largest_component)
         rows.append({"case": case, **metrics})
         log.info("%s: Dice %.4f, VOE %.4f, RVD %+.4f, ASSD %.2f mm, MSD %.2f mm, HD95 %.2f mm", case,
                  *(metrics[k] for k in METRIC_COLUMNS[1:]))

@@ -14,6 +14,16 @@ the original NIfTI grid (`to_original_grid`), which evaluation and `varprune pre
 (S, H, W); `origin`, `spacing`, `direction`, `size` of the reference grid (SimpleITK x, y, z
 order); `source_size`, `source_spacing`, `source_origin`, `source_direction` of the CT as
 stored (before reorientation); `window`; `case`.
+
+Memory: a LiTS-sized CT (512 x 512 x 1000 int16, V = 500 MiB) is preprocessed in about
+3.5 V above the interpreter (benchmarks/large_case.py; 7.5 V before): the body box is found
+slab by slab (SLAB_SLICES slices at a time) instead of labelling the whole volume, the
+in-plane smoothing runs slab by slab into one float32 volume, the mask is resampled without a
+float copy, an axial CT is reoriented by one flip, and the CT as stored is released once
+reoriented. Each of these gives the same arrays as the whole-volume computation, bit for bit
+(tests/test_large_volume.py). The peak is the int16 CT plus its float32 smoothed copy (3 V):
+the resampling stays one call on the whole volume, as a slab of the grid would have another
+origin, whose rounding moves the sample points by ~1e-13 voxel and can change the last bit.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ import SimpleITK as sitk
 from varprune.atomic import atomic_path
 
 log = logging.getLogger(__name__)
+
+SLAB_SLICES = 32  # slices per slab where a step runs slab by slab (the body box, the smoothing)
+CHUNK_VOXELS = 2**23  # voxels per chunk where a whole-volume test is counted chunk by chunk
 
 
 class PreprocessError(Exception):
@@ -82,19 +95,78 @@ def canonical(image: sitk.Image, orientation: str = "LPS") -> sitk.Image:
     are in physical space; only the array layout changes)."""
     if image.GetDimension() != 3:
         return image
+    # DICOMOrient permutes the axes, then flips them: two whole-volume copies alive at once. When
+    # the permutation is the identity (every axial CT) flipping alone gives the same image (the
+    # same filter on the same input: an identity permutation copies the geometry as it is) with
+    # one copy. The permutation and flips depend on the direction only: found on a 1-voxel image.
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    probe.SetDirection(image.GetDirection())
+    orient = sitk.DICOMOrientImageFilter()
+    orient.SetDesiredCoordinateOrientation(orientation)
+    orient.Execute(probe)
+    if tuple(orient.GetPermuteOrder()) == (0, 1, 2):
+        return sitk.Flip(image, orient.GetFlipAxes(), flipAboutOrigin=False)
     return sitk.DICOMOrient(image, orientation)
 
 
+def _slabs(slices: int, slab: int, minimum: int = 1) -> list[tuple[int, int]]:
+    """[z0, z1) ranges of `slab` slices covering `slices`, each at least `minimum` long (a
+    short last one joins the one before; fewer than `minimum` slices in all make one range)."""
+    slab = max(int(slab), minimum, 1)
+    starts = list(range(0, slices, slab))
+    if len(starts) > 1 and slices - starts[-1] < minimum:
+        starts.pop()
+    return [(z0, starts[i + 1] if i + 1 < len(starts) else slices) for i, z0 in enumerate(starts)]
+
+
 def body_box(ct: sitk.Image, threshold_hu: float) -> tuple[float, float, float, float]:
-    """In-plane bounding box (x0, x1, y0, y1, voxel indices) of the largest component above `threshold_hu`."""
-    body = ct > threshold_hu
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True) == 1
-    mask = sitk.GetArrayViewFromImage(largest)
-    if not mask.any():
+    """In-plane bounding box (x0, x1, y0, y1, voxel indices) of the largest component above `threshold_hu`.
+
+    Components are face-connected (ConnectedComponent's default); of equal-sized ones the first
+    in raster order wins (RelabelComponent's order). A 3D volume is labelled SLAB_SLICES slices
+    at a time and the pieces are joined across slab borders, which gives the same components
+    as labelling it whole with a fraction of the memory (a whole-volume label image is uint32)."""
+    if ct.GetDimension() != 3:
+        body = ct > threshold_hu
+        largest = sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True) == 1
+        mask = sitk.GetArrayViewFromImage(largest)
+        if not mask.any():
+            raise PreprocessError(f"no voxel above {threshold_hu} HU: is this a CT in HU?")
+        ys = np.flatnonzero(mask.any(axis=(0, 2)))
+        xs = np.flatnonzero(mask.any(axis=(0, 1)))
+        return float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])
+    from scipy.ndimage import find_objects
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    sizes, boxes, joins = [], [], []  # per piece (a component of one slab), in raster order
+    last = None  # the previous slab's last slice of piece ids (0: background)
+    pieces = 0
+    for z0, z1 in _slabs(ct.GetSize()[2], SLAB_SLICES):
+        labels = sitk.ConnectedComponent(ct[:, :, z0:z1] > threshold_hu)  # labels in raster order
+        ids = sitk.GetArrayViewFromImage(labels)  # (z, y, x)
+        count = int(ids.max())
+        sizes.append(np.bincount(ids.ravel(), minlength=count + 1)[1:])
+        boxes += [(box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1) for box in find_objects(ids)]
+        first = np.where(ids[0] > 0, ids[0].astype(np.int64) + pieces, 0)
+        if last is not None:
+            touching = (last > 0) & (first > 0)  # face neighbours across the slab border
+            joins.append(np.unique(np.stack([last[touching], first[touching]]), axis=1))
+        last = np.where(ids[-1] > 0, ids[-1].astype(np.int64) + pieces, 0)
+        pieces += count
+        del ids, labels
+    if pieces == 0:
         raise PreprocessError(f"no voxel above {threshold_hu} HU: is this a CT in HU?")
-    ys = np.flatnonzero(mask.any(axis=(0, 2)))
-    xs = np.flatnonzero(mask.any(axis=(0, 1)))
-    return float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])
+    pairs = np.concatenate(joins, axis=1) - 1 if joins else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(pieces, pieces))
+    _, component = connected_components(graph, directed=False)
+    size = np.bincount(component, weights=np.concatenate(sizes).astype(np.float64))
+    # Pieces are numbered in raster order, so a component's first piece is where it starts.
+    start = np.full(size.shape, pieces)
+    np.minimum.at(start, component, np.arange(pieces))
+    best = min(range(len(size)), key=lambda c: (-size[c], start[c]))
+    box = np.asarray(boxes)[component == best]
+    return float(box[:, 0].min()), float(box[:, 1].max()), float(box[:, 2].min()), float(box[:, 3].max())
 
 
 def reference_grid(ct: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
@@ -121,30 +193,65 @@ def reference_grid(ct: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
 
 
 def _antialias(image: sitk.Image, step: float) -> sitk.Image:
-    """Smooth in-plane before downsampling so that noise does not alias into the small grid."""
-    sx, sy, _ = image.GetSpacing()
+    """`image` as float32, smoothed in-plane before downsampling so that noise does not alias
+    into the small grid.
+
+    A volume of 4 slices or more is smoothed SLAB_SLICES slices at a time (at least 4: the
+    recursive filter needs 4 voxels along every axis) into one float32 volume, which holds the
+    same values as smoothing it whole: the sigma along z, 1e-3 of a slice, gives the recursive
+    filter coefficients exp(-1.7 / 1e-3) = 0.0 exactly for every neighbouring slice, so each
+    slice is only scaled by its own coefficient, inside a slab as in the whole volume."""
+    sx, sy, sz = image.GetSpacing()
     if step <= 1.2 * min(sx, sy):
-        return image
+        return sitk.Cast(image, sitk.sitkFloat32)
     sigma = 0.5 * np.sqrt(max(step**2 - sx**2, 0.0))
-    if image.GetSize()[2] < 4:  # the recursive filter needs 4 voxels along every axis: slice by slice
+    slices = image.GetSize()[2]
+    if slices < 4:  # the recursive filter needs 4 voxels along every axis: slice by slice
+        image = sitk.Cast(image, sitk.sitkFloat32)
         smoothed = sitk.JoinSeries([sitk.SmoothingRecursiveGaussian(image[:, :, k], sigma=(sigma, sigma))
-                                    for k in range(image.GetSize()[2])])
+                                    for k in range(slices)])
         smoothed.CopyInformation(image)
         return smoothed
-    return sitk.SmoothingRecursiveGaussian(image, sigma=(sigma, sigma, 1e-3 * image.GetSpacing()[2]))
+    smoothed = sitk.Image(image.GetSize(), sitk.sitkFloat32)
+    smoothed.CopyInformation(image)
+    for z0, z1 in _slabs(slices, SLAB_SLICES, minimum=4):
+        slab = sitk.Cast(image[:, :, z0:z1], sitk.sitkFloat32)
+        # Pasted in place: the float32 volume is the only whole-volume copy.
+        smoothed[:, :, z0:z1] = sitk.SmoothingRecursiveGaussian(slab, sigma=(sigma, sigma, 1e-3 * sz))
+    return smoothed
+
+
+# Pixel types whose values float32 holds exactly: resampling them directly (the interpolator
+# reads every pixel as a double) gives what resampling their float32 cast gives, without the copy.
+_EXACT_IN_FLOAT32 = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkFloat32}
 
 
 def preprocess_arrays(ct: sitk.Image, liver: sitk.Image, spec: PreprocessSpec) -> dict[str, np.ndarray]:
     """Reorient, resample, window and normalise one case; return the arrays of the .npz.
 
     The source geometry saved is the CT's own, so `to_original_grid` lands on the input grid."""
-    source = ct
-    ct, liver = canonical(ct, spec.orientation), canonical(liver, spec.orientation)
+    images = [ct, liver]
+    del ct, liver
+    return _preprocess(images, spec)
+
+
+def _preprocess(images: list[sitk.Image], spec: PreprocessSpec) -> dict[str, np.ndarray]:
+    """`preprocess_arrays` of `images` = [ct, liver], which it empties: once reoriented, the
+    images as stored are released unless the caller holds them too."""
+    ct, liver = images
+    images.clear()
+    source = {"source_size": np.asarray(ct.GetSize()), "source_spacing": np.asarray(ct.GetSpacing()),
+              "source_origin": np.asarray(ct.GetOrigin()), "source_direction": np.asarray(ct.GetDirection())}
+    ct = canonical(ct, spec.orientation)
+    liver = canonical(liver, spec.orientation)
     ref = reference_grid(ct, spec)
-    ct_f = _antialias(sitk.Cast(ct, sitk.sitkFloat32), ref.GetSpacing()[0])
-    image = sitk.Resample(ct_f, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-    label = sitk.Resample(sitk.Cast(liver, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear,
-                          0.0, sitk.sitkFloat32)
+    if liver.GetPixelID() not in _EXACT_IN_FLOAT32:
+        liver = sitk.Cast(liver, sitk.sitkFloat32)
+    label = sitk.Resample(liver, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    del liver
+    ct = _antialias(ct, ref.GetSpacing()[0])
+    image = sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    del ct
     low, high = spec.window
     hu = sitk.GetArrayFromImage(image)
     return {
@@ -154,10 +261,7 @@ def preprocess_arrays(ct: sitk.Image, liver: sitk.Image, spec: PreprocessSpec) -
         "spacing": np.asarray(ref.GetSpacing()),
         "direction": np.asarray(ref.GetDirection()),
         "size": np.asarray(ref.GetSize()),
-        "source_size": np.asarray(source.GetSize()),
-        "source_spacing": np.asarray(source.GetSpacing()),
-        "source_origin": np.asarray(source.GetOrigin()),
-        "source_direction": np.asarray(source.GetDirection()),
+        **source,
         "window": np.asarray(spec.window, dtype=np.float64),
     }
 
@@ -191,9 +295,20 @@ AIR_SHARE = 0.001  # share of voxels in AIR_RANGE a CT in HU has at least
 
 
 def has_air(values: np.ndarray) -> bool:
-    """Whether at least AIR_SHARE of the voxels lie in AIR_RANGE (air in HU)."""
+    """Whether at least AIR_SHARE of the voxels lie in AIR_RANGE (air in HU).
+
+    Counted a few million voxels at a time (no whole-volume boolean temporaries); the share is
+    the exact count over the size, as np.mean of the boolean volume gives it."""
     low, high = AIR_RANGE
-    return float(np.mean((values >= low) & (values <= high))) >= AIR_SHARE
+    values = np.atleast_1d(values)
+    if values.size == 0:
+        return False  # the mean of nothing is NaN, which is below any share
+    rows = max(1, CHUNK_VOXELS // max(1, values[0].size))
+    count = 0
+    for i in range(0, len(values), rows):
+        part = values[i:i + rows]
+        count += int(np.count_nonzero((part >= low) & (part <= high)))
+    return count / values.size >= AIR_SHARE
 
 
 def check_hu_range(ct: sitk.Image, source: str) -> None:
@@ -227,7 +342,9 @@ def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, c
     liver = read_image(liver_path, case)
     if ct.GetSize() != liver.GetSize():
         raise PreprocessError(f"{case}: {liver_path} is {liver.GetSize()}, the CT {ct.GetSize()}")
-    arrays = preprocess_arrays(ct, liver, spec)
+    images = [ct, liver]
+    del ct, liver  # _preprocess releases the CT as stored once it is reoriented
+    arrays = _preprocess(images, spec)
     arrays["case"] = np.asarray(case)
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
@@ -247,15 +364,14 @@ def to_original_grid(prediction: np.ndarray, grid: dict[str, np.ndarray],
     pred.SetOrigin(tuple(float(v) for v in grid["origin"]))
     pred.SetSpacing(tuple(float(v) for v in grid["spacing"]))
     pred.SetDirection(tuple(float(v) for v in grid["direction"]))
-    ref = sitk.Image([int(v) for v in grid["source_size"]], sitk.sitkFloat32)
-    ref.SetOrigin(tuple(float(v) for v in grid["source_origin"]))
-    ref.SetSpacing(tuple(float(v) for v in grid["source_spacing"]))
-    ref.SetDirection(tuple(float(v) for v in grid["source_direction"]))
     method = sitk.sitkLinear if interpolate else sitk.sitkNearestNeighbor
-    resampled = sitk.Resample(pred, ref, sitk.Transform(), method, 0.0, sitk.sitkFloat32)
-    out = sitk.Cast(resampled >= 0.5, sitk.sitkUInt8)
-    out.CopyInformation(ref)
-    return out
+    # The CT grid given by its geometry, not by a reference image: no CT-sized buffer to allocate.
+    # The float32 result (twice an int16 CT) lives until thresholded: evaluation's peak.
+    resampled = sitk.Resample(pred, [int(v) for v in grid["source_size"]], sitk.Transform(), method,
+                              tuple(float(v) for v in grid["source_origin"]),
+                              tuple(float(v) for v in grid["source_spacing"]),
+                              tuple(float(v) for v in grid["source_direction"]), 0.0, sitk.sitkFloat32)
+    return resampled >= 0.5  # uint8 0/1 on the CT grid
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
