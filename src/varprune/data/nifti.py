@@ -287,20 +287,8 @@ def _mask(values: np.ndarray, labels: tuple[int, ...], ct: sitk.Image) -> tuple[
     return mask, int(np.count_nonzero(inside))
 
 
-def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case: str,
-                       out_dir: str | os.PathLike, liver_labels: tuple[int, ...] | list[int] = (1, 2),
-                       tumor_labels: tuple[int, ...] | list[int] = (2,), assume_hu: bool = False) -> dict:
-    """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta.
-
-    `assume_hu` skips the check that the CT has air (data.assume_hu: the user vouches for the
-    values). Everything is read and checked before the first file is written."""
-    image, label = Path(image), Path(label)
-    liver_labels, tumor_labels = tuple(int(v) for v in liver_labels), tuple(int(v) for v in tumor_labels)
-    if not liver_labels:
-        raise ValueError("liver_labels must name at least one label value")
-    if not label.is_file():
-        raise NiftiError(f"{case}: no label {label} for image {image}")
-
+def _checked_ct(image: Path, case: str, assume_hu: bool) -> sitk.Image:
+    """The CT as int16 HU, refused when it is not one (NaN, no air) unless `assume_hu`."""
     source_ct = read_volume(image, case)
     source = f"{case}: {image}"
     try:
@@ -310,7 +298,22 @@ def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case:
             check_hu_range(ct, source)
     except PreprocessError as err:
         raise NiftiError(str(err)) from err
+    return ct
 
+
+@dataclass
+class _Masks:
+    liver: sitk.Image
+    liver_voxels: int
+    tumor: sitk.Image | None
+    tumor_voxels: int
+    counts: dict[int, int]
+
+
+def _checked_masks(label: Path, image: Path, ct: sitk.Image, case: str, liver_labels: tuple[int, ...],
+                   tumor_labels: tuple[int, ...]) -> _Masks:
+    """Liver and tumour masks from the label map, on the CT's grid; refused when the label map
+    is on another grid, is not integer, or has no liver."""
     label_image = read_volume(label, case)
     check_same_grid(label_image, ct, label, image, case)
     values = sitk.GetArrayViewFromImage(label_image)  # label_image stays alive while this is used
@@ -325,11 +328,15 @@ def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case:
         raise NiftiError(f"{case}: {label} has no liver voxel (no value in {list(liver_labels)}; "
                          f"values present: {list(counts)})")
     tumor, tumor_voxels = _mask(values, tumor_labels, ct) if tumor_labels else (None, 0)
-    del values, label_image
+    return _Masks(liver, liver_voxels, tumor, tumor_voxels, counts)
 
+
+def _meta(case: str, image: Path, label: Path, ct: sitk.Image, masks: _Masks,
+          liver_labels: tuple[int, ...], tumor_labels: tuple[int, ...]) -> dict:
+    """The case's `meta.json`: provenance, geometry and the figures that make a bad case visible."""
     hu = sitk.GetArrayViewFromImage(ct)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    meta = {
+    return {
         "case": case,
         "image": image.name,
         "label": label.name,
@@ -340,23 +347,40 @@ def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case:
         "direction": list(ct.GetDirection()),
         "hu_min": int(hu.min()),
         "hu_max": int(hu.max()),
-        "label_values": list(counts),
+        "label_values": list(masks.counts),
         "liver_labels": list(liver_labels),
         "tumor_labels": list(tumor_labels),
-        "liver_voxels": liver_voxels,
-        "liver_volume_ml": round(liver_voxels * voxel_ml, 2),
-        "tumor_voxels": tumor_voxels,
+        "liver_voxels": masks.liver_voxels,
+        "liver_volume_ml": round(masks.liver_voxels * voxel_ml, 2),
+        "tumor_voxels": masks.tumor_voxels,
     }
-    del hu
+
+
+def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case: str,
+                       out_dir: str | os.PathLike, liver_labels: tuple[int, ...] | list[int] = (1, 2),
+                       tumor_labels: tuple[int, ...] | list[int] = (2,), assume_hu: bool = False) -> dict:
+    """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta.
+
+    `assume_hu` skips the check that the CT has air (data.assume_hu: the user vouches for the
+    values). Everything is read and checked before the first file is written."""
+    image, label = Path(image), Path(label)
+    liver_labels, tumor_labels = tuple(int(v) for v in liver_labels), tuple(int(v) for v in tumor_labels)
+    if not liver_labels:
+        raise ValueError("liver_labels must name at least one label value")
+    if not label.is_file():
+        raise NiftiError(f"{case}: no label {label} for image {image}")
+    ct = _checked_ct(image, case, assume_hu)
+    masks = _checked_masks(label, image, ct, case, liver_labels, tumor_labels)
+    meta = _meta(case, image, label, ct, masks, liver_labels, tumor_labels)
 
     out = Path(out_dir)
     write_image(ct, out / "ct.nii.gz")
-    write_image(liver, out / "liver.nii.gz")
-    if tumor is not None and tumor_voxels:
-        write_image(tumor, out / "tumor.nii.gz")
+    write_image(masks.liver, out / "liver.nii.gz")
+    if masks.tumor is not None and masks.tumor_voxels:
+        write_image(masks.tumor, out / "tumor.nii.gz")
     else:  # a tumour mask left by an earlier run (other tumor_labels) would no longer be true
         (out / "tumor.nii.gz").unlink(missing_ok=True)
     write_json(out / "meta.json", meta)
     log.info("%s: %d slices, spacing %s mm, liver %.1f ml, %d tumour voxels", case, meta["slices"],
-             meta["spacing_mm"], meta["liver_volume_ml"], tumor_voxels)
+             meta["spacing_mm"], meta["liver_volume_ml"], masks.tumor_voxels)
     return meta
