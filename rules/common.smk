@@ -441,6 +441,17 @@ OFFERED_GPUS = int(getattr(workflow.global_resources.get("gpu"), "value", None) 
 COHORT = cohort(config, len(TRAIN_CASES), len(VAL_CASES), len(TEST_CASES))
 
 
+def timing_threads():
+    """Threads the cost rule reserves: with cost.alone, every core of a local run (its torch
+    still uses cost.threads), so that latency is timed with no other job running; on a cluster
+    each job has its own allocation and asks for cost.threads."""
+    threads = config["cost"]["threads"]
+    if config["cost"]["alone"] and workflow.local_exec:
+        cores = workflow.global_resources["_cores"].value
+        return max(threads, cores or threads)
+    return threads
+
+
 def job_resources(rule, rounds=1):
     """mem_mb, runtime (min) and gpu of `rule`, estimated from the config (varprune.resources;
     `resources.rules.{rule}` in the config sets them outright)."""

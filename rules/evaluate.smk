@@ -36,9 +36,9 @@ rule cost:
         "logs/{run}/{model}/cost.benchmark.tsv"
     conda:
         "../envs/varprune.yaml"
-    # The latency is measured with these threads; Snakemake reserves them so that parallel jobs
-    # disturb the timing less (for clean latency, run the cost jobs alone, or see benchmarks/).
-    threads: config["cost"]["threads"]
+    # Latency is timed with cost.threads; with cost.alone the job reserves every core of a
+    # local run, so that no other job runs while it times (README: What the pipeline does, cost).
+    threads: timing_threads()
     resources:
         **job_resources("cost"),
     params:

@@ -8,7 +8,7 @@ with to_log_file(snakemake.log[0]):
     write_cost(
         snakemake.input.model,
         snakemake.output[0],
-        threads=snakemake.threads,
+        threads=settings["threads"],
         runs=settings["runs"],
         warmup=settings["warmup"],
     )

@@ -73,3 +73,16 @@ def test_closed_form_macs_equal_the_counter_for_dense_pruned_off_2d_and_3d(arch)
         formula = rest_macs(spec.to_dict()) + sum(
             layer_macs(spec.img_size, spec.patch, spec.hidden, ls.inner, ls.ffn) for ls in spec.layers)
         assert formula == expected
+
+
+def test_a_latency_difference_counts_only_beyond_the_timing_spread():
+    import pandas as pd
+
+    from varprune.compare import beyond_spread
+
+    median = pd.Series([50.0, 45.0, 30.0, 20.0])
+    iqr = pd.Series([4.0, 4.0, 4.0, float("nan")])
+    # Reference 50 with IQR 4: 45 (gap 5) and 30 lie beyond the half-IQRs (4 together), a
+    # missing spread decides nothing, and 47 (gap 3) is inside.
+    assert beyond_spread(median, iqr, 50.0, 4.0).tolist() == [False, True, True, False]
+    assert beyond_spread(pd.Series([47.0]), pd.Series([4.0]), 50.0, 4.0).tolist() == [False]

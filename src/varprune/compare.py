@@ -33,6 +33,14 @@ def _mean(records: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def beyond_spread(median: pd.Series, iqr: pd.Series, reference: float, reference_iqr: float) -> pd.Series:
+    """Whether a latency differs from the reference's by more than the timings' spread: their
+    inter-quartile ranges around the medians do not overlap. A difference inside the spread is
+    noise of the timing, not a speed-up; so is every difference when the spread is unknown."""
+    gap = (median - reference).abs()
+    return (gap > (iqr + reference_iqr) / 2).fillna(False)
+
+
 def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
     """One row per model over all replicates: size and cost (mean over replicates) and their
     reductions vs dense, metrics (mean, std over replicates × test cases), Dice against
@@ -51,6 +59,7 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
         for key in ("params", "macs_thop", "macs_full", "macs_transformer"):
             row[key] = int(round(_mean(costs, key)))  # equal over replicates but for rounding of widths
         row["latency_ms"] = _mean(costs, "latency_ms_median")
+        row["latency_ms_iqr"] = _mean(costs, "latency_ms_iqr")
         row["latency_encoder_ms"] = _mean(costs, "latency_encoder_ms_median")
         row["val_dice_before_finetune"] = _mean(oneshots, "val_dice_before")
         row["val_dice_after_finetune"] = _mean(oneshots, "val_dice_after")
@@ -62,12 +71,14 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
     dense = table[table.method == "dense"].iloc[0]
     for key in ("params", "macs_thop", "macs_full", "macs_transformer", "latency_ms", "latency_encoder_ms"):
         table[f"{key}_reduction"] = 1 - table[key] / dense[key]
+    table["latency_beyond_spread"] = beyond_spread(table.latency_ms, table.latency_ms_iqr,
+                                                   dense["latency_ms"], dense["latency_ms_iqr"])
     long = table[table.method == "dense_long"].iloc[0]
     table["dice_vs_dense_long"] = table["dice_mean"] - long["dice_mean"]
     order = ["method", "cycle", "target", "replicates", "params", "params_reduction", "macs_thop",
              "macs_thop_reduction", "macs_full", "macs_full_reduction", "macs_transformer",
-             "macs_transformer_reduction", "latency_ms", "latency_ms_reduction", "latency_encoder_ms",
-             "latency_encoder_ms_reduction"]
+             "macs_transformer_reduction", "latency_ms", "latency_ms_iqr", "latency_ms_reduction",
+             "latency_beyond_spread", "latency_encoder_ms", "latency_encoder_ms_reduction"]
     order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     order += ["dice_vs_dense_long", "val_dice_before_finetune", "val_dice_after_finetune"]
     return table[order]
