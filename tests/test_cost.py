@@ -50,6 +50,9 @@ def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
         assert record["macs_full"] >= record["macs_full_encoder"] > 0
         assert record["latency_ms_median"] > 0 and record["latency_ms_iqr"] >= 0
         assert record["latency_runs"] == 20
+        parts = record["latency_parts_ms"]
+        assert parts["embedding"] == record["latency_embedding_ms_median"] > 0
+        assert sum(parts.values()) == pytest.approx(record["latency_ms_median"], abs=2e-3)
         assert 0 < record["params_transformer"] < record["params_encoder"] < record["params"]
     assert records[1]["params"] < records[0]["params"]
     assert records[1]["macs_full"] < records[0]["macs_full"]

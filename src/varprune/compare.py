@@ -61,6 +61,9 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
         row["latency_ms"] = _mean(costs, "latency_ms_median")
         row["latency_ms_iqr"] = _mean(costs, "latency_ms_iqr")
         row["latency_encoder_ms"] = _mean(costs, "latency_encoder_ms_median")
+        for part in ("embedding", "transformer", "decoder"):
+            row[f"latency_{part}_ms"] = float(np.mean([c["latency_parts_ms"][part] for c in costs])) \
+                if all("latency_parts_ms" in c for c in costs) else math.nan
         row["val_dice_before_finetune"] = _mean(oneshots, "val_dice_before")
         row["val_dice_after_finetune"] = _mean(oneshots, "val_dice_after")
         for metric in METRICS:
@@ -78,7 +81,8 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
     order = ["method", "cycle", "target", "replicates", "params", "params_reduction", "macs_thop",
              "macs_thop_reduction", "macs_full", "macs_full_reduction", "macs_transformer",
              "macs_transformer_reduction", "latency_ms", "latency_ms_iqr", "latency_ms_reduction",
-             "latency_beyond_spread", "latency_encoder_ms", "latency_encoder_ms_reduction"]
+             "latency_beyond_spread", "latency_encoder_ms", "latency_encoder_ms_reduction",
+             "latency_embedding_ms", "latency_transformer_ms", "latency_decoder_ms"]
     order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     order += ["dice_vs_dense_long", "val_dice_before_finetune", "val_dice_after_finetune"]
     return table[order]

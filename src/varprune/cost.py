@@ -11,7 +11,8 @@ Which counter counts what:
   divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
   it counts `scaled_dot_product_attention` as 0 (MONAI's SABlock does not use that path by default).
 - Latency: batch 1 on the CPU, fixed threads, warm-up, then the median and inter-quartile
-  range of at least 20 timed runs; the transformer encoder alone is timed too, because the
+  range of at least 20 timed runs; the encoder and the patch embedding alone are timed too
+  (`latency_parts_ms`: embedding, transformer, decoder), because the embedding and the
   decoder's (UNETR) or head's (SETR) convolutions are not pruned and set a floor under the
   whole model's latency.
 """
@@ -58,6 +59,15 @@ def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
     return measurement.median * 1000.0, measurement.iqr * 1000.0
 
 
+def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, float]:
+    """Latency per part from the medians of the whole model, the encoder (patch embedding and
+    transformer layers) and the patch embedding alone: the transformer is encoder - embedding,
+    the decoder (UNETR) or head (SETR) whole - encoder. Differences of medians: a part shorter
+    than the timings' spread can come out slightly negative, which says it is below resolution."""
+    return {"embedding": round(embedding, 3), "transformer": round(encoder - embedding, 3),
+            "decoder": round(whole - encoder, 3)}
+
+
 def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int = 20,
                  warmup: int = 5) -> dict:
     """The `cost.json` record of a model."""
@@ -70,6 +80,7 @@ def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int 
         x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
         latency, iqr = time_ms(lambda: model(x), warmup, runs)
         enc_latency, enc_iqr = time_ms(lambda: model.vit(x), warmup, runs)
+        emb_latency, emb_iqr = time_ms(lambda: model.vit.patch_embedding(x), warmup, runs)
         return {
             "params": count_parameters(model),
             "params_encoder": count_parameters(model.vit),
@@ -84,6 +95,10 @@ def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int 
             "latency_ms_iqr": round(iqr, 3),
             "latency_encoder_ms_median": round(enc_latency, 3),
             "latency_encoder_ms_iqr": round(enc_iqr, 3),
+            "latency_embedding_ms_median": round(emb_latency, 3),
+            "latency_embedding_ms_iqr": round(emb_iqr, 3),
+            # Per part, from the medians: the floor that transformer pruning cannot lower.
+            "latency_parts_ms": latency_parts(latency, enc_latency, emb_latency),
             "latency_runs": runs,
             "latency_warmup": warmup,
             "threads": threads,
