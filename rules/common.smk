@@ -246,8 +246,11 @@ def seeded(section):
     """Params function: the config slice `section` with its seed set to the replicate's."""
 
     def params(wildcards):
-        # keep_state decides what is left on disk, not what is computed: not a param.
+        # keep_state decides what is left on disk, not what is computed: not a param; nor is
+        # distillation while it is off (weight 0), so that adding the key reran nothing.
         value = {k: v for k, v in cfg(section).items() if k != "keep_state"}
+        if "distill" in value and not value["distill"]["weight"]:
+            del value["distill"]
         seed = replicate_seed(wildcards.run)
         return value if seed is None else canonical({**value, "seed": seed})
 
@@ -320,6 +323,15 @@ def guarded_plan(wildcards):
 
     chain = guard_decisions(wildcards.run, wildcards.method, until=int(wildcards.k))
     return plan(chain, GuardSettings.from_config(config["pruning"]["guard"]))
+
+
+def distill_teacher(wildcards):
+    """Input function: the dense checkpoint when fine-tuning distils from it (finetune.distill
+    with teacher dense), else nothing (teacher parent is the job's own starting checkpoint)."""
+    distill = config["finetune"]["distill"]
+    if distill["weight"] and distill["teacher"] == "dense":
+        return f"results/{wildcards.run}/dense/model.pt"
+    return []
 
 
 def previous_model(wildcards):
@@ -442,7 +454,7 @@ COHORT = cohort(config, len(TRAIN_CASES), len(VAL_CASES), len(TEST_CASES))
 
 
 def timing_threads():
-    """Threads the cost rule reserves: with cost.alone, every core of a local run (its torch
+    """Threads reserved for the cost job. With cost.alone, every core of a local run (its torch
     still uses cost.threads), so that latency is timed with no other job running; on a cluster
     each job has its own allocation and asks for cost.threads."""
     threads = config["cost"]["threads"]
