@@ -7,6 +7,7 @@ tolerance; the guarded report reads the selected models only."""
 rule reference_round:
     input:
         model=reference_parent,
+        teacher=distill_teacher,
         splits="data/splits.json",
         train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
         val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),

@@ -4,6 +4,7 @@
 rule prune_cycle:
     input:
         model=previous_model,
+        teacher=distill_teacher,
         splits="data/splits.json",
         train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
         val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),

@@ -19,4 +19,6 @@ with to_log_file(snakemake.log[0]):
         threads=snakemake.threads,
         # Read from the config, not a param: it changes what is left on disk, not the outputs.
         keep_state=snakemake.config["train"]["keep_state"],
+        # finetune.distill with teacher dense: the dense checkpoint (declared only then).
+        dense=getattr(snakemake.input, "teacher", None) or None,
     )

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import pandas as pd
 import torch
 
 from varprune.atomic import atomic_path
+from varprune.distill import load_teacher
 from varprune.model import load_model
 from varprune.pruning.surgery import remove_transformer_blocks
 from varprune.train import LOG_COLUMNS, SplitFiles, TrainSettings, discard_state, load_split, train
@@ -47,11 +49,15 @@ def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.P
                      parent_provenance: dict, splits_json: str | os.PathLike,
                      preprocessed: SplitFiles, finetune: dict, rounds: int,
                      out_model: str | os.PathLike, out_log: str | os.PathLike,
-                     state_dir: str | os.PathLike, threads: int | None = None) -> None:
-    """Fine-tune `model` `rounds` times in a row, each round exactly as a pruning cycle's."""
+                     state_dir: str | os.PathLike, threads: int | None = None,
+                     dense: str | os.PathLike | None = None) -> None:
+    """Fine-tune `model` `rounds` times in a row, each round exactly as a pruning cycle's (with
+    finetune.distill: from the dense model throughout, or from the model each round starts from,
+    the first round's being `parent` before any change)."""
     if rounds < 1:
         raise ValueError(f"{kind} needs at least one fine-tuning round, got {rounds}")
     settings = TrainSettings.from_config(finetune)
+    teacher = load_teacher(settings.distill, parent, dense)
     data = load_split(preprocessed)
     state = Path(state_dir)
     logs = []
@@ -64,8 +70,10 @@ def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.P
         provenance = _provenance(kind, parent, parent_provenance, finetune, splits_json,
                                  rounds=rounds, round=r)
         log.info("%s: fine-tuning round %d of %d", kind, r, rounds)
+        if r > 1 and teacher is not None and settings.distill.teacher == "parent":
+            teacher = copy.deepcopy(model)
         result = train(model, spec, data["train"], data["val"], settings, round_model, round_log,
-                       state / f"round{r}" / "state", provenance, threads)
+                       state / f"round{r}" / "state", provenance, threads, teacher=teacher)
         frame = pd.DataFrame(result.history)
         # One running epoch and step count over the rounds, as the report's curves expect.
         frame["epoch"] = frame["epoch"] + offset_epochs
@@ -82,7 +90,8 @@ CONTROLS = ("dense_long", "transformer_off")
 def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.PathLike,
                   preprocessed: SplitFiles, finetune: dict, rounds: int,
                   out_model: str | os.PathLike, out_log: str | os.PathLike,
-                  state_dir: str | os.PathLike, threads: int | None = None, keep_state: bool = False) -> None:
+                  state_dir: str | os.PathLike, threads: int | None = None, keep_state: bool = False,
+                  dense: str | os.PathLike | None = None) -> None:
     """Fine-tune the dense model `rounds` times in a row (one round per pruning cycle); for
     `transformer_off`, first remove every MSA and FFN block. The resume state (with the
     intermediate rounds) is deleted once the outputs are written unless `keep_state`."""
@@ -94,5 +103,5 @@ def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.Pa
     if kind == "transformer_off":
         spec = remove_transformer_blocks(model, spec)
     fine_tune_rounds(kind, model, spec, parent, parent_provenance, splits_json, preprocessed,
-                     finetune, rounds, out_model, out_log, state_dir, threads)
+                     finetune, rounds, out_model, out_log, state_dir, threads, dense)
     discard_state(state_dir, keep_state)

@@ -159,7 +159,9 @@ def training_work(config: dict, rule: str, group: Cohort, rounds: int, offered_g
     mac = forward_gmacs(spec)
     inputs, epochs = trained_inputs(section, items(spec, group.train, group.slices, training=True))
     val = items(spec, group.val, group.slices, training=False)
-    gmacs = rounds * (3 * mac * inputs + mac * val * epochs)
+    # Forward and backward (3 forwards' worth), plus the teacher's forward when distilling.
+    passes = 3 + int(bool((section.get("distill") or {}).get("weight")))
+    gmacs = rounds * (passes * mac * inputs + mac * val * epochs)
     if rule == "prune_cycle":
         pruning = config["pruning"]
         gmacs += 3 * mac * pruning["calibration_batches"] * pruning["calibration_batch_size"]

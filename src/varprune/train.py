@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from varprune.atomic import atomic_path, write_csv
 from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
+from varprune.distill import DistillSpec, distillation_loss
 from varprune.inference import pick_device, predict_volume
 from varprune.model import ModelSpec, save_checkpoint
 
@@ -81,11 +82,13 @@ class TrainSettings:
     amp: bool = True
     ema: float | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
         values = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
         values["augment"] = AugmentSpec.from_config(cfg.get("augment"))
+        values["distill"] = DistillSpec.from_config(cfg.get("distill"))
         return cls(**values)
 
 
@@ -218,9 +221,11 @@ class _Run:
     scaler: torch.amp.GradScaler
     averaged: AveragedModel | None
     loss_fn: nn.Module
+    teacher: nn.Module | None = None  # finetune.distill: its outputs are a second target
 
     @classmethod
-    def start(cls, model: nn.Module, device: torch.device, settings: TrainSettings, budget: _Budget) -> _Run:
+    def start(cls, model: nn.Module, device: torch.device, settings: TrainSettings, budget: _Budget,
+              teacher: nn.Module | None = None) -> _Run:
         """AdamW with per-step warm-up and cosine decay, the AMP scaler, the EMA when asked, the loss."""
         use_amp = settings.amp and device.type == "cuda"
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -232,9 +237,24 @@ class _Run:
         # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
         # slice is 0 or 1 whatever the model does, which drowns the signal of the others.
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        if settings.distill.on:
+            if teacher is None:
+                raise TrainingError("finetune.distill.weight is set but no teacher model was given")
+            teacher = teacher.to(device).eval().requires_grad_(False)
         return cls(model=model, device=device, use_amp=use_amp, settings=settings, budget=budget,
                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, averaged=averaged,
-                   loss_fn=loss_fn)
+                   loss_fn=loss_fn, teacher=teacher if settings.distill.on else None)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The segmentation loss, plus the distillation term when there is a teacher."""
+        logits = self.model(images)
+        loss = self.loss_fn(logits, labels)
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher(images)
+            spec = self.settings.distill
+            loss = loss + spec.weight * distillation_loss(logits, target, spec.temperature)
+        return loss
 
     @property
     def evaluated(self) -> nn.Module:
@@ -313,7 +333,7 @@ def _train_epoch(run: _Run, dataset: Dataset, transforms: Compose, epoch: int, d
             break
         images, labels = batch["image"].to(run.device), batch["label"].to(run.device)
         with torch.autocast(run.device.type, enabled=run.use_amp):
-            loss = run.loss_fn(run.model(images), labels)
+            loss = run.loss(images, labels)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss is {loss.item()} at epoch {epoch + 1}, step {batch_index + 1} "
@@ -348,8 +368,9 @@ def _record_epoch(run: _Run, done: _Progress, epoch: int, losses: list[float], d
 def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_volumes: list[Volume],
           settings: TrainSettings, out_model: str | os.PathLike, out_log: str | os.PathLike,
           state_dir: str | os.PathLike, provenance: dict, threads: int | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train (or fine-tune) `model` in place, resuming from `state_dir` when it holds this run."""
+          progress: bool = True, teacher: nn.Module | None = None) -> TrainResult:
+    """Train (or fine-tune) `model` in place, resuming from `state_dir` when it holds this run;
+    `teacher`: the model whose outputs are distilled into it (settings.distill)."""
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(settings.device)
@@ -361,7 +382,7 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
     state_path = Path(state_dir) / "last.pt"
     key = fingerprint(model, spec, settings, train_volumes, val_volumes)
     model.to(device)
-    run = _Run.start(model, device, settings, budget)
+    run = _Run.start(model, device, settings, budget, teacher)
     done = _resume(run, state_path, key)
     start_epoch = done.epoch
     log.info("training on %s: %d items, batch %d, %d epochs, %d steps, fingerprint %s",

@@ -20,6 +20,7 @@ import torch
 from varprune.atomic import write_csv, write_json
 from varprune.cost import macs_full
 from varprune.data.datasets import Volume, slab_item, slab_starts, slice_items
+from varprune.distill import load_teacher
 from varprune.inference import pick_device
 from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
@@ -166,8 +167,9 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
               finetune: dict, out_model: str | os.PathLike, out_sequence: str | os.PathLike,
               out_log: str | os.PathLike, state_dir: str | os.PathLike,
               out_oneshot: str | os.PathLike | None = None, threads: int | None = None,
-              keep_state: bool = False) -> dict:
-    """Prune the parent checkpoint by one cycle of `method`, fine-tune it, save.
+              keep_state: bool = False, dense: str | os.PathLike | None = None) -> dict:
+    """Prune the parent checkpoint by one cycle of `method`, fine-tune it (distilling from the
+    `dense` checkpoint or the parent when finetune.distill is on), save.
 
     `oneshot.json` records the validation Dice right after the surgery and after fine-tuning:
     accuracy before fine-tuning separates allocations far better than after it.
@@ -177,6 +179,7 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
     settings = CycleSettings.from_config(pruning)
     ft = TrainSettings.from_config(finetune)
     model, spec, parent_provenance = load_model(parent)
+    teacher = load_teacher(ft.distill, parent, dense)
     data = load_split(preprocessed)
     batches = calibration_batches(data["train"], settings.calibration_batches,
                                   settings.calibration_batch_size, settings.seed + cycle,
@@ -201,7 +204,7 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
         "pruning": {**summary, "settings": asdict(settings)},
     }
     result = train(model, new_spec, data["train"], data["val"], ft, out_model, out_log, state_dir,
-                   provenance, threads)
+                   provenance, threads, teacher=teacher)
     write_sequence(out_sequence, rows)
     if out_oneshot is not None:
         write_json(out_oneshot, {"val_dice_before": round(val_before, 6),
