@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_iou
 from monai.transforms import KeepLargestConnectedComponent
 
 import varprune.data.preprocess as prep
@@ -254,19 +253,7 @@ def test_nonzero_box_read_in_chunks(monkeypatch):
 
 def whole_volume_metrics(pred: np.ndarray, truth: np.ndarray, spacing) -> dict:
     """The metrics computed on the whole volumes (the reference)."""
-    p, t = ev._as_batch(pred), ev._as_batch(truth)
-    spacing = [float(s) for s in spacing]
-    iou = float(compute_iou(p, t, include_background=True, ignore_empty=False))
-    if p.sum() == 0:
-        assd = msd = hd95 = math.nan
-    else:
-        assd = float(compute_average_surface_distance(p, t, include_background=True, symmetric=True,
-                                                      spacing=spacing))
-        msd = float(compute_hausdorff_distance(p, t, include_background=True, spacing=spacing))
-        hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                                spacing=spacing))
-    return {"dice": ev.dice(pred, truth), "voe": 1.0 - iou, "rvd": float((p.sum() - t.sum()) / t.sum()),
-            "assd_mm": assd, "msd_mm": msd, "hd95_mm": hd95}
+    return ev.uncropped_metrics(pred, truth, spacing)
 
 
 def same(a: dict, b: dict) -> bool:

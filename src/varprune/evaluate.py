@@ -95,7 +95,11 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[flo
     if pred.shape != truth.shape:
         raise ValueError(f"y_pred and y should have same shapes, got {pred.shape} and {truth.shape}.")
     box = _nonzero_box(pred, truth, margin=1)
-    pred, truth = pred[box], truth[box]
+    return uncropped_metrics(pred[box], truth[box], spacing)
+
+
+def uncropped_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> dict:
+    """`segmentation_metrics` on the arrays as given (the reference its cropping is tested against)."""
     p, t = _as_batch(pred), _as_batch(truth)
     spacing = [float(s) for s in spacing]
     iou = float(compute_iou(p, t, include_background=True, ignore_empty=False))
