@@ -89,3 +89,5 @@ def test_a_latency_difference_counts_only_beyond_the_timing_spread():
     # missing spread decides nothing, and 47 (gap 3) is inside.
     assert beyond_spread(median, iqr, 50.0, 4.0).tolist() == [False, True, True, False]
     assert beyond_spread(pd.Series([47.0]), pd.Series([4.0]), 50.0, 4.0).tolist() == [False]
+    # Two jobs timing the same network 6 ms apart: a 5 ms gap is no longer resolved.
+    assert beyond_spread(median, iqr, 50.0, 4.0, floor=6.0).tolist() == [False, False, True, False]
