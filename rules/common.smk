@@ -458,7 +458,9 @@ def timing_threads():
     still uses cost.threads), so that latency is timed with no other job running; on a cluster
     each job has its own allocation and asks for cost.threads."""
     threads = config["cost"]["threads"]
-    if config["cost"]["alone"] and workflow.local_exec:
+    # A cluster job parses the workflow again in remote mode: it must ask what the submitting
+    # process asked (its srun step refuses more CPUs than the allocation has).
+    if config["cost"]["alone"] and workflow.local_exec and not workflow.remote_exec:
         cores = workflow.global_resources["_cores"].value
         return max(threads, cores or threads)
     return threads

@@ -20,7 +20,7 @@ from varprune.spec import ModelSpec
 
 from .workflow_helpers import REPO
 
-CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
 DEFAULT = ModelSpec.from_config(CONFIG["model"], CONFIG["preprocess"]["input_size"])
 
 

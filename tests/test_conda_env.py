@@ -10,8 +10,8 @@ import yaml
 
 from .workflow_helpers import REPO
 
-ENV = yaml.safe_load((REPO / "envs" / "varprune.yaml").read_text())
-PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+ENV = yaml.safe_load((REPO / "envs" / "varprune.yaml").read_text(encoding="utf-8"))
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def _pip_entries() -> list[str]:

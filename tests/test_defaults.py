@@ -20,8 +20,8 @@ from varprune.train import TrainSettings
 
 from .workflow_helpers import REPO
 
-CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
 
 
 def _plain(value):

@@ -105,8 +105,8 @@ def test_the_distillation_preset_reruns_only_the_fine_tunings_and_records_the_te
     input, a cycle is fine-tuned with the term (its checkpoint says so), and training is not redone."""
     workdir = tmp_path / "work"
     shutil.copytree(done_run, workdir, symlinks=True)
-    cfg = yaml.safe_load(TINY_CONFIG.read_text())
-    preset = yaml.safe_load((REPO / "config" / "distill.yaml").read_text())
+    cfg = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
+    preset = yaml.safe_load((REPO / "config" / "distill.yaml").read_text(encoding="utf-8"))
     cfg["finetune"]["distill"] = preset["finetune"]["distill"]
     config = tmp_path / "distill.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -13,14 +13,14 @@ from varprune.resources import Calibration, cohort, rule_resources
 
 from .workflow_helpers import REPO, snakemake
 
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
 
 
 def _config(preset: str | None = None, **changes) -> dict:
     """config.yaml with a preset laid over it (per section, as Snakemake merges them)."""
     cfg = copy.deepcopy(DEFAULT)
     if preset:
-        for key, value in yaml.safe_load((REPO / "config" / preset).read_text()).items():
+        for key, value in yaml.safe_load((REPO / "config" / preset).read_text(encoding="utf-8")).items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")

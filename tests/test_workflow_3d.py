@@ -20,8 +20,8 @@ pytestmark = pytest.mark.workflow
 def _tiny_3d(tmp_path):
     """The tiny config with config/3d.yaml's model keys, at a depth the tiny volumes (11-12
     slices) hold more than once, so that evaluation slides windows along z; two methods."""
-    cfg = yaml.safe_load(TINY_CONFIG.read_text())
-    preset = yaml.safe_load((REPO / "config" / "3d.yaml").read_text())
+    cfg = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
+    preset = yaml.safe_load((REPO / "config" / "3d.yaml").read_text(encoding="utf-8"))
     cfg["model"] = {**cfg["model"], **preset["model"], "depth": 8}
     cfg["pruning"]["methods"] = ["variable", "fixed"]
     path = tmp_path / "tiny3d.yaml"

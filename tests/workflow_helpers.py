@@ -41,7 +41,7 @@ def _tiny_config() -> Path:
     threads = threads_for_tests()
     if threads is None:
         return base
-    cfg = yaml.safe_load(base.read_text())
+    cfg = yaml.safe_load(base.read_text(encoding="utf-8"))
     for section in ("train", "finetune", "evaluate"):
         cfg.setdefault(section, {})["threads"] = threads
     path = Path(tempfile.mkdtemp(prefix="varprune-tiny-")) / "tiny.yaml"
@@ -113,7 +113,7 @@ def scheduled(workdir: Path, config: Path | None = TINY_CONFIG, repo: Path = REP
 
 def edited_config(tmp: Path, base: Path = TINY_CONFIG, **changes) -> Path:
     """A copy of `base` with dotted keys changed: edited_config(p, **{"preprocess.window": [..]})."""
-    cfg = yaml.safe_load(base.read_text())
+    cfg = yaml.safe_load(base.read_text(encoding="utf-8"))
     for dotted, value in changes.items():
         node = cfg
         *parents, leaf = dotted.split(".")
@@ -127,8 +127,8 @@ def edited_config(tmp: Path, base: Path = TINY_CONFIG, **changes) -> Path:
 
 def merged_config(config: Path | None = TINY_CONFIG) -> dict:
     """config/config.yaml with `config` laid over it (per top-level section), as Snakemake reads them."""
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for key, value in (yaml.safe_load(config.read_text()) if config else {}).items():
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    for key, value in (yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}).items():
         nested = isinstance(value, dict) and isinstance(cfg.get(key), dict)
         cfg[key] = {**cfg[key], **value} if nested else value
     return cfg
