@@ -4,7 +4,10 @@ Run from the repository root after the pipeline: python benchmarks/deploy.py [--
 For dense and the last cycle of every method it exports ONNX and TorchScript (each checked
 against PyTorch within 1e-4) into a temp folder and times PyTorch eager, TorchScript and
 onnxruntime at batch 1 and batch 16: fixed threads, warm-up, median of at least 20 runs.
-Reductions are against dense in the same runtime.
+Reductions are against dense in the same runtime. A second table splits the eager batch-1
+latency into patch embedding, transformer and decoder (varprune.cost.latency_parts: the
+embedding and the encoder timed alone), with each part's reduction and the whole model's
+latency reduction per MAC reduction: the parts transformer pruning cannot shrink set the floor.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import numpy as np
 import torch
 import yaml
 
-from varprune.cost import time_ms
+from varprune.cost import latency_parts, time_ms
 from varprune.export import export_model, runner
 from varprune.model import load_model
+from varprune.pruning.budget import spec_macs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,12 +48,14 @@ def main() -> None:
     models.update({f"{m}/cycle{cycles}": REPO / "results" / run / m / f"cycle{cycles}" / "model.pt"
                    for m in config["pruning"]["methods"]})
     torch.set_num_threads(args.threads)
-    results = {}
+    results, parts, macs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name, path in models.items():
             model, spec, _ = load_model(path)
             model.eval()
+            parts[name] = eager_parts(model, spec, args.runs)
+            macs[name] = spec_macs(spec)
             runners = {"eager": None}
             for fmt in ("torchscript", "onnx"):
                 out = tmp / f"{name.replace('/', '_')}.{fmt}"
@@ -80,6 +86,33 @@ def main() -> None:
             d16 = 1 - many / results[("dense", runtime, 16)]
             print(f"| {name} | {runtime} | {one:.1f} | {100 * d1:.1f} % | {many:.1f} | {100 * d16:.1f} % | "
                   f"{many / 16:.1f} |")
+
+    print_parts(parts, macs, args)
+
+
+def eager_parts(model, spec, runs: int) -> dict[str, float]:
+    """Eager batch-1 latency per part (embedding, transformer, decoder) and of the whole model."""
+    x = torch.rand(spec.input_shape(1), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole, encoder, embedding = (median_ms(fn, runs) for fn in (
+            lambda: model(x), lambda: model.vit(x), lambda: model.vit.patch_embedding(x)))
+    return {**latency_parts(whole, encoder, embedding), "whole": whole}
+
+
+def print_parts(parts: dict, macs: dict, args) -> None:
+    print(f"\nEager batch-1 latency per part (ms, {args.threads} threads; differences of medians) and the "
+          "whole model's latency reduction / MAC reduction")
+    print("| model | embedding | transformer | decoder | whole | Δ transformer | Δ whole | Δ MACs | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    dense = parts["dense"]
+    for name, p in parts.items():
+        d_tr = 1 - p["transformer"] / dense["transformer"]
+        d_whole = 1 - p["whole"] / dense["whole"]
+        d_macs = 1 - macs[name] / macs["dense"]
+        ratio = f"{d_whole / d_macs:.2f}" if d_macs > 0 else ""
+        print(f"| {name} | {p['embedding']:.2f} | {p['transformer']:.1f} | {p['decoder']:.1f} | "
+              f"{p['whole']:.1f} | {100 * d_tr:.1f} % | {100 * d_whole:.1f} % | {100 * d_macs:.1f} % | "
+              f"{ratio} |")
 
 
 if __name__ == "__main__":
