@@ -30,7 +30,7 @@ from varprune.layout import (
     report_files,
     run_models,
 )
-from varprune.resources import cohort, rule_resources
+from varprune.resources import cohort, rule_resources, unknown_rules
 from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
 
 
@@ -88,6 +88,9 @@ def check_config(cfg):
             "pruning.methods",
             f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}",
         )
+    typos = unknown_rules(cfg)
+    if typos:
+        config_error("resources.rules", f"no rule named {', '.join(typos)}")
     dense_spec(cfg)
     check_pruning(cfg)
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from varprune.resources import Calibration, cohort, rule_resources
+from varprune.resources import Calibration, cohort, rule_resources, unknown_rules
 
 from .workflow_helpers import REPO, snakemake
 
@@ -59,6 +59,9 @@ def test_rules_in_the_config_replace_the_estimate_and_unknown_rules_fail():
     assert got["runtime"] == 999 and got["mem_mb"] == _train(_config())["mem_mb"]
     with pytest.raises(KeyError, match="no_such_rule"):
         rule_resources(cfg, "no_such_rule", cohort(cfg, 1, 1, 1))
+    # A typo in the config is named (the workflow stops on it at parse time).
+    assert unknown_rules(_config(**{"resources.rules": {"trian": {"runtime": 9}, "train": {}}})) == ["trian"]
+    assert unknown_rules(cfg) == []
 
 
 def test_larger_cases_ask_for_more_memory_in_the_data_steps():

@@ -214,6 +214,12 @@ def request(work: Work, cal: Calibration) -> dict:
             "gpu": int(work.gpu)}
 
 
+def unknown_rules(config: dict) -> list[str]:
+    """Names in `resources.rules` that no rule estimated here has (a typo would be ignored)."""
+    known = {*TRAINING_RULES, *FIXED, "evaluate", "oneshot"}
+    return sorted(set(Calibration.from_config(config.get("resources")).rules) - known)
+
+
 def rule_resources(config: dict, rule: str, group: Cohort, rounds: int = 1, offered_gpus: int = 0) -> dict:
     """mem_mb, runtime (minutes) and gpu for one rule, with `resources.rules.{rule}` on top."""
     cal = Calibration.from_config(config.get("resources"))
