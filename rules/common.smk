@@ -68,7 +68,9 @@ def check_config(cfg):
                     "(choose NIfTI cases with data.nifti.cases)",
                 )
         if not data["nifti"]["root"]:
-            config_error("data.nifti.root", "data.source nifti needs the dataset folder")
+            config_error(
+                "data.nifti.root", "data.source nifti needs the dataset folder"
+            )
     if data["source"] == "synthetic" and data["patients"]:
         too_big = [p for p in data["patients"] if p > syn["patients"]]
         if too_big:
@@ -330,7 +332,8 @@ def guarded_plan(wildcards):
 
 def distill_teacher(wildcards):
     """Input function: the dense checkpoint when fine-tuning distils from it (finetune.distill
-    with teacher dense), else nothing (teacher parent is the job's own starting checkpoint)."""
+    with teacher dense), else nothing (teacher parent is the job's own starting checkpoint).
+    """
     distill = config["finetune"]["distill"]
     if distill["weight"] and distill["teacher"] == "dense":
         return f"results/{wildcards.run}/dense/model.pt"
