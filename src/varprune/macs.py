@@ -6,7 +6,8 @@ convolutions; transposed convolutions by their input voxels; norms, activations 
 interpolation are not counted): each transformer layer (`layer_macs`, the part pruning can
 remove) and everything else (`rest_macs`: the patch embedding and UNETR's convolutional decoder
 or SETR's upsampling head). Every function reads a model description as a plain mapping: a
-`ModelSpec.to_dict()` or the `model` config slice plus `input_size`. Tested against the counter.
+`ModelSpec.to_dict()` or the `model` config slice plus `input_size`; a SETR pruned outside the
+transformer counts with its `embed` and `head_widths`. Tested against the counter.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from collections.abc import Mapping
 def img_size(model: Mapping) -> tuple[int, ...]:
     size = model["input_size"]
     return (size, size) if model.get("spatial_dims", 2) == 2 else (model["depth"], size, size)
+
+
+def width(model: Mapping) -> int:
+    """The residual stream's width: `embed` once pruned (pruning.scope all), else `hidden`."""
+    return model.get("embed") or model["hidden"]
+
+
+def head_widths(model: Mapping) -> list[int]:
+    """SETR's head stage widths: `head_widths` once pruned (pruning.scope decoder), else dense."""
+    return list(model.get("head_widths") or model["head_channels"])
 
 
 def voxels(size: tuple[int, ...]) -> int:
@@ -51,7 +62,7 @@ def layer_macs(size: tuple[int, ...], patch: int, hidden: int, inner: int, ffn: 
 def model_macs(model: Mapping, layers: list[tuple[int, int]]) -> int:
     """The whole model: `rest_macs` plus every layer, given as (inner, ffn) widths."""
     size = img_size(model)
-    return rest_macs(model) + sum(layer_macs(size, model["patch"], model["hidden"], inner, ffn)
+    return rest_macs(model) + sum(layer_macs(size, model["patch"], width(model), inner, ffn)
                                   for inner, ffn in layers)
 
 
@@ -105,6 +116,6 @@ def rest_macs(model: Mapping) -> int:
     in_ch, out_ch = model.get("in_channels", 1), model.get("out_channels", 2)
     if model.get("arch", "unetr") == "unetr":
         return unetr_rest_macs(size, in_ch, out_ch, model["hidden"], model["feature_size"])
-    return setr_rest_macs(size, model["patch"], in_ch, out_ch, model["hidden"],
-                          list(model["head_channels"]), model["head_kernel"],
+    return setr_rest_macs(size, model["patch"], in_ch, out_ch, width(model),
+                          head_widths(model), model["head_kernel"],
                           len(model["head_layers"]))

@@ -26,6 +26,7 @@ from monai.networks.nets import UNETR, ViT
 from torch import nn
 
 from varprune.spec import LayerSpec, ModelSpec
+from varprune.widths import embedding_couplings, head_couplings, narrow
 
 
 class CheckpointError(Exception):
@@ -125,7 +126,19 @@ def build_model(spec: ModelSpec) -> nn.Module:
             block.mlp = AbsentBlock()
         elif layer.ffn != spec.ffn:
             resize_mlp(block.mlp, layer.ffn)
+    narrow_outer(model, spec)
     return model
+
+
+def narrow_outer(model: nn.Module, spec: ModelSpec) -> None:
+    """Give a dense-built SETR the spec's residual width and head stage widths (the first
+    channels of each; weights are loaded afterwards)."""
+    if spec.width != spec.hidden:
+        narrow(model, embedding_couplings(spec.num_layers, len(spec.head_layers)),
+               torch.arange(spec.width), spec.hidden)
+    for stage, (now, dense) in enumerate(zip(spec.stages, spec.head_channels, strict=True)):
+        if now != dense:
+            narrow(model, head_couplings(len(spec.head_channels), stage), torch.arange(now), dense)
 
 
 def _build_unetr(spec: ModelSpec) -> UNETR:
@@ -197,8 +210,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 # Far above any segmenter this project builds (ViT-H has hidden 1280, FFN 5120, 32 layers), far
 # below what would exhaust a laptop while a spec is merely being checked.
-SPEC_LIMITS = {"input_size": 4096, "depth": 4096, "in_channels": 64, "out_channels": 1024, "hidden": 16384,
-               "ffn": 131072, "heads": 1024, "feature_size": 4096, "patch": 1024, "num_layers": 256}
+SPEC_LIMITS = {"embed": 16384, "input_size": 4096, "depth": 4096, "in_channels": 64, "out_channels": 1024,
+               "hidden": 16384, "ffn": 131072, "heads": 1024, "feature_size": 4096, "patch": 1024,
+               "num_layers": 256}
 LAYER_LIMITS = {"heads": 1024, "head_dim": 4096, "ffn": 131072}
 
 
@@ -216,9 +230,13 @@ def check_spec_bounds(data: dict) -> None:
         value = data.get(key, [])
         if not isinstance(value, list) or len(value) > SPEC_LIMITS["num_layers"]:
             raise ValueError(f"{key} must be a list of at most {SPEC_LIMITS['num_layers']} entries")
-    widths = data.get("head_channels", [])
+    pruned = data.get("head_widths")
+    if pruned is not None and (not isinstance(pruned, list) or len(pruned) > SPEC_LIMITS["num_layers"]):
+        raise ValueError("head_widths must be a list (one width per head stage) or null")
+    widths = data.get("head_channels", []) + (pruned or [])
     if any(not isinstance(c, int) or not 0 < c <= SPEC_LIMITS["hidden"] for c in widths):
-        raise ValueError(f"head_channels {data.get('head_channels')} outside 1..{SPEC_LIMITS['hidden']}")
+        raise ValueError(f"head_channels {data.get('head_channels')} or head_widths {pruned} outside "
+                         f"1..{SPEC_LIMITS['hidden']}")
     for k, layer in enumerate(data.get("layers", [])):
         for key, limit in LAYER_LIMITS.items():
             value = layer.get(key) if isinstance(layer, dict) else getattr(layer, key, None)

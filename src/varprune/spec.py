@@ -58,6 +58,9 @@ class ModelSpec:
     head_kernel: int = 3  # setr: convolution kernel of the head's stages (1 or 3)
     head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
     layers: list[LayerSpec] = field(default_factory=list)
+    # Pruned widths outside the transformer blocks (pruning.scope decoder / all); None = dense.
+    embed: int | None = None  # setr: width of the residual stream (the dense one is `hidden`)
+    head_widths: list[int] | None = None  # setr: per head stage (the dense ones are `head_channels`)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -83,6 +86,18 @@ class ModelSpec:
         self.layers = [LayerSpec(**ls) if isinstance(ls, dict) else ls for ls in self.layers]
         if len(self.layers) != self.num_layers:
             raise ValueError(f"the spec has {self.num_layers} layers but lists {len(self.layers)}")
+        self._check_pruned_widths()
+
+    def _check_pruned_widths(self) -> None:
+        if (self.embed is not None or self.head_widths is not None) and self.arch != "setr":
+            raise ValueError("embed and head_widths (pruned outside the transformer) exist for setr only")
+        if self.embed is not None and not 1 <= self.embed <= self.hidden:
+            raise ValueError(f"embed {self.embed} must lie in 1..hidden ({self.hidden})")
+        if self.head_widths is not None and (
+                len(self.head_widths) != len(self.head_channels)
+                or any(not 1 <= w <= c for w, c in zip(self.head_widths, self.head_channels, strict=True))):
+            raise ValueError(f"head_widths {self.head_widths} must give 1..dense width per stage "
+                             f"(dense {self.head_channels})")
 
     def _check_setr(self) -> None:
         stages = self.patch.bit_length() - 1
@@ -102,6 +117,20 @@ class ModelSpec:
                                        for i in self.head_layers):
             raise ValueError(f"model.head_layers must list layers in [-{self.num_layers}, "
                              f"{self.num_layers - 1}], got {self.head_layers}")
+
+    @property
+    def width(self) -> int:
+        """The residual stream's width now (`hidden` unless pruned)."""
+        return self.hidden if self.embed is None else self.embed
+
+    @property
+    def stages(self) -> list[int]:
+        """The SETR head's stage widths now (`head_channels` unless pruned)."""
+        return list(self.head_channels if self.head_widths is None else self.head_widths)
+
+    def dense(self) -> ModelSpec:
+        """The dense model this spec was pruned from."""
+        return replace(self, layers=[], embed=None, head_widths=None)
 
     @property
     def img_size(self) -> tuple[int, ...]:
@@ -128,3 +157,10 @@ class ModelSpec:
 
     def with_layers(self, layers: list[LayerSpec]) -> ModelSpec:
         return replace(self, layers=[replace(ls) for ls in layers])
+
+    def with_widths(self, embed: int, head_widths: list[int]) -> ModelSpec:
+        """The same spec with the residual and head widths given (None where they stay dense)."""
+        return replace(self, layers=[replace(ls) for ls in self.layers],
+                       embed=None if embed == self.hidden else embed,
+                       head_widths=(None if list(head_widths) == list(self.head_channels)
+                                    else list(head_widths)))

@@ -8,7 +8,7 @@ check accepts is one the solver can meet, and the other way round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,10 +35,26 @@ class SequenceSettings:
     min_head_dim: int = 2
     min_heads: int = 1
     min_ffn: int = 8
+    scope: str = "transformer"
+    min_head_channels: int = 2
+    min_embed: int = 8
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"pruning.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
 
     @classmethod
     def from_config(cls, cfg: dict) -> SequenceSettings:
         return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def outer_blocks(self) -> tuple[str, ...]:
+        """The groups outside the transformer blocks this scope prunes."""
+        return SCOPES[self.scope]
+
+
+# What each pruning.scope prunes beyond MSA and FFN: SETR's head stages, the embedding width.
+SCOPES = {"transformer": (), "decoder": ("head",), "all": ("head", "embed")}
 
 
 @dataclass
@@ -50,10 +66,39 @@ class LayerCounts:
     ffn: int = 0
 
 
+@dataclass
+class OuterCounts:
+    """What leaves outside the transformer blocks: channels per SETR head stage, and of the
+    residual stream (the embedding width)."""
+
+    head: list[int] = field(default_factory=list)
+    embed: int = 0
+
+
+class Counts(list):
+    """Per-layer `LayerCounts`, plus `outer` (`OuterCounts`; nothing unless the scope says so).
+    A list, so that code reading layers (zip with spec.layers) needs nothing else."""
+
+    def __init__(self, layers=(), outer: OuterCounts | None = None) -> None:
+        super().__init__(layers)
+        self.outer = outer if outer is not None else OuterCounts()
+
+
+def outer_of(counts: list[LayerCounts]) -> OuterCounts:
+    """The outer counts of `counts` (none for a plain list)."""
+    return getattr(counts, "outer", None) or OuterCounts()
+
+
+def outer_sizes(spec: ModelSpec, blocks) -> dict[str, int]:
+    """Members of each outer block: head stages, and one embedding width."""
+    return {b: (len(spec.stages) if b == "head" else 1) for b in blocks}
+
+
 def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
-                     settings: SequenceSettings) -> list[LayerCounts]:
-    """Channels each layer loses at the given rates, within the minimum widths."""
-    counts = []
+                     settings: SequenceSettings, outer_rates: dict | None = None) -> Counts:
+    """Channels each layer (and, with `outer_rates`, each head stage and the embedding width)
+    loses at the given rates, within the minimum widths."""
+    counts = Counts()
     for layer, r_msa, r_ffn in zip(spec.layers, msa_rates, ffn_rates, strict=True):
         c = LayerCounts()
         if settings.msa_unit == "head":
@@ -63,7 +108,21 @@ def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarr
         c.ffn = min(int(round(r_ffn * layer.ffn)), layer.ffn - settings.min_ffn)
         c.heads, c.dims, c.ffn = max(0, c.heads), max(0, c.dims), max(0, c.ffn)
         counts.append(c)
+    rates = outer_rates or {}
+    if "head" in rates:
+        counts.outer.head = [max(0, min(int(round(r * w)), w - settings.min_head_channels))
+                             for r, w in zip(rates["head"], spec.stages, strict=True)]
+    if "embed" in rates:
+        counts.outer.embed = max(0, min(int(round(float(rates["embed"][0]) * spec.width)),
+                                        spec.width - settings.min_embed))
     return counts
+
+
+def full_rates(spec: ModelSpec, settings: SequenceSettings) -> tuple:
+    """(msa, ffn, outer) rates at `rate_max` for every group the scope prunes."""
+    full = np.full(len(spec.layers), settings.rate_max)
+    outer = {b: np.full(n, settings.rate_max) for b, n in outer_sizes(spec, settings.outer_blocks).items()}
+    return full, full, outer
 
 
 def msa_channels_removed(layer: LayerSpec, c: LayerCounts) -> int:
@@ -71,18 +130,29 @@ def msa_channels_removed(layer: LayerSpec, c: LayerCounts) -> int:
 
 
 def removed_macs(spec: ModelSpec, counts: list[LayerCounts]) -> int:
-    """MACs the counts remove (analytic; the same matmuls FlopCounterMode counts)."""
-    per_msa = macs.msa_channel_macs(spec.img_size, spec.patch, spec.hidden)
-    per_ffn = macs.ffn_channel_macs(spec.img_size, spec.patch, spec.hidden)
-    return sum(msa_channels_removed(layer, c) * per_msa + c.ffn * per_ffn
-               for layer, c in zip(spec.layers, counts, strict=True))
+    """MACs the counts remove (analytic; the same matmuls FlopCounterMode counts). Exact also
+    when the residual width shrinks, which makes every layer's channels cheaper."""
+    outer = outer_of(counts)
+    if not outer.embed and not any(outer.head):
+        per_msa = macs.msa_channel_macs(spec.img_size, spec.patch, spec.width)
+        per_ffn = macs.ffn_channel_macs(spec.img_size, spec.patch, spec.width)
+        return sum(msa_channels_removed(layer, c) * per_msa + c.ffn * per_ffn
+                   for layer, c in zip(spec.layers, counts, strict=True))
+    return spec_macs(spec) - spec_macs(widths_after(spec, counts))
 
 
 def widths_after(spec: ModelSpec, counts: list[LayerCounts]) -> ModelSpec:
-    """The spec once every layer has lost its counts (what the surgery will produce)."""
-    return spec.with_layers([
+    """The spec once every layer (and the head and embedding, if counted) has lost its counts
+    (what the surgery will produce)."""
+    layers = spec.with_layers([
         replace(layer, heads=layer.heads - c.heads, head_dim=layer.head_dim - c.dims, ffn=layer.ffn - c.ffn)
         for layer, c in zip(spec.layers, counts, strict=True)])
+    outer = outer_of(counts)
+    if not outer.embed and not any(outer.head):
+        return layers
+    head = outer.head or [0] * len(spec.stages)
+    stages = [w - c for w, c in zip(spec.stages, head, strict=True)]
+    return layers.with_widths(spec.width - outer.embed, stages)
 
 
 def spec_macs(spec: ModelSpec) -> int:
@@ -98,8 +168,8 @@ def reachable_per_cycle(spec: ModelSpec, cycles: int, settings: SequenceSettings
     dense = spec_macs(spec)
     reach = []
     for _ in range(cycles):
-        full = np.full(len(spec.layers), settings.rate_max)
-        spec = widths_after(spec, counts_for_rates(spec, full, full, settings))
+        msa, ffn, outer = full_rates(spec, settings)
+        spec = widths_after(spec, counts_for_rates(spec, msa, ffn, settings, outer))
         reach.append(1 - spec_macs(spec) / dense)
     return reach
 
@@ -107,8 +177,9 @@ def reachable_per_cycle(spec: ModelSpec, cycles: int, settings: SequenceSettings
 def reachable_from(spec: ModelSpec, dense: ModelSpec, settings: SequenceSettings) -> float:
     """The largest share of `dense`'s MACs removed after one more cycle from `spec` (every layer
     at `rate_max` of its current width, within the minimum widths)."""
-    full = np.full(len(spec.layers), settings.rate_max)
-    return 1 - spec_macs(widths_after(spec, counts_for_rates(spec, full, full, settings))) / spec_macs(dense)
+    msa, ffn, outer = full_rates(spec, settings)
+    after = widths_after(spec, counts_for_rates(spec, msa, ffn, settings, outer))
+    return 1 - spec_macs(after) / spec_macs(dense)
 
 
 def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: SequenceSettings) -> None:
@@ -117,18 +188,33 @@ def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: Sequenc
         raise ValueError(f"pruning.cycle_targets {targets} must be strictly increasing")
     if settings.rate_min >= settings.rate_max:
         raise ValueError(f"pruning.rate_min {settings.rate_min} must be below pruning.rate_max")
+    check_scope(spec, settings)
     dense = spec.layers[0]
     if (settings.min_head_dim > dense.head_dim or settings.min_heads > dense.heads
             or settings.min_ffn > dense.ffn):
         raise ValueError("pruning.min_head_dim, min_heads or min_ffn is larger than the dense model's "
                          f"width (head dim {dense.head_dim}, {dense.heads} heads, FFN {dense.ffn})")
-    rest = 1 - sum(macs.layer_macs(spec.img_size, spec.patch, spec.hidden, layer.inner, layer.ffn)
-                   for layer in spec.layers) / spec_macs(spec)
+    pruned = sum(macs.layer_macs(spec.img_size, spec.patch, spec.width, layer.inner, layer.ffn)
+                 for layer in spec.layers)
+    rest = 0.0 if "embed" in settings.outer_blocks else 1 - pruned / spec_macs(spec)
     for k, (target, reachable) in enumerate(zip(targets, reachable_per_cycle(spec, len(targets), settings),
                                                 strict=True), start=1):
         if reachable < target:
             raise ValueError(
                 f"pruning.cycle_targets: cycle {k} target {target} cannot be reached: with "
                 f"pruning.rate_max={settings.rate_max} and the minimum widths, at most {reachable:.1%} of "
-                f"the dense MACs can be removed by then (what lies outside the transformer layers "
-                f"carries {rest:.1%})")
+                f"the dense MACs can be removed by then (what pruning.scope {settings.scope} leaves "
+                f"alone carries at least {rest:.1%})")
+
+
+def check_scope(spec: ModelSpec, settings: SequenceSettings) -> None:
+    """Refuse a scope the architecture has no surgery for, and floors above the dense widths."""
+    if settings.outer_blocks and spec.arch != "setr":
+        raise ValueError(f"pruning.scope {settings.scope}: the head and embedding surgery exists for "
+                         f"model.arch setr only (UNETR's convolutional decoder is not prunable yet); "
+                         f"use pruning.scope transformer")
+    if "head" in settings.outer_blocks and settings.min_head_channels > min(spec.head_channels):
+        raise ValueError(f"pruning.min_head_channels {settings.min_head_channels} is larger than a head "
+                         f"stage ({spec.head_channels})")
+    if "embed" in settings.outer_blocks and settings.min_embed > spec.hidden:
+        raise ValueError(f"pruning.min_embed {settings.min_embed} is larger than model.hidden {spec.hidden}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,8 @@ from varprune.distill import load_teacher
 from varprune.inference import pick_device
 from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
-from varprune.pruning.groups import BLOCKS, Scores, layer_macs
+from varprune.pruning.budget import spec_macs
+from varprune.pruning.groups import BLOCKS, Scores
 from varprune.pruning.sequence import (
     LayerCounts,
     Sequence,
@@ -99,10 +100,8 @@ class _Lazy:
 
 
 def dense_macs(model: torch.nn.Module, spec: ModelSpec, measured: int) -> int:
-    """`macs_full` the dense ancestor had: the measured MACs with every layer at dense width."""
-    dense = replace(spec, layers=[])
-    return measured - sum(layer_macs(spec, ls) for ls in spec.layers) + sum(
-        layer_macs(dense, ls) for ls in dense.layers)
+    """`macs_full` the dense ancestor had: the measured MACs with every width dense again."""
+    return measured - spec_macs(spec) + spec_macs(spec.dense())
 
 
 def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list[LayerCounts],
@@ -125,6 +124,28 @@ def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list
                 "channels_before": widths[block][0], "channels_after": widths[block][1],
                 "heads_before": before.heads if block == "msa" else "",
                 "heads_after": after.heads if block == "msa" else "",
+            })
+    return rows + outer_rows(cycle, spec, new_spec, sequence)
+
+
+def outer_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, sequence: Sequence) -> list[dict]:
+    """Rows of the head stages (`layer` = stage) and of the embedding width, when pruned."""
+    widths = {"head": list(zip(spec.stages, new_spec.stages, strict=True)),
+              "embed": [(spec.width, new_spec.width)]}
+    rows = []
+    for block in ("head", "embed"):
+        if block not in sequence.rate:
+            continue
+        for i, (before, after) in enumerate(widths[block]):
+            weight, level = sequence.weight[block][i], sequence.level[block][i]
+            rows.append({
+                "cycle": cycle, "layer": i + 1, "block": block,
+                "significance": f"{float(sequence.significance[block][i]):.6g}",
+                "weight": "" if np.isnan(weight) else f"{weight:.6g}",
+                "level": int(level) if not np.isnan(weight) else "",
+                "rate_planned": f"{float(sequence.rate[block][i]):.6g}",
+                "rate_realised": f"{(before - after) / before:.6g}",
+                "channels_before": before, "channels_after": after, "heads_before": "", "heads_after": "",
             })
     return rows
 

@@ -9,44 +9,31 @@ A group couples every parameter slice that must disappear at once (`COUPLINGS`):
 - A whole head: all its head-dimension channels.
 - FFN channel c: row c (and bias c) of `linear1` and column c of `linear2`.
 
+Outside the blocks (`pruning.scope` decoder / all, SETR only), `outer_groups` lists the channel
+groups of the head stages and of the embedding width, whose couplings live in `varprune.widths`
+(the model narrows itself with them when it is built from a pruned spec).
+
 Criteria fold element importances into group scores with `fold`, the surgery slices and masks
-with `parameter_indices`; neither restates the coupling. Scores are stored per layer and block:
-`msa` as a (heads, head_dim) tensor, `ffn` as (ffn,). The MAC model of a layer (`layer_macs`)
+with `Coupling.indices`; neither restates the coupling. Scores are stored per layer and block:
+`msa` as a (heads, head_dim) tensor, `ffn` as (ffn,); per head stage s as (s, "head") and the
+embedding width as (0, "embed"), each (width,). The MAC model of a layer (`layer_macs`)
 is what the rate solvers budget with; it counts the same matmuls as `torch.utils.flop_counter`
 (tested against it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from varprune import macs
 from varprune.model import LayerSpec, ModelSpec, transformer_layers
+from varprune.widths import Coupling, embedding_couplings, head_couplings, parameters_of
 
 BLOCKS = ("msa", "ffn")
 Scores = dict[tuple[int, str], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Coupling:
-    """One parameter a channel group spans: its path below the transformer block, the axis its
-    channels lie on (0: output rows, 1: input columns), and how many stacked copies of the
-    channel axis it holds (q, k and v in `qkv`: 3)."""
-
-    path: str
-    axis: int
-    copies: int = 1
-
-    @property
-    def module(self) -> str:
-        return self.path.rsplit(".", 1)[0]
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit(".", 1)[1]
 
 
 COUPLINGS: dict[str, tuple[Coupling, ...]] = {
@@ -59,23 +46,29 @@ COUPLINGS: dict[str, tuple[Coupling, ...]] = {
 
 def coupled_parameters(block: nn.Module, kind: str) -> list[tuple[Coupling, torch.Tensor]]:
     """The parameters a `kind` group spans in one transformer block (absent biases skipped)."""
-    found = []
-    for coupling in COUPLINGS[kind]:
-        param = getattr(block.get_submodule(coupling.module), coupling.name)
-        if param is not None:
-            found.append((coupling, param))
-    return found
+    return parameters_of(block, COUPLINGS[kind])
 
 
-def parameter_indices(coupling: Coupling, channels: torch.Tensor, width: int) -> torch.Tensor:
-    """Indices along `coupling.axis` that hold the given channels (every stacked copy)."""
-    return torch.cat([channels + copy * width for copy in range(coupling.copies)])
+def outer_groups(spec: ModelSpec) -> dict[tuple[int, str], tuple[tuple[Coupling, ...], int]]:
+    """Channel groups outside the transformer blocks: (couplings, width) per SETR head stage and
+    for the embedding width; none for UNETR (no surgery for its decoder yet)."""
+    if spec.arch != "setr":
+        return {}
+    stages = len(spec.head_channels)
+    groups = {(s, "head"): (head_couplings(stages, s), width) for s, width in enumerate(spec.stages)}
+    groups[(0, "embed")] = (embedding_couplings(spec.num_layers, len(spec.head_layers)), spec.width)
+    return groups
 
 
 def fold(block: nn.Module, kind: str, width: int, element) -> torch.Tensor:
     """Per-channel sums of `element(param)` over every parameter slice of the group: (width,)."""
+    return fold_couplings(block, COUPLINGS[kind], width, element)
+
+
+def fold_couplings(root: nn.Module, couplings, width: int, element) -> torch.Tensor:
+    """`fold` for any couplings below `root`."""
     total = None
-    for coupling, param in coupled_parameters(block, kind):
+    for coupling, param in parameters_of(root, couplings):
         values = element(param)
         other = [d for d in range(values.dim()) if d != coupling.axis]
         per_index = values.sum(dim=other) if other else values
@@ -91,17 +84,17 @@ def channel_width(layer: LayerSpec, kind: str) -> int:
 
 def msa_channel_macs(spec: ModelSpec) -> int:
     """MACs of one MSA head-dimension channel (varprune.macs)."""
-    return macs.msa_channel_macs(spec.img_size, spec.patch, spec.hidden)
+    return macs.msa_channel_macs(spec.img_size, spec.patch, spec.width)
 
 
 def ffn_channel_macs(spec: ModelSpec) -> int:
     """MACs of one FFN channel (varprune.macs)."""
-    return macs.ffn_channel_macs(spec.img_size, spec.patch, spec.hidden)
+    return macs.ffn_channel_macs(spec.img_size, spec.patch, spec.width)
 
 
 def layer_macs(spec: ModelSpec, layer: LayerSpec) -> int:
     """MACs of one transformer layer's matmuls (varprune.macs, in terms of a spec)."""
-    return macs.layer_macs(spec.img_size, spec.patch, spec.hidden, layer.inner, layer.ffn)
+    return macs.layer_macs(spec.img_size, spec.patch, spec.width, layer.inner, layer.ffn)
 
 
 def transformer_macs(spec: ModelSpec) -> int:
@@ -164,6 +157,34 @@ def check_plan(layer: LayerSpec, plan: LayerPlan) -> None:
     after = plan.widths_after(layer)
     if after.heads < 1 or after.head_dim < 1 or after.ffn < 1:
         raise ValueError(f"the plan leaves an empty layer: {after}")
+
+
+@dataclass
+class OuterPlan:
+    """What to remove outside the transformer blocks: channels per SETR head stage (`head[s]`)
+    and channels of the residual stream (`embed`)."""
+
+    head: list[list[int]] = field(default_factory=list)
+    embed: list[int] = field(default_factory=list)
+
+
+class Plans(list):
+    """Per-layer `LayerPlan`s, plus `outer` (an `OuterPlan`; empty unless the scope says so)."""
+
+    def __init__(self, layers=(), outer: OuterPlan | None = None) -> None:
+        super().__init__(layers)
+        self.outer = outer if outer is not None else OuterPlan()
+
+
+def check_outer_plan(spec: ModelSpec, plan: OuterPlan) -> None:
+    """Refuse removing a channel twice, an index out of range, or a whole stage or stream."""
+    widths = [("head stage", w, plan.head[s] if s < len(plan.head) else [])
+              for s, w in enumerate(spec.stages)]
+    for what, width, removed in [*widths, ("embedding width", spec.width, plan.embed)]:
+        if len(set(removed)) != len(removed) or any(not 0 <= c < width for c in removed):
+            raise ValueError(f"bad {what} channels to remove for width {width}")
+        if removed and len(removed) >= width:
+            raise ValueError(f"the plan removes every channel of a {what}")
 
 
 def layer_modules(model: nn.Module) -> list[nn.Module]:

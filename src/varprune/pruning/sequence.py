@@ -21,6 +21,13 @@
 Rates are relative to a layer's current width. Minimum widths are never crossed. MSA channels
 are removed as head dims (the same number in every head of a layer, as SABlock requires) or,
 with `msa_unit: head`, as whole heads.
+
+`pruning.scope` decoder adds SETR's head stages as a third block type, `all` also the embedding
+width as a fourth (one member); each method treats them as it treats MSA and FFN: `variable`
+gives the head stages their own significance and level sequence (the single embedding width is
+the top level of its own sequence), `fixed` one rate, `random` a draw per stage, `global` ranks
+their channels too. Budgets stay shares of the dense MACs, counted exactly (a narrower
+residual stream makes every layer's channels cheaper).
 """
 
 from __future__ import annotations
@@ -35,13 +42,17 @@ from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec
 from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' public names)
     BudgetError,
+    Counts,
     LayerCounts,
+    OuterCounts,
     SequenceSettings,
     counts_for_rates,
     msa_channels_removed,
+    outer_of,
+    outer_sizes,
     removed_macs,
 )
-from varprune.pruning.groups import BLOCKS, LayerPlan, Scores, ffn_channel_macs, msa_channel_macs
+from varprune.pruning.groups import BLOCKS, LayerPlan, OuterPlan, Plans, Scores
 
 
 @dataclass
@@ -57,11 +68,14 @@ class Sequence:
 # ---------------------------------------------------------------- significance -> sequence
 
 
-def layer_significance(scores: Scores, n_layers: int, aggregate: str, top_fraction: float) -> dict:
-    """One significance value per layer for each block type."""
+def layer_significance(scores: Scores, n_layers: int, aggregate: str, top_fraction: float,
+                       outer: dict[str, int] | None = None) -> dict:
+    """One significance value per layer for each block type (and per member of each `outer`
+    block type: {block: members}, e.g. the head stages)."""
     result = {}
-    for block in BLOCKS:
-        per_layer = [scores[(i, block)].flatten().double() for i in range(n_layers)]
+    sizes = {**{b: n_layers for b in BLOCKS}, **(outer or {})}
+    for block, members in sizes.items():
+        per_layer = [scores[(i, block)].flatten().double() for i in range(members)]
         everything = torch.cat(per_layer)
         normalised = [s / everything.mean().clamp_min(1e-30) for s in per_layer]
         if aggregate == "top_share":
@@ -121,21 +135,32 @@ def solve_level(spec: ModelSpec, budget: int, rates_at, settings: SequenceSettin
                 what: str) -> tuple[float, list[LayerCounts]]:
     """Smallest overall level t whose counts remove at least `budget` MACs (bisection)."""
     low, high = -1.0 - settings.spread, 1.0 + settings.spread
-    best = counts_for_rates(spec, *rates_at(high), settings)
+    best = _counts_at(spec, rates_at(high), settings)
     if removed_macs(spec, best) < budget:
         raise BudgetError(
             f"{what}: removing {budget:,} MACs needs more than the rate bound rate_max="
             f"{settings.rate_max} and the minimum widths allow ({removed_macs(spec, best):,} at most)")
     if budget <= 0:
-        return low, counts_for_rates(spec, *rates_at(low), settings)
+        return low, _counts_at(spec, rates_at(low), settings)
     for _ in range(60):
         mid = (low + high) / 2
-        counts = counts_for_rates(spec, *rates_at(mid), settings)
+        counts = _counts_at(spec, rates_at(mid), settings)
         if removed_macs(spec, counts) >= budget:
             high, best = mid, counts
         else:
             low = mid
-    return high, _refine(spec, counts_for_rates(spec, *rates_at(low), settings), best, budget)
+    return high, _refine(spec, _counts_at(spec, rates_at(low), settings), best, budget)
+
+
+def _counts_at(spec: ModelSpec, rates: tuple, settings: SequenceSettings) -> Counts:
+    """Counts for `rates_at(t)`'s (msa, ffn) or (msa, ffn, {outer block: rates})."""
+    msa, ffn, *outer = rates
+    return counts_for_rates(spec, msa, ffn, settings, outer[0] if outer else None)
+
+
+def _rates(blocks: dict[str, np.ndarray]) -> tuple:
+    """(msa, ffn, outer) from rates per block type."""
+    return blocks["msa"], blocks["ffn"], {b: r for b, r in blocks.items() if b not in BLOCKS}
 
 
 def _refine(spec: ModelSpec, below: list[LayerCounts], above: list[LayerCounts],
@@ -147,7 +172,9 @@ def _refine(spec: ModelSpec, below: list[LayerCounts], above: list[LayerCounts],
     above the budget can overshoot it by several layers' worth; this keeps the overshoot
     to one channel unit of one layer.
     """
-    result = [LayerCounts(c.heads, c.dims, c.ffn) for c in below]
+    low_outer, high_outer = outer_of(below), outer_of(above)
+    result = Counts([LayerCounts(c.heads, c.dims, c.ffn) for c in below],
+                    OuterCounts(list(low_outer.head), low_outer.embed))
     if removed_macs(spec, result) >= budget:
         return result
     for i, (low, high) in enumerate(zip(below, above, strict=True)):
@@ -156,6 +183,11 @@ def _refine(spec: ModelSpec, below: list[LayerCounts], above: list[LayerCounts],
                 setattr(result[i], name, getattr(high, name))
                 if removed_macs(spec, result) >= budget:
                     return result
+    for s, count in enumerate(high_outer.head):
+        if s < len(result.outer.head) and count != result.outer.head[s]:
+            result.outer.head[s] = count
+            if removed_macs(spec, result) >= budget:
+                return result
     return above
 
 
@@ -164,96 +196,131 @@ def variable_counts(spec: ModelSpec, scores: Scores, budget: int, settings: Sequ
     """The paper's method: significance -> hierarchical sequence -> variable rates (`seed`:
     unused, the allocation is deterministic)."""
     n = len(spec.layers)
-    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    outer = outer_sizes(spec, settings.outer_blocks)
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction, outer)
     weights, levels = {}, {}
-    for block in BLOCKS:
+    for block in significance:
         weights[block], levels[block] = hierarchical_sequence(significance[block], settings)
 
     def rates_at(t):
-        return level_rates(levels["msa"], t, settings), level_rates(levels["ffn"], t, settings)
+        return _rates({b: level_rates(levels[b], t, settings) for b in levels})
 
     t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (variable)")
-    msa, ffn = rates_at(t)
-    return counts, Sequence(significance, weights, levels, {"msa": msa, "ffn": ffn})
+    return counts, Sequence(significance, weights, levels, {b: level_rates(levels[b], t, settings)
+                                                            for b in levels})
 
 
 def fixed_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
                  seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
     """The baseline: one rate for every layer and block (`seed`: unused)."""
     n = len(spec.layers)
-    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    sizes = {**{b: n for b in BLOCKS}, **outer_sizes(spec, settings.outer_blocks)}
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction,
+                                      outer_sizes(spec, settings.outer_blocks))
 
-    def rates_at(t):
+    def per_block(t):
         rate = float(np.clip(t, settings.rate_min, settings.rate_max))
-        return np.full(n, rate), np.full(n, rate)
+        return {b: np.full(m, rate) for b, m in sizes.items()}
 
-    t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (fixed)")
-    msa, ffn = rates_at(t)
-    flat = {b: np.full(n, np.nan) for b in BLOCKS}
-    zeros = {b: np.zeros(n, int) for b in BLOCKS}
-    return counts, Sequence(significance, flat, zeros, {"msa": msa, "ffn": ffn})
+    t, counts = solve_level(spec, budget, lambda t: _rates(per_block(t)), settings,
+                            "pruning.cycle_targets (fixed)")
+    return counts, _uninformed_sequence(significance, sizes, per_block(t))
+
+
+def _uninformed_sequence(significance: dict, sizes: dict[str, int], rates: dict) -> Sequence:
+    """The sequence of a method without weights or levels (fixed, global, random)."""
+    return Sequence(significance, {b: np.full(m, np.nan) for b, m in sizes.items()},
+                    {b: np.zeros(m, int) for b, m in sizes.items()}, rates)
 
 
 def global_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
                   seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
-    """One ranking of layer-normalised group scores across the model; lowest go first (`seed`:
-    unused)."""
+    """One ranking of layer-normalised group scores across the model; lowest go first, until
+    the exact MAC count meets the budget (`seed`: unused)."""
     n = len(spec.layers)
-    per_msa, per_ffn = msa_channel_macs(spec), ffn_channel_macs(spec)
-    units = []  # (score, layer, block, MACs)
-    for i, layer in enumerate(spec.layers):
-        msa = scores[(i, "msa")].double()
-        msa = msa / msa.mean().clamp_min(1e-30)
-        if settings.msa_unit == "head":
-            head_scores = torch.sort(msa.mean(dim=1)).values
-            for s in head_scores[: layer.heads - settings.min_heads]:
-                units.append((float(s), i, "heads", layer.head_dim * per_msa))
-        else:
-            ranked = torch.sort(msa, dim=1).values.mean(dim=0)  # r-th lowest dim, over heads
-            for s in ranked[: layer.head_dim - settings.min_head_dim]:
-                units.append((float(s), i, "dims", layer.heads * per_msa))
-        ffn = scores[(i, "ffn")].double()
-        ffn = torch.sort(ffn / ffn.mean().clamp_min(1e-30)).values
-        for s in ffn[: layer.ffn - settings.min_ffn]:
-            units.append((float(s), i, "ffn", per_ffn))
+    units = _global_units(spec, scores, settings)
     units.sort(key=lambda u: u[0])
-    counts = [LayerCounts() for _ in range(n)]
-    removed = 0
-    for _, i, kind, macs in units:
-        if removed >= budget:
-            break
-        setattr(counts[i], kind, getattr(counts[i], kind) + 1)
-        removed += macs
-    if removed < budget:
+
+    def prefix(k: int) -> Counts:
+        counts = Counts([LayerCounts() for _ in range(n)],
+                        OuterCounts([0] * len(spec.stages) if "head" in settings.outer_blocks else []))
+        for _, i, kind in units[:k]:
+            if kind == "head":
+                counts.outer.head[i] += 1
+            elif kind == "embed":
+                counts.outer.embed += 1
+            else:
+                setattr(counts[i], kind, getattr(counts[i], kind) + 1)
+        return counts
+
+    low, high = 0, len(units)  # the smallest prefix that meets the budget (removal grows with k)
+    if removed_macs(spec, prefix(high)) < budget:
         raise BudgetError(f"pruning.cycle_targets (global): removing {budget:,} MACs needs more than "
-                          f"the minimum widths allow ({removed:,} at most)")
-    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+                          f"the minimum widths allow ({removed_macs(spec, prefix(high)):,} at most)")
+    while low < high:
+        mid = (low + high) // 2
+        if removed_macs(spec, prefix(mid)) >= budget:
+            high = mid
+        else:
+            low = mid + 1
+    counts = prefix(low)
+    outer = outer_sizes(spec, settings.outer_blocks)
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction, outer)
     rates = {
         "msa": np.array([msa_channels_removed(layer, c) / layer.inner
                          for layer, c in zip(spec.layers, counts, strict=True)]),
         "ffn": np.array([c.ffn / layer.ffn for layer, c in zip(spec.layers, counts, strict=True)]),
     }
-    flat = {b: np.full(n, np.nan) for b in BLOCKS}
-    return counts, Sequence(significance, flat, {b: np.zeros(n, int) for b in BLOCKS}, rates)
+    if "head" in outer:
+        rates["head"] = np.array([c / w for c, w in zip(counts.outer.head, spec.stages, strict=True)])
+    if "embed" in outer:
+        rates["embed"] = np.array([counts.outer.embed / spec.width])
+    return counts, _uninformed_sequence(significance, {**{b: n for b in BLOCKS}, **outer}, rates)
+
+
+def _global_units(spec: ModelSpec, scores: Scores, settings: SequenceSettings) -> list[tuple]:
+    """(score normalised by its layer's (or stage's) mean, index, kind) of every removable unit
+    above the minimum widths: heads or head-dim ranks, FFN channels, head stage and embedding
+    channels."""
+    units = []
+    for i, layer in enumerate(spec.layers):
+        msa = scores[(i, "msa")].double()
+        msa = msa / msa.mean().clamp_min(1e-30)
+        if settings.msa_unit == "head":
+            head_scores = torch.sort(msa.mean(dim=1)).values
+            units += [(float(s), i, "heads") for s in head_scores[: layer.heads - settings.min_heads]]
+        else:
+            ranked = torch.sort(msa, dim=1).values.mean(dim=0)  # r-th lowest dim, over heads
+            units += [(float(s), i, "dims") for s in ranked[: layer.head_dim - settings.min_head_dim]]
+        ffn = scores[(i, "ffn")].double()
+        ffn = torch.sort(ffn / ffn.mean().clamp_min(1e-30)).values
+        units += [(float(s), i, "ffn") for s in ffn[: layer.ffn - settings.min_ffn]]
+    floors = {"head": settings.min_head_channels, "embed": settings.min_embed}
+    for block, members in outer_sizes(spec, settings.outer_blocks).items():
+        for i in range(members):
+            values = scores[(i, block)].double()
+            values = torch.sort(values / values.mean().clamp_min(1e-30)).values
+            units += [(float(s), i, block) for s in values[: len(values) - floors[block]]]
+    return units
 
 
 def random_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
                   seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
     """The control: variable's spread of rates, assigned to layers at random (seeded)."""
     n = len(spec.layers)
-    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction)
+    outer = outer_sizes(spec, settings.outer_blocks)
+    sizes = {**{b: n for b in BLOCKS}, **outer}
+    significance = layer_significance(scores, n, settings.aggregate, settings.top_fraction, outer)
     rng = np.random.default_rng(seed)
-    draws = {block: rng.uniform(0.0, 1.0, n) for block in BLOCKS}
+    draws = {block: rng.uniform(0.0, 1.0, m) for block, m in sizes.items()}  # msa, ffn first
 
-    def rates_at(t):
-        return tuple(np.clip(t + settings.spread * (0.5 - draws[b]), settings.rate_min, settings.rate_max)
-                     for b in BLOCKS)
+    def per_block(t):
+        return {b: np.clip(t + settings.spread * (0.5 - draws[b]), settings.rate_min, settings.rate_max)
+                for b in sizes}
 
-    t, counts = solve_level(spec, budget, rates_at, settings, "pruning.cycle_targets (random)")
-    msa, ffn = rates_at(t)
-    flat = {b: np.full(n, np.nan) for b in BLOCKS}
-    return counts, Sequence(significance, flat, {b: np.zeros(n, int) for b in BLOCKS},
-                            {"msa": msa, "ffn": ffn})
+    t, counts = solve_level(spec, budget, lambda t: _rates(per_block(t)), settings,
+                            "pruning.cycle_targets (random)")
+    return counts, _uninformed_sequence(significance, sizes, per_block(t))
 
 
 def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
@@ -268,9 +335,13 @@ def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
 # ---------------------------------------------------------------- counts -> concrete groups
 
 
-def select_groups(spec: ModelSpec, scores: Scores, counts: list[LayerCounts]) -> list[LayerPlan]:
-    """The lowest-scoring groups of each layer, as many as its counts say."""
-    plans = []
+def select_groups(spec: ModelSpec, scores: Scores, counts: list[LayerCounts]) -> Plans:
+    """The lowest-scoring groups of each layer (head stage, embedding width), as many as its
+    counts say."""
+    outer = outer_of(counts)
+    plans = Plans(outer=OuterPlan(
+        head=[sorted(torch.argsort(scores[(s, "head")])[:c].tolist()) for s, c in enumerate(outer.head)],
+        embed=sorted(torch.argsort(scores[(0, "embed")])[: outer.embed].tolist()) if outer.embed else []))
     for i, (layer, c) in enumerate(zip(spec.layers, counts, strict=True)):
         msa = scores[(i, "msa")]
         heads = torch.argsort(msa.sum(dim=1))[: c.heads].tolist() if c.heads else []

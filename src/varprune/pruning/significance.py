@@ -19,20 +19,39 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from varprune.model import ModelSpec
-from varprune.pruning.groups import BLOCKS, Scores, channel_width, fold, layer_modules
+from varprune.pruning.groups import (
+    BLOCKS,
+    Scores,
+    channel_width,
+    fold,
+    fold_couplings,
+    layer_modules,
+    outer_groups,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _fold(model: nn.Module, spec: ModelSpec, element) -> Scores:
-    """Apply `element(param) -> tensor of the same shape` and fold it into group scores."""
+    """Apply `element(param) -> tensor of the same shape` and fold it into group scores: every
+    MSA and FFN group, and the head stages' and embedding width's groups the model has."""
     scores: Scores = {}
     for index, (block, layer) in enumerate(zip(layer_modules(model), spec.layers, strict=True)):
         for kind in BLOCKS:
+            if channel_width(layer, kind) == 0:
+                continue  # a block pruned away (transformer_off): nothing to score
             per_channel = fold(block, kind, channel_width(layer, kind), element)
             scores[(index, kind)] = (per_channel.reshape(layer.heads, layer.head_dim) if kind == "msa"
                                      else per_channel)
+    for key, (couplings, width) in outer_groups(spec).items():
+        scores[key] = fold_couplings(model, couplings, width, element)
     return scores
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    """The gradient, or zeros for a parameter the loss does not reach (MONAI's unused
+    cross-attention LayerNorm lies on the embedding width)."""
+    return param.grad if param.grad is not None else torch.zeros_like(param)
 
 
 class Magnitude:
@@ -91,7 +110,7 @@ class Taylor(_GradientCriterion):
 
     @torch.no_grad()
     def per_batch(self, model: nn.Module, spec: ModelSpec) -> Scores:
-        signed = _fold(model, spec, lambda p: p.detach() * p.grad)
+        signed = _fold(model, spec, lambda p: p.detach() * _grad(p))
         return {key: value.abs() for key, value in signed.items()}
 
 
@@ -100,7 +119,7 @@ class Hessian(_GradientCriterion):
 
     @torch.no_grad()
     def per_batch(self, model: nn.Module, spec: ModelSpec) -> Scores:
-        return _fold(model, spec, lambda p: p.detach() ** 2 * p.grad ** 2)
+        return _fold(model, spec, lambda p: p.detach() ** 2 * _grad(p) ** 2)
 
     def finish(self, total: Scores, count: int) -> Scores:
         return {key: 0.5 * value / count for key, value in total.items()}

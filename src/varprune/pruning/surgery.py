@@ -9,8 +9,13 @@ the hidden size, so blocks are resized, not rebuilt). The softmax `scale` is kep
 dense model (a head that lost dims is not rescaled, so the remaining channels compute exactly
 what they did before).
 
+Outside the blocks (`Plans.outer`: SETR head stages, the embedding width) the surgery keeps
+the chosen channels with `varprune.widths.narrow`, which is also how a pruned spec is rebuilt.
+
 `mask_plan` zeroes the same groups in place without removing them; the equivalence test uses
-it to show that removal changes nothing but the shapes.
+it to show that removal changes nothing but the shapes. A LayerNorm over a narrower residual
+stream normalises over the channels it has, so masking the embedding width also makes every
+LayerNorm normalise over the kept channels (`KeptChannelsLayerNorm`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from varprune.model import AbsentBlock, LayerSpec, ModelSpec, resize_attention, 
 from varprune.pruning.groups import (
     BLOCKS,
     LayerPlan,
+    OuterPlan,
     channel_width,
+    check_outer_plan,
     check_plan,
     coupled_parameters,
     layer_modules,
-    parameter_indices,
+    outer_groups,
 )
+from varprune.widths import narrow, parameters_of
 
 
 def _resize_keeping(block: nn.Module, kind: str, kept: torch.Tensor, width: int, resize) -> None:
@@ -36,7 +44,7 @@ def _resize_keeping(block: nn.Module, kind: str, kept: torch.Tensor, width: int,
     every coupled parameter, every other parameter unchanged."""
     old = {name: param.detach().clone() for name, param in block.named_parameters()}
     device = next(iter(old.values())).device
-    slices = {c.path: (c.axis, parameter_indices(c, kept.to(device), width))
+    slices = {c.path: (c.axis, c.indices(kept.to(device), width))
               for c, _ in coupled_parameters(block, kind)}
     resize()
     block.to(device)
@@ -64,14 +72,37 @@ def prune_mlp(block: nn.Module, layer: LayerSpec, plan: LayerPlan) -> None:
 
 
 def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> ModelSpec:
-    """Remove the planned groups from every layer; return the spec of the smaller model."""
+    """Remove the planned groups from every layer (and, for `Plans`, outside the blocks);
+    return the spec of the smaller model."""
+    outer = getattr(plans, "outer", OuterPlan())
+    check_outer_plan(spec, outer)
     layers = []
     for block, layer, plan in zip(layer_modules(model), spec.layers, plans, strict=True):
         check_plan(layer, plan)
         prune_attention(block, layer, plan)
         prune_mlp(block, layer, plan)
         layers.append(plan.widths_after(layer))
-    return spec.with_layers(layers)
+    new_spec = spec.with_layers(layers)
+    removed = _outer_removed(spec, outer)
+    if not removed:
+        return new_spec
+    for (_, _), (couplings, width, channels) in removed.items():
+        narrow(model, couplings, _kept(channels, width), width)
+    stages = [w - len(removed.get((s, "head"), (0, 0, []))[2]) for s, w in enumerate(spec.stages)]
+    return new_spec.with_widths(spec.width - len(outer.embed), stages)
+
+
+def _outer_removed(spec: ModelSpec, outer: OuterPlan) -> dict:
+    """(couplings, width, channels removed) per outer group the plan touches."""
+    wanted = {(s, "head"): channels for s, channels in enumerate(outer.head)}
+    wanted[(0, "embed")] = outer.embed
+    return {key: (couplings, width, wanted[key])
+            for key, (couplings, width) in outer_groups(spec).items() if wanted.get(key)}
+
+
+def _kept(removed: list[int], width: int) -> torch.Tensor:
+    gone = set(removed)
+    return torch.tensor([c for c in range(width) if c not in gone], dtype=torch.long)
 
 
 def remove_transformer_blocks(model: nn.Module, spec: ModelSpec) -> ModelSpec:
@@ -87,6 +118,21 @@ def remove_transformer_blocks(model: nn.Module, spec: ModelSpec) -> ModelSpec:
                              for layer in spec.layers])
 
 
+class KeptChannelsLayerNorm(nn.Module):
+    """A LayerNorm that normalises over the kept channels only and outputs 0 at the others:
+    what the narrower LayerNorm of the pruned model computes, at the dense width."""
+
+    def __init__(self, norm: nn.LayerNorm, kept: torch.Tensor) -> None:
+        super().__init__()
+        self.norm, self.kept = norm, kept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        part = x.index_select(-1, self.kept)
+        normed = nn.functional.layer_norm(part, (len(self.kept),), self.norm.weight[self.kept],
+                                          self.norm.bias[self.kept], self.norm.eps)
+        return torch.zeros_like(x).index_copy(-1, self.kept, normed)
+
+
 @torch.no_grad()
 def mask_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> None:
     """Zero the planned groups in place (same function as removing them; shapes unchanged)."""
@@ -96,4 +142,16 @@ def mask_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> None
             removed = torch.tensor(plan.removed_channels(layer, kind), dtype=torch.long)
             width = channel_width(layer, kind)
             for coupling, param in coupled_parameters(block, kind):
-                param.index_fill_(coupling.axis, parameter_indices(coupling, removed, width), 0)
+                param.index_fill_(coupling.axis, coupling.indices(removed, width), 0)
+    outer = getattr(plans, "outer", OuterPlan())
+    check_outer_plan(spec, outer)
+    for (_, kind), (couplings, width, channels) in _outer_removed(spec, outer).items():
+        removed = torch.tensor(channels, dtype=torch.long)
+        for coupling, param in parameters_of(model, couplings):
+            param.index_fill_(coupling.axis, coupling.indices(removed, width), 0)
+        if kind == "embed":
+            kept = _kept(channels, width)
+            for name, module in list(model.named_modules()):
+                if isinstance(module, nn.LayerNorm):
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent), child, KeptChannelsLayerNorm(module, kept))

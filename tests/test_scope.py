@@ -1,0 +1,173 @@
+"""pruning.scope decoder / all: SETR's head stages and the embedding width are pruned like MSA and
+FFN (scored, allocated by every method, removed physically, rebuilt from the spec)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_model import tiny_spec
+from varprune import macs
+from varprune.cost import macs_full
+from varprune.export import export_model
+from varprune.model import build_model, count_parameters, load_model, save_checkpoint
+from varprune.pruning.budget import SequenceSettings, check_cycle_targets, spec_macs
+from varprune.pruning.cycle import CycleSettings, dense_macs, prune_model
+from varprune.pruning.groups import LayerPlan, OuterPlan, Plans, outer_groups
+from varprune.pruning.sequence import plan_counts, removed_macs, select_groups
+from varprune.pruning.significance import make_criterion
+from varprune.pruning.surgery import apply_plan, mask_plan
+from varprune.widths import parameters_of
+
+METHODS = ["variable", "fixed", "global", "random"]
+
+
+def setr(spatial_dims: int = 2, **changes):
+    """A tiny SETR whose head reads two layers (the concatenated head input is covered)."""
+    return tiny_spec("setr", spatial_dims=spatial_dims, depth=16, heads=4, qkv_bias=True, **changes)
+
+
+def outer_plan(spec, head: bool, embed: bool, seed: int = 0) -> OuterPlan:
+    g = torch.Generator().manual_seed(seed)
+
+    def some(width: int) -> list[int]:
+        n = int(torch.randint(1, width - 1, (1,), generator=g))
+        return sorted(torch.randperm(width, generator=g)[:n].tolist())
+
+    return OuterPlan(head=[some(w) for w in spec.stages] if head else [],
+                     embed=some(spec.width) if embed else [])
+
+
+def layer_plans(spec, seed: int = 0) -> list[LayerPlan]:
+    g = torch.Generator().manual_seed(seed)
+    return [LayerPlan([], {h: [int(torch.randint(layer.head_dim, (1,), generator=g))]
+                           for h in range(layer.heads)},
+                      sorted(torch.randperm(layer.ffn, generator=g)[:5].tolist())) for layer in spec.layers]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("what", ["head", "embed", "all"])
+def test_removal_equals_masking_outside_the_blocks(spatial_dims, what):
+    """Every head stage (including the stage reading the concatenated layers) and the embedding
+    width: the smaller model computes what the masked one does (LayerNorms over kept channels)."""
+    torch.manual_seed(0)
+    spec = setr(spatial_dims)
+    model = build_model(spec).eval()
+    with torch.no_grad():  # non-trivial norms, so that a wrong slice shows
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    masked = build_model(spec).eval()
+    masked.load_state_dict(model.state_dict())
+    layers = layer_plans(spec) if what == "all" else [LayerPlan.empty() for _ in spec.layers]
+    plans = Plans(layers, outer_plan(spec, head=what != "embed", embed=what != "head"))
+    mask_plan(masked, spec, plans)
+    new_spec = apply_plan(model, spec, plans)
+    x = torch.randn(spec.input_shape(2))
+    with torch.no_grad():
+        diff = (model(x) - masked(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert count_parameters(model) < count_parameters(build_model(spec))
+    if what != "embed":
+        assert new_spec.stages == [w - len(r) for w, r in zip(spec.stages, plans.outer.head, strict=True)]
+    if what != "head":
+        assert new_spec.width == spec.hidden - len(plans.outer.embed)
+        assert model.vit.patch_embedding.position_embeddings.shape[-1] == new_spec.width
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_outer_couplings_are_exactly_the_parameters_that_depend_on_the_width(spatial_dims):
+    """The couplings of a head stage / the embedding width list every parameter whose shape
+    changes with that width, on the axis that changes (checked against the built model)."""
+    spec = setr(spatial_dims)
+    wide = dict(build_model(spec).named_parameters())
+    for key, (couplings, width) in outer_groups(spec).items():
+        stage, block = key
+        stages = [w - (1 if s == stage else 0) for s, w in enumerate(spec.stages)]
+        narrower = (spec.with_widths(spec.width, stages) if block == "head"
+                    else spec.with_widths(width - 1, spec.stages))
+        changed = {name: next(d for d in range(p.dim()) if p.shape[d] != wide[name].shape[d])
+                   for name, p in build_model(narrower).named_parameters() if p.shape != wide[name].shape}
+        listed = {c.path: c.axis for c, _ in parameters_of(build_model(spec), couplings)}
+        assert changed == listed, key
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("scope", ["transformer", "decoder", "all"])
+def test_closed_form_macs_equal_the_counter_for_every_scope(spatial_dims, scope):
+    torch.manual_seed(0)
+    spec = setr(spatial_dims)
+    model = build_model(spec).eval()
+    plans = Plans(layer_plans(spec), outer_plan(spec, head=scope != "transformer", embed=scope == "all"))
+    new_spec = apply_plan(model, spec, plans)
+    x = torch.zeros(spec.input_shape(1))
+    assert macs_full(model, x) == spec_macs(new_spec)
+    layers = [(ls.inner, ls.ffn) for ls in new_spec.layers]
+    assert macs.model_macs(new_spec.to_dict(), layers) == spec_macs(new_spec)
+    assert dense_macs(model, new_spec, macs_full(model, x)) == macs_full(build_model(spec), x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scope", ["decoder", "all"])
+def test_every_method_allocates_the_outer_groups_and_meets_the_budget(method, scope):
+    torch.manual_seed(0)
+    spec = setr()
+    model = build_model(spec).eval()
+    batches = [(torch.randn(spec.input_shape(2)), torch.randint(0, 2, (2, 1, *spec.img_size)))]
+    settings = CycleSettings(target=0.6, sequence=SequenceSettings(scope=scope, min_embed=4))
+    scores = make_criterion("taylor").score(model, spec, batches)
+    assert (0, "head") in scores and (0, "embed") in scores
+    before = macs_full(model, torch.zeros(spec.input_shape(1)))
+    new_spec, summary = prune_model(model, spec, method, settings, [], seed=1, scores=scores)
+    assert summary["reduction_vs_dense"] >= 0.6 - 1e-9
+    assert summary["removed"] == summary["planned"] == before - spec_macs(new_spec)
+    assert new_spec.stages != spec.stages  # the head lost channels
+    assert (new_spec.width < spec.width) == (scope == "all")
+    rows = summary["rows"]
+    assert {r["block"] for r in rows} == {"msa", "ffn", "head", *(["embed"] if scope == "all" else [])}
+    with torch.no_grad():
+        assert model(torch.randn(spec.input_shape(1))).shape == (1, 2, *spec.img_size)
+
+
+def test_transformer_scope_plans_nothing_outside_the_blocks():
+    spec = setr()
+    model = build_model(spec).eval()
+    scores = make_criterion("l1").score(model, spec)
+    settings = SequenceSettings()
+    budget = int(0.5 * spec_macs(spec))
+    for method in METHODS:
+        counts, sequence = plan_counts(method, spec, scores, budget, settings)
+        plans = select_groups(spec, scores, counts)
+        assert not plans.outer.head and not plans.outer.embed
+        assert set(sequence.rate) == {"msa", "ffn"}
+        assert removed_macs(spec, counts) >= budget
+
+
+@pytest.mark.parametrize("scope", ["decoder", "all"])
+def test_a_pruned_checkpoint_of_each_scope_round_trips_through_save_load_and_export(tmp_path, scope):
+    torch.manual_seed(0)
+    spec = setr()
+    model = build_model(spec).eval()
+    new_spec = apply_plan(model, spec, Plans(layer_plans(spec),
+                                             outer_plan(spec, head=True, embed=scope == "all")))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, new_spec, {})
+    loaded, loaded_spec, _ = load_model(path)
+    x = torch.randn(spec.input_shape(1))
+    assert loaded_spec == new_spec
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    for fmt in ("onnx", "torchscript"):
+        record = export_model(path, fmt, tmp_path / f"m.{fmt}")
+        assert record["max_abs_difference"] <= 1e-4 and (tmp_path / f"m.{fmt}").stat().st_size > 0
+
+
+def test_scopes_beyond_the_transformer_are_refused_for_unetr_and_floors_are_checked():
+    unetr = tiny_spec("unetr")
+    with pytest.raises(ValueError, match="pruning.scope decoder: .*setr only"):
+        check_cycle_targets(unetr, [0.3], SequenceSettings(scope="decoder"))
+    with pytest.raises(ValueError, match="pruning.scope must be one of"):
+        SequenceSettings(scope="everything")
+    with pytest.raises(ValueError, match="min_head_channels"):
+        check_cycle_targets(setr(), [0.3], SequenceSettings(scope="decoder", min_head_channels=64))
+    with pytest.raises(ValueError, match="embed"):
+        setr().with_widths(0, setr().stages)
