@@ -114,6 +114,9 @@ def describe(model_path: str | os.PathLike, with_macs: bool = True) -> str:
         full = macs_full(model, x)
         lines.append(f"MACs: {full / 1e9:.3f} G full (FlopCounterMode, attention included; MSA and FFN: "
                      f"{transformer_macs(spec) / full:.1%}), {macs_thop(model, x) / 1e9:.3f} G thop")
+    if spec.arch == "setr":
+        lines.append(f"embedding width: {spec.width} of {spec.hidden}; head stages: "
+                     f"{'->'.join(map(str, spec.stages))} of {'->'.join(map(str, spec.head_channels))}")
     lines.append("layer  heads  head_dim  msa_channels  ffn  softmax_scale")
     for i, layer in enumerate(spec.layers, start=1):
         lines.append(f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}  "

@@ -58,6 +58,7 @@ def percent(v: float) -> str:
 
 def human_summary(table: pd.DataFrame) -> pd.DataFrame:
     """The summary for people: readable names and units (summary.csv keeps the machine names)."""
+    nan = pd.Series(math.nan, index=table.index)
     def fmt(v, spec):
         return "" if pd.isna(v) else format(v, spec)
 
@@ -73,6 +74,10 @@ def human_summary(table: pd.DataFrame) -> pd.DataFrame:
         "Latency reduction": [percent(r) if beyond or not r else f"{percent(r)} (within the timing spread)"
                               for r, beyond in zip(table.latency_ms_reduction, table.latency_beyond_spread,
                                                    strict=True)],
+        "Latency per part (ms: embedding / transformer / decoder)": [
+            "" if pd.isna(e) else f"{e:.1f} / {t:.1f} / {d:.1f}"
+            for e, t, d in zip(*(table.get(f"latency_{part}_ms", nan)
+                                 for part in ("embedding", "transformer", "decoder")), strict=True)],
         "Test Dice (mean ± std)": [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(table.dice_mean, table.dice_std,
                                                                          strict=True)],
         "Δ Dice vs dense_long (points)": table.dice_vs_dense_long.map(lambda v: f"{100 * v:+.2f}"),
