@@ -1,129 +1,306 @@
-"""Compression benchmark: size, MACs, latency and test Dice of dense and every (method, cycle).
+"""Compression benchmark: size, MACs, latency per part, test Dice of dense, dense_long, every (method, cycle).
 
 Run from the repository root:
-  python benchmarks/compression.py                 # the default config's run
-  python benchmarks/compression.py --sweep         # + targets 60/72/80 % for every method, 2 seeds
-It runs the pipeline for the models it reports (`snakemake --cores all`, nothing to do when
-they are up to date), reads params and MACs from each model's cost.json and the test Dice from
-its metrics.csv, and measures CPU latency itself, one model after the other on an otherwise
-idle machine (batch 1, fixed threads, median of 30 runs after warm-up) for the whole model and
-for the transformer encoder alone: the decoder's convolutions are not pruned and set a floor.
+  python benchmarks/compression.py                        # the default config's run and scope
+  python benchmarks/compression.py --scope all --distill  # run scope_all_distill: pruning.scope all,
+                                                          #   fine-tuning with distillation
+  python benchmarks/compression.py --sweep                # + targets 60/72/80 % per method, 2 seeds
+Options: --scope {transformer,decoder,all} (default: the config's pruning.scope, transformer when
+absent); --distill (merge config/distill.yaml's finetune.distill); --no-run (only read existing
+outputs); --threads N (torch and onnxruntime threads, default 1); --runs N (timed runs per
+measurement, default 30); --root PATH (the checkout whose config/ and results/ are used, default
+the repository this script lives in).
+
+When --scope or --distill differs from config/config.yaml the pipeline runs under its own run name
+(`scope_all_distill`, `scope_decoder`, `distill`...) with a temporary override config (`run`,
+`pruning.scope`, `finetune.distill`) passed by --configfile. It asks snakemake for dense,
+dense_long (dense fine-tuned as long as the last cycle: the fair Dice reference) and every
+(method, cycle) (`snakemake --cores all`, nothing to do when they are up to date), reads params and
+MACs (thop and FlopCounterMode) from each model's cost.json and the test Dice from its metrics.csv,
+and measures batch-1 CPU latency itself, one model after the other, in PyTorch eager and in
+onnxruntime, for the whole model and per part (embedding, transformer, decoder: the patch
+embedding and the encoder timed alone, varprune.cost.latency_parts). It prints:
+1. per model: params, MACs thop and full, eager latency whole and per part, onnxruntime latency
+   whole, test Dice; Δ vs dense, Δ Dice in points vs dense_long;
+2. per model: MACs (full) and onnxruntime latency per part;
+3. per pruned model: latency reduction / MAC reduction, whole (eager, onnx) and per part;
+4. a goal line for the last cycle of every method: whole latency -70 % or more in both runtimes,
+   MACs -85 % or more, Dice within 0.5 points of dense_long.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import yaml
+from deploy import eager_parts, median_ms  # benchmarks/deploy.py, next to this file
+from torch import nn
 
-from varprune.cost import time_ms
+from varprune.cost import latency_parts, macs_full
+from varprune.export import TOLERANCE, _onnx_bytes, max_difference, runner
 from varprune.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
+SCOPES = ("transformer", "decoder", "all")
+PARTS = ("embedding", "transformer", "decoder")
 SWEEP_TARGETS = [0.60, 0.72, 0.80]
 SWEEP_SEEDS = [0, 1]
+GOAL_LATENCY, GOAL_MACS, GOAL_DICE = 0.70, 0.85, -0.5
 
 
-def run_pipeline(config_files: list[Path], run: str, methods: list[str], cycles: int) -> None:
-    targets = [f"results/{run}/dense/metrics.csv", f"results/{run}/dense/cost.json"]
-    for method in methods:
-        for k in range(1, cycles + 1):
-            targets += [f"results/{run}/{method}/cycle{k}/{name}" for name in ("metrics.csv", "cost.json")]
+def load_config(root: Path) -> dict:
+    return yaml.safe_load((root / "config" / "config.yaml").read_text())
+
+
+def run_pipeline(root: Path, config_files: list[Path], run: str, names: list[str]) -> None:
+    """Ask snakemake for metrics.csv and cost.json of each model folder `names` of `run`."""
+    targets = [f"results/{run}/{name}/{file}" for name in names for file in ("metrics.csv", "cost.json")]
     args = [sys.executable, "-m", "snakemake", "--cores", "all", *targets]
     for path in config_files:
         args += ["--configfile", str(path)]
-    subprocess.run(args, cwd=REPO, check=True)
+    subprocess.run(args, cwd=root, check=True)
 
 
-def latency(model_path: Path, threads: int, runs: int = 30) -> tuple[float, float]:
-    """Median ms at batch 1 of the whole model and of its transformer encoder."""
-    model, spec, _ = load_model(model_path)
-    torch.set_num_threads(threads)
-    x = torch.randn(spec.input_shape(1))
-    whole, _ = time_ms(lambda: model(x), warmup=5, runs=runs)
-    encoder, _ = time_ms(lambda: model.vit(x), warmup=5, runs=runs)
-    return whole, encoder
+@contextlib.contextmanager
+def override_file(override: dict) -> Iterator[Path]:
+    """A temporary YAML config holding `override`, removed afterwards."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(override, fh)
+    try:
+        yield Path(fh.name)
+    finally:
+        os.unlink(fh.name)
 
 
-def model_row(run: str, name: str, threads: int) -> dict:
-    folder = REPO / "results" / run / name
+def model_names(config: dict) -> list[str]:
+    cycles = len(config["pruning"]["cycle_targets"])
+    return ["dense", "dense_long"] + [f"{m}/cycle{k}" for m in config["pruning"]["methods"]
+                                      for k in range(1, cycles + 1)]
+
+
+def read_row(folder: Path) -> dict:
+    """Params, MACs (both counters) from cost.json and the mean test Dice from metrics.csv."""
+    missing = [str(folder / f) for f in ("cost.json", "metrics.csv") if not (folder / f).is_file()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run without --no-run")
     cost = json.loads((folder / "cost.json").read_text())
     with open(folder / "metrics.csv") as fh:
         dice = [float(r["dice"]) for r in csv.DictReader(fh)]
-    whole, encoder = latency(folder / "model.pt", threads)
-    return {"model": name, "params": cost["params"], "macs_thop": cost["macs_thop"],
-            "macs_full": cost["macs_full"], "latency": whole, "latency_encoder": encoder,
+    return {"params": cost["params"], "macs_thop": cost["macs_thop"], "macs_full": cost["macs_full"],
             "dice": statistics.mean(dice)}
 
 
-def print_table(rows: list[dict], threads: int) -> None:
-    dense = rows[0]
-    print(f"\nCPU latency: batch 1, {threads} thread(s), median of 30 runs; reductions vs dense.")
-    header = ("| model | params | Δ | MACs thop | Δ | MACs full | Δ | latency ms | Δ | "
-              "encoder ms | Δ | test Dice | Δ Dice (points) |")
-    print(header)
-    print("|" + "---|" * 13)
-    def reduction(row: dict, key: str) -> str:
-        return f"{100 * (1 - row[key] / dense[key]):.1f} %"
+class LastTokens(nn.Module):
+    """The ViT encoder returning its last tokens only (its forward returns (x, hidden_states))."""
 
-    for r in rows:
-        def red(key, row=r):
-            return reduction(row, key)
-        print(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {red('params')} | "
-              f"{r['macs_thop'] / 1e9:.3f} G | {red('macs_thop')} | {r['macs_full'] / 1e9:.3f} G | "
-              f"{red('macs_full')} | {r['latency']:.1f} | {red('latency')} | {r['latency_encoder']:.1f} | "
-              f"{red('latency_encoder')} | {r['dice']:.4f} | {100 * (r['dice'] - dense['dice']):+.2f} |")
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)[0]
 
 
-def main_table(threads: int, no_run: bool) -> None:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    run, methods = config["run"], config["pruning"]["methods"]
-    cycles = len(config["pruning"]["cycle_targets"])
+def part_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """MACs per part by FlopCounterMode on the submodules (exact, whatever was pruned)."""
+    whole, encoder, embedding = (macs_full(m, x) for m in (model, model.vit, model.vit.patch_embedding))
+    return {"embedding": embedding, "transformer": encoder - embedding, "decoder": whole - encoder,
+            "whole": whole}
+
+
+def onnx_parts(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """onnxruntime batch-1 latency per part and of the whole model: the model, its encoder and its
+    patch embedding exported one by one, each checked against PyTorch within varprune's 1e-4."""
+    xn = x.numpy()
+    ms = {}
+    for name, module in (("whole", model), ("encoder", LastTokens(model.vit)),
+                         ("embedding", model.vit.patch_embedding)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings of the TorchScript-based exporter
+            run = runner("onnx", _onnx_bytes(module, x), threads=threads)
+        difference = max_difference(module, run, tuple(x.shape))
+        if not difference <= TOLERANCE:
+            sys.exit(f"the ONNX export of {name} differs from PyTorch by {difference:.2e}")
+        ms[name] = median_ms(lambda run=run: run(xn), runs)
+    return {**latency_parts(ms["whole"], ms["encoder"], ms["embedding"]), "whole": ms["whole"]}
+
+
+def measure(folder: Path, threads: int, runs: int) -> dict:
+    """read_row plus MACs per part and eager and onnxruntime latency (whole and per part)."""
+    row = read_row(folder)
+    model, spec, _ = load_model(folder / "model.pt")
+    model = model.eval()
+    x = torch.rand(spec.input_shape(1), generator=torch.Generator().manual_seed(1))
+    row["macs"] = part_macs(model, x)
+    row["eager"] = eager_parts(model, spec, runs)
+    row["onnx"] = onnx_parts(model, x, threads, runs)
+    return row
+
+
+def change(value: float, ref: float) -> str:
+    """Signed change vs `ref` in %; 'n/r' when `ref` is not positive (a part below resolution)."""
+    return f"{100 * (value / ref - 1):+.1f} %" if ref > 0 else "n/r"
+
+
+def ratio(value: float, ref: float, macs: float, macs_ref: float) -> str:
+    """Latency reduction / MAC reduction; '-' when the MACs did not shrink, 'n/r' when the
+    reference latency is not positive (a part below the timings' resolution)."""
+    mac_reduction = 1 - macs / macs_ref
+    if mac_reduction <= 1e-6:
+        return "-"
+    if ref <= 0:
+        return "n/r"
+    return f"{(1 - value / ref) / mac_reduction:.2f}"
+
+
+def print_tables(rows: dict[str, dict], threads: int, runs: int) -> None:
+    dense, long = rows["dense"], rows["dense_long"]
+    print(f"\nCPU batch 1, {threads} thread(s), median of {runs} timed runs after warm-up, one model after "
+          "the other; Δ vs dense, Δ Dice in points vs dense_long. Parts are differences of medians "
+          "(embedding and encoder timed alone): a part below the timings' spread can come out negative; "
+          "n/r: no change against a reference part that is not positive.")
+    print("| model | params M | Δ | MACs thop G | Δ | MACs full G | Δ | eager ms | Δ | embedding ms | Δ | "
+          "transformer ms | Δ | decoder ms | Δ | onnx ms | Δ | test Dice | Δ Dice (points) |")
+    print("|---" * 19 + "|")
+    for name, r in rows.items():
+        e, de = r["eager"], dense["eager"]
+        cells = [name, f"{r['params'] / 1e6:.3f}", change(r["params"], dense["params"]),
+                 f"{r['macs_thop'] / 1e9:.3f}", change(r["macs_thop"], dense["macs_thop"]),
+                 f"{r['macs_full'] / 1e9:.3f}", change(r["macs_full"], dense["macs_full"]),
+                 f"{e['whole']:.2f}", change(e["whole"], de["whole"])]
+        for part in PARTS:
+            cells += [f"{e[part]:.2f}", change(e[part], de[part])]
+        cells += [f"{r['onnx']['whole']:.2f}", change(r["onnx"]["whole"], dense["onnx"]["whole"]),
+                  f"{r['dice']:.4f}", f"{100 * (r['dice'] - long['dice']):+.2f}"]
+        print("| " + " | ".join(cells) + " |")
+
+    print("\nPer part: MACs full (FlopCounterMode on the model, model.vit and model.vit.patch_embedding; "
+          "transformer = encoder - embedding, decoder = whole - encoder) and onnxruntime latency (the "
+          "model, model.vit and its patch embedding exported separately); Δ vs dense.")
+    print("| model | MACs embedding M | Δ | MACs transformer M | Δ | MACs decoder M | Δ | "
+          "onnx embedding ms | Δ | onnx transformer ms | Δ | onnx decoder ms | Δ |")
+    print("|---" * 13 + "|")
+    for name, r in rows.items():
+        cells = [name]
+        for part in PARTS:
+            cells += [f"{r['macs'][part] / 1e6:.2f}", change(r["macs"][part], dense["macs"][part])]
+        for part in PARTS:
+            cells += [f"{r['onnx'][part]:.2f}", change(r["onnx"][part], dense["onnx"][part])]
+        print("| " + " | ".join(cells) + " |")
+
+    print("\nLatency reduction / MAC reduction vs dense (1 = latency falls as far as MACs; '-': the "
+          "part's MACs did not shrink; n/r: dense's part below resolution). Whole model against MACs "
+          "full; each part against its own MACs.")
+    print("| model | whole eager | whole onnx | embedding eager | embedding onnx | transformer eager | "
+          "transformer onnx | decoder eager | decoder onnx |")
+    print("|---" * 9 + "|")
+    for name, r in rows.items():
+        if name in ("dense", "dense_long"):
+            continue
+        cells = [name]
+        for part in ("whole", *PARTS):
+            for runtime in ("eager", "onnx"):
+                cells.append(ratio(r[runtime][part], dense[runtime][part], r["macs"][part],
+                                   dense["macs"][part]))
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_goals(rows: dict[str, dict], methods: list[str], cycles: int) -> None:
+    dense, long = rows["dense"], rows["dense_long"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    print(f"\nGoal at the last cycle: whole batch-1 latency -{100 * GOAL_LATENCY:.0f} % or more in both "
+          f"runtimes, MACs -{100 * GOAL_MACS:.0f} % or more, Dice within {-GOAL_DICE} points of dense_long.")
+    for method in methods:
+        name = f"{method}/cycle{cycles}"
+        r = rows[name]
+        eager = 1 - r["eager"]["whole"] / dense["eager"]["whole"]
+        onnx = 1 - r["onnx"]["whole"] / dense["onnx"]["whole"]
+        full = 1 - r["macs_full"] / dense["macs_full"]
+        thop = 1 - r["macs_thop"] / dense["macs_thop"]
+        dice = 100 * (r["dice"] - long["dice"])
+        print(f"{name}: whole latency -{100 * eager:.1f} % eager ({mark(eager >= GOAL_LATENCY)}) / "
+              f"-{100 * onnx:.1f} % onnx ({mark(onnx >= GOAL_LATENCY)}); MACs -{100 * full:.1f} % full "
+              f"({mark(full >= GOAL_MACS)}) / -{100 * thop:.1f} % thop ({mark(thop >= GOAL_MACS)}); "
+              f"Dice vs dense_long {dice:+.2f} points ({mark(dice >= GOAL_DICE)})")
+
+
+def run_settings(root: Path, config: dict, scope: str | None, distill: bool) -> tuple[str, dict | None]:
+    """The run name and the override config (None: the default config as it is)."""
+    default_scope = config["pruning"].get("scope", "transformer")
+    scope = scope or default_scope
+    default_distill = config["finetune"]["distill"]
+    merged = dict(default_distill)
+    if distill:
+        preset = yaml.safe_load((root / "config" / "distill.yaml").read_text())
+        merged.update(preset["finetune"]["distill"])
+    parts = ([f"scope_{scope}"] if scope != default_scope else []) + (["distill"] if merged != default_distill
+                                                                       else [])
+    if not parts:
+        return config["run"], None
+    run = "_".join(parts)
+    pruning = {"scope": scope} if "scope" in config["pruning"] or scope != "transformer" else {}
+    override = {"run": run, "finetune": {"distill": merged}, **({"pruning": pruning} if pruning else {})}
+    return run, override
+
+
+def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs: int, no_run: bool) -> None:
+    config = load_config(root)
+    run, override = run_settings(root, config, scope, distill)
+    names = model_names(config)
     if not no_run:
-        run_pipeline([], run, methods, cycles)
-    rows = [model_row(run, "dense", threads)]
-    rows += [model_row(run, f"{m}/cycle{k}", threads) for m in methods for k in range(1, cycles + 1)]
-    print(f"\n## run '{run}', targets {config['pruning']['cycle_targets']}")
-    print_table(rows, threads)
-    last = [r for r in rows if r["model"] == f"variable/cycle{cycles}"]
-    if last:
-        r, d = last[0], rows[0]
-        print(f"\nlast variable cycle: MACs full -{100 * (1 - r['macs_full'] / d['macs_full']):.1f} % "
-              f"(goal >= 70), params -{100 * (1 - r['params'] / d['params']):.1f} % (goal >= 75), "
-              f"Dice {100 * (r['dice'] - d['dice']):+.2f} points (goal >= -0.5)")
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(override_file(override))] if override else []
+            run_pipeline(root, files, run, names)
+    rows = {}
+    for name in names:
+        rows[name] = measure(root / "results" / run / name, threads, runs)
+        print(f"measured {name}: eager {rows[name]['eager']['whole']:.1f} ms, onnx "
+              f"{rows[name]['onnx']['whole']:.1f} ms", file=sys.stderr, flush=True)
+    settings = f", override {override}" if override else ""
+    print(f"\n## run '{run}', targets {config['pruning']['cycle_targets']}{settings}")
+    print_tables(rows, threads, runs)
+    print_goals(rows, config["pruning"]["methods"], len(config["pruning"]["cycle_targets"]))
 
 
-def sweep(threads: int, no_run: bool) -> None:
-    """Every method at each sweep target, two seeds; one run per seed (dense trained per seed)."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+def sweep(root: Path, no_run: bool) -> None:
+    """Every method at each sweep target, two seeds; one run per seed (dense trained per seed).
+    Default scope and distillation settings; no latency is measured."""
+    config = load_config(root)
     methods = config["pruning"]["methods"]
-    results = {}
+    results: dict[tuple[str, float], list[dict]] = {}
     for seed in SWEEP_SEEDS:
         run = f"sweep_seed{seed}"
         override = {"run": run, "pruning": {"cycle_targets": SWEEP_TARGETS, "seed": seed},
                     "finetune": {"seed": seed}, "train": {"seed": seed}}
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            yaml.safe_dump(override, fh)
         if not no_run:
-            run_pipeline([Path(fh.name)], run, methods, len(SWEEP_TARGETS))
+            names = ["dense"] + [f"{m}/cycle{k}" for m in methods for k in range(1, len(SWEEP_TARGETS) + 1)]
+            with override_file(override) as path:
+                run_pipeline(root, [path], run, names)
         for method in methods:
             for k, target in enumerate(SWEEP_TARGETS, start=1):
-                row = model_row(run, f"{method}/cycle{k}", threads)
+                row = read_row(root / "results" / run / method / f"cycle{k}")
                 results.setdefault((method, target), []).append(row)
-        results.setdefault(("dense", 0.0), []).append(model_row(run, "dense", threads))
+        results.setdefault(("dense", 0.0), []).append(read_row(root / "results" / run / "dense"))
     print("\n## sweep: test Dice against MACs removed (mean ± half the spread of the seeds "
           f"{SWEEP_SEEDS})")
     print("| method | target | MACs full removed | params removed | test Dice per seed | mean |")
     print("|---|---|---|---|---|---|")
-    dense = {i: r for i, r in enumerate(results[("dense", 0.0)])}
+    dense = dict(enumerate(results[("dense", 0.0)]))
     for (method, target), rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         macs = statistics.mean(1 - r["macs_full"] / dense[i]["macs_full"] for i, r in enumerate(rows))
         params = statistics.mean(1 - r["params"] / dense[i]["params"] for i, r in enumerate(rows))
@@ -134,15 +311,24 @@ def sweep(threads: int, no_run: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scope", choices=SCOPES, default=None,
+                        help="what pruning may shrink; default: the config's pruning.scope (transformer)")
+    parser.add_argument("--distill", action="store_true", help="merge config/distill.yaml's finetune.distill")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency (median)")
+    parser.add_argument("--root", type=Path, default=REPO, help="checkout with config/ and results/")
     parser.add_argument("--sweep", action="store_true", help="also run the target and seed sweep")
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--no-run", action="store_true", help="only read existing outputs")
     args = parser.parse_args()
+    if args.runs < 1 or args.threads < 1:
+        parser.error("--runs and --threads must be positive")
+    root = args.root.resolve()
+    torch.set_num_threads(args.threads)
     if not args.sweep_only:
-        main_table(args.threads, args.no_run)
+        main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run)
     if args.sweep or args.sweep_only:
-        sweep(args.threads, args.no_run)
+        sweep(root, args.no_run)
 
 
 if __name__ == "__main__":

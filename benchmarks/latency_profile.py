@@ -1,0 +1,93 @@
+"""Where a model's batch-1 CPU time goes, by kind of operation: why latency falls less than MACs.
+
+  python benchmarks/latency_profile.py results/default/dense/model.pt results/default/variable/cycle3/model.pt
+
+Runs each model under `torch.profiler` (batch 1, `--threads` threads, after warm-up) and prints,
+per model, the self CPU time of each kind of operation (linear layers, the attention's per-head
+products, its softmax, LayerNorm, GELU, convolution, InstanceNorm, upsampling, element-wise work
+and copies, the rest) with its share and, for a pruned model, its change against the first model
+given. MACs live in the products and convolutions only; everything else costs time without MACs,
+so its share sets how far latency can follow a MAC reduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from varprune.cost import macs_full
+from varprune.model import load_model
+
+KINDS = {
+    "linear": ("addmm", "mm", "linear"),  # qkv, out_proj, FFN: their MACs fall with every width
+    "attn_matmul": ("bmm", "matmul", "baddbmm", "einsum"),  # q·kᵀ, attention·v per head
+    "softmax": ("softmax", "_softmax"),
+    "layer_norm": ("layer_norm", "native_layer_norm"),
+    "gelu": ("gelu",),
+    "conv": ("convolution", "_convolution", "conv2d", "conv3d", "mkldnn_convolution", "thnn_conv2d"),
+    "instance_norm": ("instance_norm", "batch_norm", "native_batch_norm", "_batch_norm_impl_index"),
+    "upsample": ("upsample_bilinear2d", "upsample_trilinear3d", "_upsample_bilinear2d_aa"),
+    "elementwise": ("add", "add_", "mul", "mul_", "div", "relu", "relu_", "copy_", "clone", "contiguous",
+                    "cat", "zeros_like", "fill_", "zero_", "to", "_to_copy", "empty_like"),
+}
+
+
+def kind_of(op: str) -> str:
+    name = op.split("::")[-1]
+    for kind, names in KINDS.items():
+        if name in names:
+            return kind
+    return "other"
+
+
+def profile_model(path: Path, threads: int, runs: int) -> tuple[dict[str, float], float, int]:
+    """Self CPU ms per call by kind, the total, and the model's MACs."""
+    model, spec, _ = load_model(path)
+    torch.set_num_threads(threads)
+    x = torch.randn(spec.input_shape(1))
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    per_kind: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        per_kind[kind_of(event.key)] += event.self_cpu_time_total / 1000 / runs
+    return dict(per_kind), sum(per_kind.values()), macs_full(model, torch.zeros(spec.input_shape(1)))
+
+
+def change(value: float, reference: float) -> str:
+    """Signed change against the reference, e.g. "−79 %"."""
+    return f"{100 * (value / reference - 1):+.0f} %".replace("-", "−")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path, help="checkpoints; the first is the reference")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    results = [(path, *profile_model(path, args.threads, args.runs)) for path in args.models]
+    _, ref_kinds, ref_total, ref_macs = results[0]
+    kinds = [k for k in [*KINDS, "other"] if any(r[1].get(k, 0) > 0 for r in results)]
+    print(f"\nself CPU ms per batch-1 call ({args.threads} thread(s), {args.runs} calls profiled); "
+          f"reduction vs {args.models[0]}")
+    print("| model | MACs | total ms | " + " | ".join(kinds) + " |")
+    print("|---|---|---|" + "---|" * len(kinds))
+    for index, (path, per_kind, total, macs) in enumerate(results):
+        cells = []
+        for kind in kinds:
+            value = per_kind.get(kind, 0.0)
+            cells.append(f"{value:.2f} ({100 * value / total:.0f} %)" + (
+                f" {change(value, ref_kinds[kind])}" if index and ref_kinds.get(kind) else ""))
+        macs_text = f"{macs / 1e9:.3f} G" + (f" {change(macs, ref_macs)}" if index else "")
+        total_text = f"{total:.1f}" + (f" {change(total, ref_total)}" if index else "")
+        print(f"| {path} | {macs_text} | {total_text} | " + " | ".join(cells) + " |")
+
+if __name__ == "__main__":
+    main()
