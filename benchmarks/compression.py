@@ -165,15 +165,21 @@ def ratio(value: float, ref: float, macs: float, macs_ref: float) -> str:
     return f"{(1 - value / ref) / mac_reduction:.2f}"
 
 
+def markdown(header: list[str], body: list[list[str]]) -> None:
+    """Print a markdown table."""
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
+    for cells in body:
+        print("| " + " | ".join(cells) + " |")
+
+
 def print_tables(rows: dict[str, dict], threads: int, runs: int) -> None:
     dense, long = rows["dense"], rows["dense_long"]
     print(f"\nCPU batch 1, {threads} thread(s), median of {runs} timed runs after warm-up, one model after "
           "the other; Δ vs dense, Δ Dice in points vs dense_long. Parts are differences of medians "
           "(embedding and encoder timed alone): a part below the timings' spread can come out negative; "
           "n/r: no change against a reference part that is not positive.")
-    print("| model | params M | Δ | MACs thop G | Δ | MACs full G | Δ | eager ms | Δ | embedding ms | Δ | "
-          "transformer ms | Δ | decoder ms | Δ | onnx ms | Δ | test Dice | Δ Dice (points) |")
-    print("|---" * 19 + "|")
+    body = []
     for name, r in rows.items():
         e, de = r["eager"], dense["eager"]
         cells = [name, f"{r['params'] / 1e6:.3f}", change(r["params"], dense["params"]),
@@ -182,39 +188,31 @@ def print_tables(rows: dict[str, dict], threads: int, runs: int) -> None:
                  f"{e['whole']:.2f}", change(e["whole"], de["whole"])]
         for part in PARTS:
             cells += [f"{e[part]:.2f}", change(e[part], de[part])]
-        cells += [f"{r['onnx']['whole']:.2f}", change(r["onnx"]["whole"], dense["onnx"]["whole"]),
-                  f"{r['dice']:.4f}", f"{100 * (r['dice'] - long['dice']):+.2f}"]
-        print("| " + " | ".join(cells) + " |")
+        body.append(cells + [f"{r['onnx']['whole']:.2f}", change(r["onnx"]["whole"], dense["onnx"]["whole"]),
+                             f"{r['dice']:.4f}", f"{100 * (r['dice'] - long['dice']):+.2f}"])
+    markdown(["model", "params M", "Δ", "MACs thop G", "Δ", "MACs full G", "Δ", "eager ms", "Δ",
+              "embedding ms", "Δ", "transformer ms", "Δ", "decoder ms", "Δ", "onnx ms", "Δ", "test Dice",
+              "Δ Dice (points)"], body)
 
     print("\nPer part: MACs full (FlopCounterMode on the model, model.vit and model.vit.patch_embedding; "
           "transformer = encoder - embedding, decoder = whole - encoder) and onnxruntime latency (the "
           "model, model.vit and its patch embedding exported separately); Δ vs dense.")
-    print("| model | MACs embedding M | Δ | MACs transformer M | Δ | MACs decoder M | Δ | "
-          "onnx embedding ms | Δ | onnx transformer ms | Δ | onnx decoder ms | Δ |")
-    print("|---" * 13 + "|")
-    for name, r in rows.items():
-        cells = [name]
-        for part in PARTS:
-            cells += [f"{r['macs'][part] / 1e6:.2f}", change(r["macs"][part], dense["macs"][part])]
-        for part in PARTS:
-            cells += [f"{r['onnx'][part]:.2f}", change(r["onnx"][part], dense["onnx"][part])]
-        print("| " + " | ".join(cells) + " |")
+    body = [[name, *(cell for part in PARTS for cell in (f"{r['macs'][part] / 1e6:.2f}",
+                                                          change(r["macs"][part], dense["macs"][part]))),
+             *(cell for part in PARTS for cell in (f"{r['onnx'][part]:.2f}",
+                                                   change(r["onnx"][part], dense["onnx"][part])))]
+            for name, r in rows.items()]
+    markdown(["model", "MACs embedding M", "Δ", "MACs transformer M", "Δ", "MACs decoder M", "Δ",
+              "onnx embedding ms", "Δ", "onnx transformer ms", "Δ", "onnx decoder ms", "Δ"], body)
 
     print("\nLatency reduction / MAC reduction vs dense (1 = latency falls as far as MACs; '-': the "
           "part's MACs did not shrink; n/r: dense's part below resolution). Whole model against MACs "
           "full; each part against its own MACs.")
-    print("| model | whole eager | whole onnx | embedding eager | embedding onnx | transformer eager | "
-          "transformer onnx | decoder eager | decoder onnx |")
-    print("|---" * 9 + "|")
-    for name, r in rows.items():
-        if name in ("dense", "dense_long"):
-            continue
-        cells = [name]
-        for part in ("whole", *PARTS):
-            for runtime in ("eager", "onnx"):
-                cells.append(ratio(r[runtime][part], dense[runtime][part], r["macs"][part],
-                                   dense["macs"][part]))
-        print("| " + " | ".join(cells) + " |")
+    body = [[name, *(ratio(r[runtime][part], dense[runtime][part], r["macs"][part], dense["macs"][part])
+                     for part in ("whole", *PARTS) for runtime in ("eager", "onnx"))]
+            for name, r in rows.items() if name not in ("dense", "dense_long")]
+    markdown(["model", "whole eager", "whole onnx", "embedding eager", "embedding onnx", "transformer eager",
+              "transformer onnx", "decoder eager", "decoder onnx"], body)
 
 
 def print_goals(rows: dict[str, dict], methods: list[str], cycles: int) -> None:

@@ -38,3 +38,5 @@ def test_scope_all_with_distillation_runs_end_to_end(done_run, tmp_path):
         assert (results / method / "cycle2" / "model.onnx").is_file()
     summary = pd.read_csv(results / "report" / "summary.csv")
     assert {"variable", "global"} <= set(summary["method"])
+    page = (results / "report" / "report.html").read_text(encoding="utf-8")
+    assert "pruning.scope all" in page and "Latency per part" in page

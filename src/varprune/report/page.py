@@ -61,6 +61,15 @@ def provenance(config: dict, repo: Path | None) -> dict:
     }
 
 
+SCOPE_PHRASES = {  # pruning.scope: what loses channels
+    "transformer": "the MSA and FFN channels of every transformer layer (pruning.scope transformer, "
+                   "the paper's)",
+    "decoder": "the MSA and FFN channels and the head's stage channels (pruning.scope decoder)",
+    "all": "the MSA and FFN channels, the head's stage channels and the embedding width, i.e. the "
+           "residual stream through every layer (pruning.scope all)",
+}
+
+
 def arch_phrase(model: dict) -> str:
     """The segmenter in a few words, from the `model` config slice."""
     if model.get("arch", "unetr") == "setr":
@@ -115,6 +124,7 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         "report.html.j2",
         run=run,
         arch=arch_phrase(config.get("model", {})),
+        scope=SCOPE_PHRASES[config.get("pruning", {}).get("scope", "transformer")],
         findings=findings(table, comparison, room),
         comparison=table_html,
         summary=human_summary(table).to_html(index=False, border=0),
