@@ -1,5 +1,5 @@
-"""pruning.scope decoder / all: SETR's head stages and the embedding width are pruned like MSA and
-FFN (scored, allocated by every method, removed physically, rebuilt from the spec)."""
+"""pruning.scope decoder / embedding / all: SETR's head stages and the embedding width are pruned
+like MSA and FFN (scored, allocated by every method, removed physically, rebuilt from the spec)."""
 
 from __future__ import annotations
 
@@ -92,12 +92,13 @@ def test_outer_couplings_are_exactly_the_parameters_that_depend_on_the_width(spa
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("scope", ["transformer", "decoder", "all"])
+@pytest.mark.parametrize("scope", ["transformer", "decoder", "embedding", "all"])
 def test_closed_form_macs_equal_the_counter_for_every_scope(spatial_dims, scope):
     torch.manual_seed(0)
     spec = setr(spatial_dims)
     model = build_model(spec).eval()
-    plans = Plans(layer_plans(spec), outer_plan(spec, head=scope != "transformer", embed=scope == "all"))
+    plans = Plans(layer_plans(spec), outer_plan(spec, head=scope in ("decoder", "all"),
+                                                embed=scope in ("embedding", "all")))
     new_spec = apply_plan(model, spec, plans)
     x = torch.zeros(spec.input_shape(1))
     assert macs_full(model, x) == spec_macs(new_spec)
@@ -107,7 +108,7 @@ def test_closed_form_macs_equal_the_counter_for_every_scope(spatial_dims, scope)
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("scope", ["decoder", "all"])
+@pytest.mark.parametrize("scope", ["decoder", "embedding", "all"])
 def test_every_method_allocates_the_outer_groups_and_meets_the_budget(method, scope):
     torch.manual_seed(0)
     spec = setr()
@@ -120,10 +121,12 @@ def test_every_method_allocates_the_outer_groups_and_meets_the_budget(method, sc
     new_spec, summary = prune_model(model, spec, method, settings, [], seed=1, scores=scores)
     assert summary["reduction_vs_dense"] >= 0.6 - 1e-9
     assert summary["removed"] == summary["planned"] == before - spec_macs(new_spec)
-    assert new_spec.stages != spec.stages  # the head lost channels
-    assert (new_spec.width < spec.width) == (scope == "all")
+    head, embed = scope in ("decoder", "all"), scope in ("embedding", "all")
+    assert (new_spec.stages != spec.stages) == head  # the head lost channels
+    assert (new_spec.width < spec.width) == embed
     rows = summary["rows"]
-    assert {r["block"] for r in rows} == {"msa", "ffn", "head", *(["embed"] if scope == "all" else [])}
+    expected = {"msa", "ffn", *(["head"] if head else []), *(["embed"] if embed else [])}
+    assert {r["block"] for r in rows} == expected
     with torch.no_grad():
         assert model(torch.randn(spec.input_shape(1))).shape == (1, 2, *spec.img_size)
 
@@ -142,13 +145,14 @@ def test_transformer_scope_plans_nothing_outside_the_blocks():
         assert removed_macs(spec, counts) >= budget
 
 
-@pytest.mark.parametrize("scope", ["decoder", "all"])
+@pytest.mark.parametrize("scope", ["decoder", "embedding", "all"])
 def test_a_pruned_checkpoint_of_each_scope_round_trips_through_save_load_and_export(tmp_path, scope):
     torch.manual_seed(0)
     spec = setr()
     model = build_model(spec).eval()
     new_spec = apply_plan(model, spec, Plans(layer_plans(spec),
-                                             outer_plan(spec, head=True, embed=scope == "all")))
+                                             outer_plan(spec, head=scope != "embedding",
+                                                        embed=scope != "decoder")))
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, new_spec, {})
     loaded, loaded_spec, _ = load_model(path)

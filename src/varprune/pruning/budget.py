@@ -54,7 +54,7 @@ class SequenceSettings:
 
 
 # What each pruning.scope prunes beyond MSA and FFN: SETR's head stages, the embedding width.
-SCOPES = {"transformer": (), "decoder": ("head",), "all": ("head", "embed")}
+SCOPES = {"transformer": (), "decoder": ("head",), "embedding": ("embed",), "all": ("head", "embed")}
 
 
 @dataclass

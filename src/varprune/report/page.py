@@ -65,6 +65,8 @@ SCOPE_PHRASES = {  # pruning.scope: what loses channels
     "transformer": "the MSA and FFN channels of every transformer layer (pruning.scope transformer, "
                    "the paper's)",
     "decoder": "the MSA and FFN channels and the head's stage channels (pruning.scope decoder)",
+    "embedding": "the MSA and FFN channels and the embedding width, i.e. the residual stream through every "
+                 "layer (pruning.scope embedding)",
     "all": "the MSA and FFN channels, the head's stage channels and the embedding width, i.e. the "
            "residual stream through every layer (pruning.scope all)",
 }
