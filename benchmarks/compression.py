@@ -5,11 +5,11 @@ Run from the repository root:
   python benchmarks/compression.py --scope all --distill  # run scope_all_distill: pruning.scope all,
                                                           #   fine-tuning with distillation
   python benchmarks/compression.py --sweep                # + targets 60/72/80 % per method, 2 seeds
-Options: --scope {transformer,decoder,embedding,all} (default: the config's pruning.scope, transformer when
-absent); --distill (merge config/distill.yaml's finetune.distill); --no-run (only read existing
-outputs); --threads N (torch and onnxruntime threads, default 1); --runs N (timed runs per
-measurement, default 30); --root PATH (the checkout whose config/ and results/ are used, default
-the repository this script lives in).
+Options: --scope {transformer,decoder,embedding,all} (default: the config's pruning.scope);
+--distill (merge config/distill.yaml's finetune.distill); --msa-unit head (whole heads); --no-run
+(only read existing outputs); --threads N (torch and onnxruntime threads, default 1); --runs N
+(timed runs per measurement, default 30); --root PATH (the checkout whose config/ and results/
+are used, default the repository this script lives in).
 
 When --scope or --distill differs from config/config.yaml the pipeline runs under its own run name
 (`scope_all_distill`, `scope_decoder`, `distill`...) with a temporary override config (`run`,
@@ -237,7 +237,8 @@ def print_goals(rows: dict[str, dict], methods: list[str], cycles: int) -> None:
               f"Dice vs dense_long {dice:+.2f} points ({mark(dice >= GOAL_DICE)})")
 
 
-def run_settings(root: Path, config: dict, scope: str | None, distill: bool) -> tuple[str, dict | None]:
+def run_settings(root: Path, config: dict, scope: str | None, distill: bool,
+                 msa_unit: str | None = None) -> tuple[str, dict | None]:
     """The run name and the override config (None: the default config as it is)."""
     default_scope = config["pruning"].get("scope", "transformer")
     scope = scope or default_scope
@@ -246,19 +247,22 @@ def run_settings(root: Path, config: dict, scope: str | None, distill: bool) -> 
     if distill:
         preset = yaml.safe_load((root / "config" / "distill.yaml").read_text())
         merged.update(preset["finetune"]["distill"])
+    unit = msa_unit or config["pruning"]["msa_unit"]
     parts = ([f"scope_{scope}"] if scope != default_scope else []) + (["distill"] if merged != default_distill
                                                                        else [])
+    parts += [f"{unit}s"] if unit != config["pruning"]["msa_unit"] else []
     if not parts:
         return config["run"], None
     run = "_".join(parts)
-    pruning = {"scope": scope} if "scope" in config["pruning"] or scope != "transformer" else {}
+    pruning = {"scope": scope, "msa_unit": unit}
     override = {"run": run, "finetune": {"distill": merged}, **({"pruning": pruning} if pruning else {})}
     return run, override
 
 
-def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs: int, no_run: bool) -> None:
+def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs: int, no_run: bool,
+               msa_unit: str | None = None) -> None:
     config = load_config(root)
-    run, override = run_settings(root, config, scope, distill)
+    run, override = run_settings(root, config, scope, distill, msa_unit)
     names = model_names(config)
     if not no_run:
         with contextlib.ExitStack() as stack:
@@ -316,6 +320,8 @@ def main() -> None:
     parser.add_argument("--scope", choices=SCOPES, default=None,
                         help="what pruning may shrink; default: the config's pruning.scope (transformer)")
     parser.add_argument("--distill", action="store_true", help="merge config/distill.yaml's finetune.distill")
+    parser.add_argument("--msa-unit", choices=("dim", "head"), default=None,
+                        help="pruning.msa_unit (default: the config's): head removes whole heads")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per latency (median)")
     parser.add_argument("--root", type=Path, default=REPO, help="checkout with config/ and results/")
@@ -328,7 +334,7 @@ def main() -> None:
     root = args.root.resolve()
     torch.set_num_threads(args.threads)
     if not args.sweep_only:
-        main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run)
+        main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run, args.msa_unit)
     if args.sweep or args.sweep_only:
         sweep(root, args.no_run)
 
