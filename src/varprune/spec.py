@@ -58,7 +58,7 @@ class ModelSpec:
     head_kernel: int = 3  # setr: convolution kernel of the head's stages (1 or 3)
     head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
     layers: list[LayerSpec] = field(default_factory=list)
-    # Pruned widths outside the transformer blocks (pruning.scope decoder / all); None = dense.
+    # Pruned widths outside the transformer blocks (pruning.scope decoder, embedding, all); None = dense.
     embed: int | None = None  # setr: width of the residual stream (the dense one is `hidden`)
     head_widths: list[int] | None = None  # setr: per head stage (the dense ones are `head_channels`)
 

@@ -9,7 +9,7 @@ A group couples every parameter slice that must disappear at once (`COUPLINGS`):
 - A whole head: all its head-dimension channels.
 - FFN channel c: row c (and bias c) of `linear1` and column c of `linear2`.
 
-Outside the blocks (`pruning.scope` decoder / all, SETR only), `outer_groups` lists the channel
+Outside the blocks (`pruning.scope` decoder / embedding / all, SETR only), `outer_groups` lists the channel
 groups of the head stages and of the embedding width, whose couplings live in `varprune.widths`
 (the model narrows itself with them when it is built from a pruned spec).
 
