@@ -64,17 +64,17 @@ def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path
 
 
 @pytest.mark.workflow  # uses the tiny pipeline's model and data
-@pytest.mark.parametrize("scope", ["transformer", "all"])
-def test_predict_runs_a_setr_model_onto_the_input_grid(tiny, tmp_path, scope):
-    """A pruned SETR with the tiny run's preprocessing (scope all: also a narrower residual
-    stream and head stages): predict needs nothing but the checkpoint."""
+@pytest.mark.parametrize(("arch", "scope"), [("setr", "transformer"), ("setr", "all"), ("unetr", "all")])
+def test_predict_runs_a_pruned_model_onto_the_input_grid(tiny, tmp_path, arch, scope):
+    """A pruned SETR or UNETR with the tiny run's preprocessing (scope all: also a narrower
+    residual stream and decoder channels): predict needs nothing but the checkpoint."""
     from varprune.model import read_checkpoint
 
     torch.manual_seed(0)
-    spec = pruned_spec("setr")
+    spec = pruned_spec(arch)
     if scope == "all":
-        spec = spec.with_widths(spec.hidden - 5, [w - 1 for w in spec.head_channels])
-    model_path = tmp_path / "setr.pt"
+        spec = spec.with_widths(spec.hidden - 5, [w - 1 for w in spec.dense_stages])
+    model_path = tmp_path / f"{arch}.pt"
     save_checkpoint(model_path, build_model(spec), spec, read_checkpoint(tiny["model"])["provenance"])
     out = tmp_path / "mask.nii.gz"
     code = main(["predict", "--model", str(model_path), "--input", str(tiny["nifti"]), "--output", str(out),

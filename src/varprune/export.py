@@ -117,6 +117,10 @@ def describe(model_path: str | os.PathLike, with_macs: bool = True) -> str:
     if spec.arch == "setr":
         lines.append(f"embedding width: {spec.width} of {spec.hidden}; head stages: "
                      f"{'->'.join(map(str, spec.stages))} of {'->'.join(map(str, spec.head_channels))}")
+    elif spec.head_widths is not None or spec.embed is not None:
+        groups = ", ".join(f"{name} {now}/{dense}" for name, now, dense
+                           in zip(spec.stage_names, spec.stages, spec.dense_stages, strict=True))
+        lines.append(f"embedding width: {spec.width} of {spec.hidden}; decoder channels kept: {groups}")
     lines.append("layer  heads  head_dim  msa_channels  ffn  softmax_scale")
     for i, layer in enumerate(spec.layers, start=1):
         lines.append(f"{i:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.inner:>12}  {layer.ffn:>4}  "

@@ -6,13 +6,15 @@ convolutions; transposed convolutions by their input voxels; norms, activations 
 interpolation are not counted): each transformer layer (`layer_macs`, the part pruning can
 remove) and everything else (`rest_macs`: the patch embedding and UNETR's convolutional decoder
 or SETR's upsampling head). Every function reads a model description as a plain mapping: a
-`ModelSpec.to_dict()` or the `model` config slice plus `input_size`; a SETR pruned outside the
+`ModelSpec.to_dict()` or the `model` config slice plus `input_size`; a model pruned outside the
 transformer counts with its `embed` and `head_widths`. Tested against the counter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from varprune.spec import UNETR_GROUPS
 
 
 def img_size(model: Mapping) -> tuple[int, ...]:
@@ -26,8 +28,13 @@ def width(model: Mapping) -> int:
 
 
 def head_widths(model: Mapping) -> list[int]:
-    """SETR's head stage widths: `head_widths` once pruned (pruning.scope decoder), else dense."""
-    return list(model.get("head_widths") or model["head_channels"])
+    """The decoder channel groups' widths: `head_widths` once pruned (pruning.scope decoder),
+    else dense (SETR's `head_channels`, UNETR's `UNETR_GROUPS` times `feature_size`)."""
+    if model.get("head_widths"):
+        return list(model["head_widths"])
+    if model.get("arch", "unetr") == "setr":
+        return list(model["head_channels"])
+    return [factor * model["feature_size"] for _, factor in UNETR_GROUPS]
 
 
 def voxels(size: tuple[int, ...]) -> int:
@@ -67,32 +74,39 @@ def model_macs(model: Mapping, layers: list[tuple[int, int]]) -> int:
 
 
 def unetr_rest_macs(size: tuple[int, ...], in_channels: int, out_channels: int, hidden: int,
-                    feature_size: int) -> int:
-    """UNETR (patch 16, res_block, conv_block): patch embedding and the convolutional decoder."""
+                    widths: list[int]) -> int:
+    """UNETR (patch 16, res_block, conv_block): patch embedding and the convolutional
+    encoders/decoder, with the channel groups at `widths` (one per `UNETR_GROUPS` entry) and the
+    residual stream `hidden` wide. The residual blocks keep the structure of the dense model: a
+    1x1 projection where the dense block changes the channel count (encoder1, the decoders)."""
     d = len(size)
     k, up = 3 ** d, 2 ** d
     r0 = voxels(size)
     r1, r2, r3, t = r0 // 2 ** d, r0 // 4 ** d, r0 // 8 ** d, tokens(size, 16)
-    f = feature_size
+    w = dict(zip((name for name, _ in UNETR_GROUPS), widths, strict=True))
 
-    def res(voxel: int, cin: int, cout: int) -> int:
-        """UnetResBlock: two 3^d convolutions, plus a 1x1 projection when channels change."""
-        return voxel * cout * cin * k + voxel * cout * cout * k + (voxel * cout * cin if cin != cout else 0)
+    def res(voxel: int, cin: int, mid: int, cout: int, projection: bool) -> int:
+        """UnetResBlock: conv1 (cin -> mid) and conv2 (mid -> cout), 3^d, plus the 1x1 projection."""
+        return voxel * mid * cin * k + voxel * cout * mid * k + (voxel * cout * cin if projection else 0)
 
     def transp(in_voxels: int, cin: int, cout: int) -> int:
         return in_voxels * cin * cout * up
 
     macs = r0 * hidden * in_channels  # patch embedding, kernel and stride 16
-    macs += res(r0, in_channels, f)  # encoder1
-    macs += transp(t, hidden, 2 * f) + transp(r3, 2 * f, 2 * f) + res(r2, 2 * f, 2 * f) \
-        + transp(r2, 2 * f, 2 * f) + res(r1, 2 * f, 2 * f)  # encoder2
-    macs += transp(t, hidden, 4 * f) + transp(r3, 4 * f, 4 * f) + res(r2, 4 * f, 4 * f)  # encoder3
-    macs += transp(t, hidden, 8 * f)  # encoder4
-    macs += transp(t, hidden, 8 * f) + res(r3, 16 * f, 8 * f)  # decoder5
-    macs += transp(r3, 8 * f, 4 * f) + res(r2, 8 * f, 4 * f)  # decoder4
-    macs += transp(r2, 4 * f, 2 * f) + res(r1, 4 * f, 2 * f)  # decoder3
-    macs += transp(r1, 2 * f, f) + res(r0, 2 * f, f)  # decoder2
-    macs += r0 * out_channels * f  # output 1x1 convolution
+    macs += res(r0, in_channels, w["enc1.mid"], w["enc1"], True)  # encoder1
+    macs += transp(t, hidden, w["enc2.up"]) + transp(r3, w["enc2.up"], w["enc2.0"]) \
+        + res(r2, w["enc2.0"], w["enc2.0.mid"], w["enc2.0"], False) + transp(r2, w["enc2.0"], w["enc2.1"]) \
+        + res(r1, w["enc2.1"], w["enc2.1.mid"], w["enc2.1"], False)  # encoder2
+    macs += transp(t, hidden, w["enc3.up"]) + transp(r3, w["enc3.up"], w["enc3.0"]) \
+        + res(r2, w["enc3.0"], w["enc3.0.mid"], w["enc3.0"], False)  # encoder3
+    macs += transp(t, hidden, w["enc4"])  # encoder4
+    below, skips = hidden, {"dec5": "enc4", "dec4": "enc3.0", "dec3": "enc2.1", "dec2": "enc1"}
+    for stage, voxel in zip(("dec5", "dec4", "dec3", "dec2"), (r3, r2, r1, r0), strict=True):
+        upsampled = w[f"{stage}.up"]
+        macs += transp(voxel // up, below, upsampled)
+        macs += res(voxel, upsampled + w[skips[stage]], w[f"{stage}.mid"], w[stage], True)
+        below = w[stage]
+    macs += r0 * out_channels * below  # output 1x1 convolution
     return macs
 
 
@@ -115,7 +129,7 @@ def rest_macs(model: Mapping) -> int:
     size = img_size(model)
     in_ch, out_ch = model.get("in_channels", 1), model.get("out_channels", 2)
     if model.get("arch", "unetr") == "unetr":
-        return unetr_rest_macs(size, in_ch, out_ch, model["hidden"], model["feature_size"])
+        return unetr_rest_macs(size, in_ch, out_ch, width(model), head_widths(model))
     return setr_rest_macs(size, model["patch"], in_ch, out_ch, width(model),
                           head_widths(model), model["head_kernel"],
                           len(model["head_layers"]))

@@ -26,7 +26,7 @@ from monai.networks.nets import UNETR, ViT
 from torch import nn
 
 from varprune.spec import LayerSpec, ModelSpec
-from varprune.widths import embedding_couplings, head_couplings, narrow
+from varprune.widths import narrow_widths
 
 
 class CheckpointError(Exception):
@@ -131,14 +131,14 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def narrow_outer(model: nn.Module, spec: ModelSpec) -> None:
-    """Give a dense-built SETR the spec's residual width and head stage widths (the first
+    """Give a dense-built model the spec's residual width and decoder group widths (the first
     channels of each; weights are loaded afterwards)."""
-    if spec.width != spec.hidden:
-        narrow(model, embedding_couplings(spec.num_layers, len(spec.head_layers)),
-               torch.arange(spec.width), spec.hidden)
-    for stage, (now, dense) in enumerate(zip(spec.stages, spec.head_channels, strict=True)):
-        if now != dense:
-            narrow(model, head_couplings(len(spec.head_channels), stage), torch.arange(now), dense)
+    dense = spec.with_widths(spec.hidden, spec.dense_stages)
+    pairs = enumerate(zip(spec.stages, spec.dense_stages, strict=True))
+    decoder = {g: torch.arange(now) for g, (now, full) in pairs if now != full}
+    embed = torch.arange(spec.width) if spec.width != spec.hidden else None
+    if decoder or embed is not None:
+        narrow_widths(model, dense, decoder, embed)
 
 
 def _build_unetr(spec: ModelSpec) -> UNETR:
@@ -232,7 +232,7 @@ def check_spec_bounds(data: dict) -> None:
             raise ValueError(f"{key} must be a list of at most {SPEC_LIMITS['num_layers']} entries")
     pruned = data.get("head_widths")
     if pruned is not None and (not isinstance(pruned, list) or len(pruned) > SPEC_LIMITS["num_layers"]):
-        raise ValueError("head_widths must be a list (one width per head stage) or null")
+        raise ValueError("head_widths must be a list (one width per decoder group) or null")
     widths = data.get("head_channels", []) + (pruned or [])
     if any(not isinstance(c, int) or not 0 < c <= SPEC_LIMITS["hidden"] for c in widths):
         raise ValueError(f"head_channels {data.get('head_channels')} or head_widths {pruned} outside "

@@ -13,6 +13,20 @@ from dataclasses import asdict, dataclass, field, replace
 ARCHS = ("unetr", "setr")
 UNETR_LAYERS = 12  # fixed in MONAI's UNETR (skips from layers 3, 6 and 9)
 UNETR_PATCH = 16  # fixed in MONAI's UNETR
+# UNETR's prunable channel groups outside the transformer (pruning.scope decoder), in the order
+# the model computes them, each with its dense width as a multiple of model.feature_size. `X.up`
+# is the output of a transposed convolution that a residual block (or a concatenation) reads,
+# `X.mid` the inside of a residual block (conv1 -> norm -> conv2), `X` a block's output (for the
+# encoders' chained blocks `enc2.0`, `enc2.1`, `enc3.0`: the transposed convolution's output,
+# which the identity residual carries through). `varprune.widths.unetr_couplings` says which
+# slices each group owns.
+UNETR_GROUPS: tuple[tuple[str, int], ...] = (
+    ("enc1.mid", 1), ("enc1", 1),
+    ("enc2.up", 2), ("enc2.0.mid", 2), ("enc2.0", 2), ("enc2.1.mid", 2), ("enc2.1", 2),
+    ("enc3.up", 4), ("enc3.0.mid", 4), ("enc3.0", 4), ("enc4", 8),
+    ("dec5.up", 8), ("dec5.mid", 8), ("dec5", 8), ("dec4.up", 4), ("dec4.mid", 4), ("dec4", 4),
+    ("dec3.up", 2), ("dec3.mid", 2), ("dec3", 2), ("dec2.up", 1), ("dec2.mid", 1), ("dec2", 1),
+)
 
 
 @dataclass
@@ -59,8 +73,9 @@ class ModelSpec:
     head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
     layers: list[LayerSpec] = field(default_factory=list)
     # Pruned widths outside the transformer blocks (pruning.scope decoder, embedding, all); None = dense.
-    embed: int | None = None  # setr: width of the residual stream (the dense one is `hidden`)
-    head_widths: list[int] | None = None  # setr: per head stage (the dense ones are `head_channels`)
+    embed: int | None = None  # width of the residual stream (the dense one is `hidden`)
+    # decoder channel groups: setr per head stage, unetr per UNETR_GROUPS (dense: `dense_stages`)
+    head_widths: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -89,15 +104,13 @@ class ModelSpec:
         self._check_pruned_widths()
 
     def _check_pruned_widths(self) -> None:
-        if (self.embed is not None or self.head_widths is not None) and self.arch != "setr":
-            raise ValueError("embed and head_widths (pruned outside the transformer) exist for setr only")
         if self.embed is not None and not 1 <= self.embed <= self.hidden:
             raise ValueError(f"embed {self.embed} must lie in 1..hidden ({self.hidden})")
         if self.head_widths is not None and (
-                len(self.head_widths) != len(self.head_channels)
-                or any(not 1 <= w <= c for w, c in zip(self.head_widths, self.head_channels, strict=True))):
-            raise ValueError(f"head_widths {self.head_widths} must give 1..dense width per stage "
-                             f"(dense {self.head_channels})")
+                len(self.head_widths) != len(self.dense_stages)
+                or any(not 1 <= w <= c for w, c in zip(self.head_widths, self.dense_stages, strict=True))):
+            raise ValueError(f"head_widths {self.head_widths} must give 1..dense width per decoder group "
+                             f"(dense {self.dense_stages})")
 
     def _check_setr(self) -> None:
         stages = self.patch.bit_length() - 1
@@ -124,9 +137,24 @@ class ModelSpec:
         return self.hidden if self.embed is None else self.embed
 
     @property
+    def dense_stages(self) -> list[int]:
+        """The decoder's prunable channel groups at their dense widths: SETR's head stages
+        (`head_channels`), UNETR's `UNETR_GROUPS`."""
+        if self.arch == "setr":
+            return list(self.head_channels)
+        return [factor * self.feature_size for _, factor in UNETR_GROUPS]
+
+    @property
+    def stage_names(self) -> list[str]:
+        """A name per decoder channel group (report rows, `varprune inspect`)."""
+        if self.arch == "setr":
+            return [f"stage{s + 1}" for s in range(len(self.head_channels))]
+        return [name for name, _ in UNETR_GROUPS]
+
+    @property
     def stages(self) -> list[int]:
-        """The SETR head's stage widths now (`head_channels` unless pruned)."""
-        return list(self.head_channels if self.head_widths is None else self.head_widths)
+        """The decoder channel groups' widths now (`dense_stages` unless pruned)."""
+        return self.dense_stages if self.head_widths is None else list(self.head_widths)
 
     def dense(self) -> ModelSpec:
         """The dense model this spec was pruned from."""
@@ -159,8 +187,8 @@ class ModelSpec:
         return replace(self, layers=[replace(ls) for ls in layers])
 
     def with_widths(self, embed: int, head_widths: list[int]) -> ModelSpec:
-        """The same spec with the residual and head widths given (None where they stay dense)."""
+        """The same spec with the residual and decoder widths given (None where they stay dense)."""
         return replace(self, layers=[replace(ls) for ls in self.layers],
                        embed=None if embed == self.hidden else embed,
-                       head_widths=(None if list(head_widths) == list(self.head_channels)
+                       head_widths=(None if list(head_widths) == self.dense_stages
                                     else list(head_widths)))

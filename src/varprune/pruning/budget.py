@@ -53,7 +53,8 @@ class SequenceSettings:
         return SCOPES[self.scope]
 
 
-# What each pruning.scope prunes beyond MSA and FFN: SETR's head stages, the embedding width.
+# What each pruning.scope prunes beyond MSA and FFN: the decoder's channel groups (SETR's head
+# stages, UNETR's convolutional encoder/decoder groups), the embedding width.
 SCOPES = {"transformer": (), "decoder": ("head",), "embedding": ("embed",), "all": ("head", "embed")}
 
 
@@ -68,8 +69,8 @@ class LayerCounts:
 
 @dataclass
 class OuterCounts:
-    """What leaves outside the transformer blocks: channels per SETR head stage, and of the
-    residual stream (the embedding width)."""
+    """What leaves outside the transformer blocks: channels per decoder group (SETR head stage,
+    UNETR group), and of the residual stream (the embedding width)."""
 
     head: list[int] = field(default_factory=list)
     embed: int = 0
@@ -90,7 +91,7 @@ def outer_of(counts: list[LayerCounts]) -> OuterCounts:
 
 
 def outer_sizes(spec: ModelSpec, blocks) -> dict[str, int]:
-    """Members of each outer block: head stages, and one embedding width."""
+    """Members of each outer block: decoder groups, and one embedding width."""
     return {b: (len(spec.stages) if b == "head" else 1) for b in blocks}
 
 
@@ -208,13 +209,9 @@ def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: Sequenc
 
 
 def check_scope(spec: ModelSpec, settings: SequenceSettings) -> None:
-    """Refuse a scope the architecture has no surgery for, and floors above the dense widths."""
-    if settings.outer_blocks and spec.arch != "setr":
-        raise ValueError(f"pruning.scope {settings.scope}: the head and embedding surgery exists for "
-                         f"model.arch setr only (UNETR's convolutional decoder is not prunable yet); "
-                         f"use pruning.scope transformer")
-    if "head" in settings.outer_blocks and settings.min_head_channels > min(spec.head_channels):
-        raise ValueError(f"pruning.min_head_channels {settings.min_head_channels} is larger than a head "
-                         f"stage ({spec.head_channels})")
+    """Refuse floors above the dense widths of the groups the scope prunes."""
+    if "head" in settings.outer_blocks and settings.min_head_channels > min(spec.dense_stages):
+        raise ValueError(f"pruning.min_head_channels {settings.min_head_channels} is larger than a decoder "
+                         f"channel group ({spec.dense_stages})")
     if "embed" in settings.outer_blocks and settings.min_embed > spec.hidden:
         raise ValueError(f"pruning.min_embed {settings.min_embed} is larger than model.hidden {spec.hidden}")

@@ -129,7 +129,8 @@ def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list
 
 
 def outer_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, sequence: Sequence) -> list[dict]:
-    """Rows of the head stages (`layer` = stage) and of the embedding width, when pruned."""
+    """Rows of the decoder groups (`layer` = group number, `varprune.spec.ModelSpec.stage_names`)
+    and of the embedding width, when pruned."""
     widths = {"head": list(zip(spec.stages, new_spec.stages, strict=True)),
               "embed": [(spec.width, new_spec.width)]}
     rows = []

@@ -9,13 +9,14 @@ A group couples every parameter slice that must disappear at once (`COUPLINGS`):
 - A whole head: all its head-dimension channels.
 - FFN channel c: row c (and bias c) of `linear1` and column c of `linear2`.
 
-Outside the blocks (`pruning.scope` decoder / embedding / all, SETR only), `outer_groups` lists the channel
-groups of the head stages and of the embedding width, whose couplings live in `varprune.widths`
-(the model narrows itself with them when it is built from a pruned spec).
+Outside the blocks (`pruning.scope` decoder / embedding / all), `outer_groups` lists the channel
+groups of the decoder (SETR's head stages, UNETR's convolutional groups) and of the embedding
+width, whose couplings live in `varprune.widths` (the model narrows itself with them when it is
+built from a pruned spec).
 
 Criteria fold element importances into group scores with `fold`, the surgery slices and masks
 with `Coupling.indices`; neither restates the coupling. Scores are stored per layer and block:
-`msa` as a (heads, head_dim) tensor, `ffn` as (ffn,); per head stage s as (s, "head") and the
+`msa` as a (heads, head_dim) tensor, `ffn` as (ffn,); per decoder group g as (g, "head") and the
 embedding width as (0, "embed"), each (width,). The MAC model of a layer (`layer_macs`)
 is what the rate solvers budget with; it counts the same matmuls as `torch.utils.flop_counter`
 (tested against it).
@@ -30,7 +31,7 @@ from torch import nn
 
 from varprune import macs
 from varprune.model import LayerSpec, ModelSpec, transformer_layers
-from varprune.widths import Coupling, embedding_couplings, head_couplings, parameters_of
+from varprune.widths import Coupling, decoder_couplings, parameters_of, stream_couplings
 
 BLOCKS = ("msa", "ffn")
 Scores = dict[tuple[int, str], torch.Tensor]
@@ -50,13 +51,11 @@ def coupled_parameters(block: nn.Module, kind: str) -> list[tuple[Coupling, torc
 
 
 def outer_groups(spec: ModelSpec) -> dict[tuple[int, str], tuple[tuple[Coupling, ...], int]]:
-    """Channel groups outside the transformer blocks: (couplings, width) per SETR head stage and
-    for the embedding width; none for UNETR (no surgery for its decoder yet)."""
-    if spec.arch != "setr":
-        return {}
-    stages = len(spec.head_channels)
-    groups = {(s, "head"): (head_couplings(stages, s), width) for s, width in enumerate(spec.stages)}
-    groups[(0, "embed")] = (embedding_couplings(spec.num_layers, len(spec.head_layers)), spec.width)
+    """Channel groups outside the transformer blocks at the spec's current widths: (couplings,
+    width) per decoder group (SETR's head stages, UNETR's `UNETR_GROUPS`; block "head") and for
+    the embedding width."""
+    groups = {(g, "head"): (decoder_couplings(spec, g), width) for g, width in enumerate(spec.stages)}
+    groups[(0, "embed")] = (stream_couplings(spec), spec.width)
     return groups
 
 
@@ -69,7 +68,7 @@ def fold_couplings(root: nn.Module, couplings, width: int, element) -> torch.Ten
     """`fold` for any couplings below `root`."""
     total = None
     for coupling, param in parameters_of(root, couplings):
-        values = element(param)
+        values = element(param).narrow(coupling.axis, *coupling.span(width))
         other = [d for d in range(values.dim()) if d != coupling.axis]
         per_index = values.sum(dim=other) if other else values
         part = per_index.reshape(coupling.copies, width).sum(dim=0)
@@ -161,8 +160,8 @@ def check_plan(layer: LayerSpec, plan: LayerPlan) -> None:
 
 @dataclass
 class OuterPlan:
-    """What to remove outside the transformer blocks: channels per SETR head stage (`head[s]`)
-    and channels of the residual stream (`embed`)."""
+    """What to remove outside the transformer blocks: channels per decoder group (`head[g]`: SETR
+    head stage or UNETR group) and channels of the residual stream (`embed`)."""
 
     head: list[list[int]] = field(default_factory=list)
     embed: list[int] = field(default_factory=list)
@@ -178,7 +177,7 @@ class Plans(list):
 
 def check_outer_plan(spec: ModelSpec, plan: OuterPlan) -> None:
     """Refuse removing a channel twice, an index out of range, or a whole stage or stream."""
-    widths = [("head stage", w, plan.head[s] if s < len(plan.head) else [])
+    widths = [("decoder group", w, plan.head[s] if s < len(plan.head) else [])
               for s, w in enumerate(spec.stages)]
     for what, width, removed in [*widths, ("embedding width", spec.width, plan.embed)]:
         if len(set(removed)) != len(removed) or any(not 0 <= c < width for c in removed):

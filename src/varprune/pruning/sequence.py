@@ -22,10 +22,11 @@ Rates are relative to a layer's current width. Minimum widths are never crossed.
 are removed as head dims (the same number in every head of a layer, as SABlock requires) or,
 with `msa_unit: head`, as whole heads.
 
-`pruning.scope` decoder adds SETR's head stages as a third block type, `embedding` the embedding
-width as a fourth (one member), `all` both; each method treats them as it treats MSA and FFN: `variable`
-gives the head stages their own significance and level sequence (the single embedding width is
-the top level of its own sequence), `fixed` one rate, `random` a draw per stage, `global` ranks
+`pruning.scope` decoder adds the decoder's channel groups (SETR's head stages, UNETR's
+convolutional groups) as a third block type ("head"), `embedding` the embedding width as a fourth
+(one member), `all` both; each method treats them as it treats MSA and FFN: `variable` gives the
+decoder groups their own significance and level sequence (the single embedding width is the top
+level of its own sequence), `fixed` one rate, `random` a draw per group, `global` ranks
 their channels too. Budgets stay shares of the dense MACs, counted exactly (a narrower
 residual stream makes every layer's channels cheaper).
 """

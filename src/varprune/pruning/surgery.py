@@ -9,8 +9,9 @@ the hidden size, so blocks are resized, not rebuilt). The softmax `scale` is kep
 dense model (a head that lost dims is not rescaled, so the remaining channels compute exactly
 what they did before).
 
-Outside the blocks (`Plans.outer`: SETR head stages, the embedding width) the surgery keeps
-the chosen channels with `varprune.widths.narrow`, which is also how a pruned spec is rebuilt.
+Outside the blocks (`Plans.outer`: decoder channel groups, the embedding width) the surgery
+keeps the chosen channels with `varprune.widths.narrow_widths`, which is also how a pruned spec
+is rebuilt.
 
 `mask_plan` zeroes the same groups in place without removing them; the equivalence test uses
 it to show that removal changes nothing but the shapes. A LayerNorm over a narrower residual
@@ -35,7 +36,7 @@ from varprune.pruning.groups import (
     layer_modules,
     outer_groups,
 )
-from varprune.widths import narrow, parameters_of
+from varprune.widths import narrow_widths, parameters_of
 
 
 def _resize_keeping(block: nn.Module, kind: str, kept: torch.Tensor, width: int, resize) -> None:
@@ -83,13 +84,10 @@ def apply_plan(model: nn.Module, spec: ModelSpec, plans: list[LayerPlan]) -> Mod
         prune_mlp(block, layer, plan)
         layers.append(plan.widths_after(layer))
     new_spec = spec.with_layers(layers)
-    removed = _outer_removed(spec, outer)
-    if not removed:
-        return new_spec
-    for (_, _), (couplings, width, channels) in removed.items():
-        narrow(model, couplings, _kept(channels, width), width)
-    stages = [w - len(removed.get((s, "head"), (0, 0, []))[2]) for s, w in enumerate(spec.stages)]
-    return new_spec.with_widths(spec.width - len(outer.embed), stages)
+    decoder = {g: _kept(channels, width) for g, (channels, width)
+               in enumerate(zip(outer.head, spec.stages, strict=False)) if channels}
+    embed = _kept(outer.embed, spec.width) if outer.embed else None
+    return narrow_widths(model, new_spec, decoder, embed)
 
 
 def _outer_removed(spec: ModelSpec, outer: OuterPlan) -> dict:

@@ -64,10 +64,11 @@ def provenance(config: dict, repo: Path | None) -> dict:
 SCOPE_PHRASES = {  # pruning.scope: what loses channels
     "transformer": "the MSA and FFN channels of every transformer layer (pruning.scope transformer, "
                    "the paper's)",
-    "decoder": "the MSA and FFN channels and the head's stage channels (pruning.scope decoder)",
+    "decoder": "the MSA and FFN channels and the decoder's channels (SETR: its head stages; UNETR: its "
+               "convolutional encoders and decoder) (pruning.scope decoder)",
     "embedding": "the MSA and FFN channels and the embedding width, i.e. the residual stream through every "
                  "layer (pruning.scope embedding)",
-    "all": "the MSA and FFN channels, the head's stage channels and the embedding width, i.e. the "
+    "all": "the MSA and FFN channels, the decoder's channels and the embedding width, i.e. the "
            "residual stream through every layer (pruning.scope all)",
 }
 
