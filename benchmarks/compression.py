@@ -5,7 +5,10 @@ Run from the repository root:
   python benchmarks/compression.py --scope all --distill  # run scope_all_distill: pruning.scope all,
                                                           #   fine-tuning with distillation
   python benchmarks/compression.py --sweep                # + targets 60/72/80 % per method, 2 seeds
-Options: --scope {transformer,decoder,embedding,all} (default: the config's pruning.scope);
+  python benchmarks/compression.py --preset config/unetr.yaml --scope all --distill
+                                                          # run unetr_scope_all_distill
+Options: --preset FILE (a preset laid over config/config.yaml, as snakemake --configfile does;
+its `run` names the run); --scope {transformer,decoder,embedding,all} (default: the config's pruning.scope);
 --distill (merge config/distill.yaml's finetune.distill); --msa-unit head (whole heads); --no-run
 (only read existing outputs); --threads N (torch and onnxruntime threads, default 1); --runs N
 (timed runs per measurement, default 30); --root PATH (the checkout whose config/ and results/
@@ -60,8 +63,20 @@ SWEEP_SEEDS = [0, 1]
 GOAL_LATENCY, GOAL_MACS, GOAL_DICE = 0.70, 0.85, -0.5
 
 
-def load_config(root: Path) -> dict:
-    return yaml.safe_load((root / "config" / "config.yaml").read_text())
+def deep_update(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in recursively (how snakemake merges --configfile files)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = (deep_update(merged[key], value) if isinstance(value, dict)
+                       and isinstance(merged.get(key), dict) else value)
+    return merged
+
+
+def load_config(root: Path, preset: Path | None = None) -> dict:
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    if preset is not None:
+        config = deep_update(config, yaml.safe_load((root / preset).read_text()) or {})
+    return config
 
 
 def run_pipeline(root: Path, config_files: list[Path], run: str, names: list[str]) -> None:
@@ -253,20 +268,21 @@ def run_settings(root: Path, config: dict, scope: str | None, distill: bool,
     parts += [f"{unit}s"] if unit != config["pruning"]["msa_unit"] else []
     if not parts:
         return config["run"], None
-    run = "_".join(parts)
+    run = "_".join(([config["run"]] if config["run"] != "default" else []) + parts)
     pruning = {"scope": scope, "msa_unit": unit}
     override = {"run": run, "finetune": {"distill": merged}, **({"pruning": pruning} if pruning else {})}
     return run, override
 
 
 def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs: int, no_run: bool,
-               msa_unit: str | None = None) -> None:
-    config = load_config(root)
+               msa_unit: str | None = None, preset: Path | None = None) -> None:
+    config = load_config(root, preset)
     run, override = run_settings(root, config, scope, distill, msa_unit)
     names = model_names(config)
     if not no_run:
         with contextlib.ExitStack() as stack:
-            files = [stack.enter_context(override_file(override))] if override else []
+            files = [root / preset] if preset else []
+            files += [stack.enter_context(override_file(override))] if override else []
             run_pipeline(root, files, run, names)
     rows = {}
     # A throwaway pass first: the first model timed in a fresh process came out 15-25 % slower
@@ -317,6 +333,8 @@ def sweep(root: Path, no_run: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", type=Path, default=None,
+                        help="a config file laid over config/config.yaml (e.g. config/unetr.yaml)")
     parser.add_argument("--scope", choices=SCOPES, default=None,
                         help="what pruning may shrink; default: the config's pruning.scope (transformer)")
     parser.add_argument("--distill", action="store_true", help="merge config/distill.yaml's finetune.distill")
@@ -334,7 +352,8 @@ def main() -> None:
     root = args.root.resolve()
     torch.set_num_threads(args.threads)
     if not args.sweep_only:
-        main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run, args.msa_unit)
+        main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run, args.msa_unit,
+                   args.preset)
     if args.sweep or args.sweep_only:
         sweep(root, args.no_run)
 
