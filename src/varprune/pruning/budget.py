@@ -197,15 +197,16 @@ def check_cycle_targets(spec: ModelSpec, targets: list[float], settings: Sequenc
                          f"width (head dim {dense.head_dim}, {dense.heads} heads, FFN {dense.ffn})")
     pruned = sum(macs.layer_macs(spec.img_size, spec.patch, spec.width, layer.inner, layer.ffn)
                  for layer in spec.layers)
-    rest = 0.0 if "embed" in settings.outer_blocks else 1 - pruned / spec_macs(spec)
+    # Outside the transformer scope every part shrinks, so no share is simply out of reach.
+    rest = (f" (what pruning.scope transformer leaves alone carries {1 - pruned / spec_macs(spec):.1%})"
+            if not settings.outer_blocks else "")
     for k, (target, reachable) in enumerate(zip(targets, reachable_per_cycle(spec, len(targets), settings),
                                                 strict=True), start=1):
         if reachable < target:
             raise ValueError(
                 f"pruning.cycle_targets: cycle {k} target {target} cannot be reached: with "
                 f"pruning.rate_max={settings.rate_max} and the minimum widths, at most {reachable:.1%} of "
-                f"the dense MACs can be removed by then (what pruning.scope {settings.scope} leaves "
-                f"alone carries at least {rest:.1%})")
+                f"the dense MACs can be removed by then{rest}")
 
 
 def check_scope(spec: ModelSpec, settings: SequenceSettings) -> None:

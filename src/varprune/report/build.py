@@ -28,6 +28,7 @@ from varprune.report.figures import (
 from varprune.report.page import provenance, render_html
 from varprune.report.settings import ReportSettings
 from varprune.report.tables import export_sizes, read_logs, read_sequences
+from varprune.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
     plot_oneshot(oneshot, table, opts, figures["oneshot"])
     sequences = read_sequences(run, methods, cycles)
     plot_sequence(sequences, opts, figures["sequence"])
-    plot_widths(sequences, opts, figures["widths"])
+    plot_widths(sequences, opts, figures["widths"], _stage_names(config))
     plot_curves(read_logs(run, methods, cycles), opts, figures["curves"])
     shown = Model(proposed_method(methods), cycles)
     preds = {name: Predictions(run.path(0, model, "pred"), run.path(0, model, "metrics"))
@@ -93,3 +94,11 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
     log.info("report for run %s: %d models, %d paired comparisons -> %s", config["run"], len(table),
              len(comparison), out_html)
     return table
+
+
+def _stage_names(config: Mapping) -> list[str] | None:
+    """Names of the dense model's decoder channel groups (figure labels), if the config builds one."""
+    try:
+        return ModelSpec.from_config(config["model"], config["preprocess"]["input_size"]).stage_names
+    except (KeyError, TypeError, ValueError):
+        return None

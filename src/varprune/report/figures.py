@@ -126,13 +126,19 @@ def plot_sequence(sequences: pd.DataFrame, settings: ReportSettings, path: Path)
     save_figure(fig, path, settings.dpi)
 
 
-def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -> None:
-    """Channels (and heads) kept per layer after the last cycle of each method."""
+def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path,
+                stage_names: list[str] | None = None) -> None:
+    """Channels (and heads) kept per layer after the last cycle of each method; with
+    `pruning.scope` beyond the transformer, a second row: the share of each decoder group's and
+    of the embedding width's channels kept (`stage_names` label the decoder groups)."""
     methods = [m for m in PRUNING_METHODS if m in set(sequences.method)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    outer = sequences[sequences.block.isin(["head", "embed"])]
+    rows = 2 if len(outer) else 1
+    fig = plt.figure(figsize=(11, 3.8 * rows))
+    grid = fig.add_gridspec(rows, 2)
     width = 0.8 / max(1, len(methods))
     for col, block in enumerate(("msa", "ffn")):
-        ax = axes[col]
+        ax = fig.add_subplot(grid[0, col])
         for i, method in enumerate(methods):
             part = sequences[(sequences.method == method) & (sequences.block == block)]
             last = part[part.cycle == part.cycle.max()].sort_values("layer")
@@ -150,8 +156,38 @@ def plot_widths(sequences: pd.DataFrame, settings: ReportSettings, path: Path) -
         ax.set_title(f"{block.upper()} widths after the last cycle{note}")
         ax.set_xticks(range(1, 13))
         ax.legend(fontsize=8)
+    if rows == 2:
+        _plot_outer_widths(fig.add_subplot(grid[1, :]), outer, methods, width, stage_names)
     fig.tight_layout()
     save_figure(fig, path, settings.dpi)
+
+
+def _plot_outer_widths(ax, outer: pd.DataFrame, methods: list[str], width: float,
+                       stage_names: list[str] | None) -> None:
+    """Share of channels kept after the last cycle, per decoder group and for the embedding width."""
+    first = outer[outer.cycle == 1]
+    dense = {(r.block, r.layer): r.channels_before for r in first.itertuples()}
+    keys = sorted(dense, key=lambda k: (k[0] != "head", k[1]))
+    for i, method in enumerate(methods):
+        part = outer[outer.method == method]
+        last = part[part.cycle == part.cycle.max()]
+        kept = {(r.block, r.layer): r.channels_after for r in last.itertuples()}
+        x = np.arange(len(keys)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(x, [100 * kept.get(k, dense[k]) / dense[k] for k in keys], width, label=method,
+               color=colour(method))
+
+    def label(key: tuple[str, int]) -> str:
+        block, layer = key
+        if block == "embed":
+            return f"embedding ({dense[key]})"
+        name = stage_names[layer - 1] if stage_names and layer <= len(stage_names) else f"group {layer}"
+        return f"{name} ({dense[key]})"
+
+    ax.set_xticks(range(len(keys)), [label(k) for k in keys], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("% of dense channels kept")
+    ax.set_ylim(0, 105)
+    ax.set_title("Decoder channel groups and embedding width after the last cycle (dense width in brackets)")
+    ax.legend(fontsize=8)
 
 
 def plot_curves(logs: dict[str, pd.DataFrame], settings: ReportSettings, path: Path) -> None:
