@@ -83,8 +83,8 @@ def run_pipeline(root: Path, config_files: list[Path], run: str, names: list[str
     """Ask snakemake for metrics.csv and cost.json of each model folder `names` of `run`."""
     targets = [f"results/{run}/{name}/{file}" for name in names for file in ("metrics.csv", "cost.json")]
     args = [sys.executable, "-m", "snakemake", "--cores", "all", *targets]
-    for path in config_files:
-        args += ["--configfile", str(path)]
+    if config_files:  # one option with every file: a repeated --configfile keeps only the last
+        args += ["--configfile", *map(str, config_files)]
     subprocess.run(args, cwd=root, check=True)
 
 
