@@ -256,6 +256,10 @@ def seeded(section):
         value = {k: v for k, v in cfg(section).items() if k != "keep_state"}
         if "distill" in value and not value["distill"]["weight"]:
             del value["distill"]
+        # the output refit acts only where the decoder is pruned: with the transformer scope it
+        # is not a param, so that adding the key reran nothing
+        if value.get("scope") == "transformer":
+            value.pop("refit_output", None)
         seed = replicate_seed(wildcards.run)
         return value if seed is None else canonical({**value, "seed": seed})
 

@@ -149,7 +149,7 @@ def test_every_method_allocates_the_outer_groups_and_meets_the_budget(arch, meth
     scores = make_criterion("taylor").score(model, spec, batches)
     assert (0, "head") in scores and (0, "embed") in scores
     before = macs_full(model, torch.zeros(spec.input_shape(1)))
-    new_spec, summary = prune_model(model, spec, method, settings, [], seed=1, scores=scores)
+    new_spec, summary = prune_model(model, spec, method, settings, batches, seed=1, scores=scores)
     assert summary["reduction_vs_dense"] >= target - 1e-9
     assert summary["removed"] == summary["planned"] == before - spec_macs(new_spec)
     head, embed = scope in ("decoder", "all"), scope in ("embedding", "all")

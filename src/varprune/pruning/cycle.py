@@ -26,6 +26,7 @@ from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
 from varprune.pruning.budget import spec_macs
 from varprune.pruning.groups import BLOCKS, Scores
+from varprune.pruning.refit import output_group, output_statistics, refit_output
 from varprune.pruning.sequence import (
     LayerCounts,
     Sequence,
@@ -57,12 +58,13 @@ class CycleSettings:
     calibration_batches: int = 8
     calibration_batch_size: int = 8
     seed: int = 0
+    refit_output: bool = True  # least-squares refit of the output layer when its inputs are pruned
     sequence: SequenceSettings = SequenceSettings()
 
     @classmethod
     def from_config(cls, cfg: dict) -> CycleSettings:
         own = {k: cfg[k] for k in ("target", "previous_target", "criterion", "calibration_batches",
-                                   "calibration_batch_size", "seed") if k in cfg}
+                                   "calibration_batch_size", "seed", "refit_output") if k in cfg}
         return cls(**own, sequence=SequenceSettings.from_config(cfg))
 
 
@@ -159,7 +161,8 @@ def write_sequence(path: str | os.PathLike, rows: list[dict]) -> None:
 def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings,
                 batches: list, seed: int = 0, scores: Scores | None = None) -> tuple[ModelSpec, dict]:
     """Score (unless `scores` are given), plan and remove in place; return the new spec and a
-    summary of the budget. `seed` draws the random control's allocation."""
+    summary of the budget. `seed` draws the random control's allocation. When the plan removes
+    channels the output layer reads, that layer is refitted on `batches` (varprune.pruning.refit)."""
     x = torch.zeros(spec.input_shape(1))
     before = macs_full(model, x)
     dense = dense_macs(model, spec, before)
@@ -168,7 +171,15 @@ def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: 
         scores = make_criterion(settings.criterion).score(model, spec, batches)
     counts, sequence = plan_counts(method, spec, scores, budget, settings.sequence, seed=seed)
     plans = select_groups(spec, scores, counts)
+    group = output_group(spec)
+    gone = plans.outer.head[group] if len(plans.outer.head) > group else []
+    stats = output_statistics(model, batches) if settings.refit_output and gone else None
     new_spec = apply_plan(model, spec, plans)
+    if stats is not None:
+        kept = torch.tensor([c for c in range(spec.stages[group]) if c not in set(gone)])
+        refit_output(model, kept, stats)
+        log.info("output layer refitted by least squares over its %d kept inputs (%d removed)",
+                 len(kept), len(gone))
     after = macs_full(model, x)
     summary = {
         "macs_dense": dense, "macs_before": before, "macs_after": after, "budget": budget,

@@ -72,13 +72,15 @@ def reference_rows(model: torch.nn.Module, spec: ModelSpec, dense_macs: int, dic
 
 
 def pruned_row(model: torch.nn.Module, spec: ModelSpec, method: str, settings: CycleSettings, seed: int,
-               scores: Scores, dice: Scorer) -> dict:
+               scores: Scores, dice: Scorer, batches: list = ()) -> dict:
     """One point of a method's curve: a copy of the dense model pruned to `settings.target` in one
-    step and scored without fine-tuning (empty when the floors make the target unreachable)."""
+    step and scored without fine-tuning (empty when the floors make the target unreachable);
+    `batches`: the calibration sample, for the output refit when the output's inputs are pruned."""
     target = settings.target
     pruned = copy.deepcopy(model)
     try:
-        new_spec, summary = prune_model(pruned, spec, method, settings, [], seed=seed, scores=scores)
+        new_spec, summary = prune_model(pruned, spec, method, settings, list(batches), seed=seed,
+                                        scores=scores)
     except BudgetError as err:
         log.warning("one-shot %s at %.3f: %s", method, target, err)
         return {"method": method, "target": target, "macs_reduction": "", "val_dice": "", "test_dice": ""}
@@ -121,6 +123,7 @@ def run_oneshot(dense_model: str | os.PathLike,
     rows = reference_rows(model, spec, dense, dice)
     for method in methods:
         for target in targets:
-            rows.append(pruned_row(model, spec, method, replace(settings, target=target), seed, scores, dice))
+            rows.append(pruned_row(model, spec, method, replace(settings, target=target), seed, scores, dice,
+                                   batches))
     write_csv(out_csv, ONESHOT_COLUMNS, rows)
     return rows
