@@ -190,3 +190,18 @@ def test_inspect_prints_the_per_layer_spec_of_a_pruned_model(tmp_path, capsys, a
     assert "method variable, cycle 2" in out and "MACs:" in out
     assert {"unetr": "UNETR 2D", "setr": "SETR-PUP 2D, input 1x1x32x32, patch 8"}[arch] in out
     assert out.count("MSA and FFN: ") == 2  # their share of the params and of the MACs
+
+
+def test_the_export_tolerance_scales_with_the_outputs_magnitude():
+    """1e-4 for outputs within ±1; beyond, 1e-4 times the largest output (float32 rounding grows
+    with the values)."""
+    from torch import nn
+
+    from varprune.export import TOLERANCE, tolerance
+
+    small, large = nn.Conv2d(1, 1, 1), nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        small.weight.fill_(0.5), small.bias.fill_(0.0)
+        large.weight.fill_(40.0), large.bias.fill_(0.0)
+    assert tolerance(small, (1, 1, 8, 8)) == TOLERANCE
+    assert 30 * TOLERANCE < tolerance(large, (1, 1, 8, 8)) <= 40 * TOLERANCE

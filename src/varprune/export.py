@@ -1,8 +1,8 @@
 """Export a checkpoint to ONNX or TorchScript, checked against PyTorch; and `inspect` a checkpoint.
 
 The export is verified by the command itself: the exported model (onnxruntime on the CPU for
-ONNX, torch.jit.load for TorchScript) must give the PyTorch output within 1e-4 on random inputs
-of the model's shape, at batch 1 and at a larger batch (the batch axis is dynamic), else the
+ONNX, torch.jit.load for TorchScript) must give the PyTorch output within 1e-4 (times the
+largest output magnitude when above 1: `tolerance`) on random inputs of the model's shape, at batch 1 and at a larger batch (the batch axis is dynamic), else the
 file is not kept. A pruned model exports with its per-layer widths, so its file is smaller.
 """
 
@@ -76,6 +76,18 @@ def max_difference(model: torch.nn.Module, run, shape: tuple[int, ...], seed: in
     return worst
 
 
+def tolerance(model: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> float:
+    """The largest difference an export may show on `max_difference`'s inputs: `TOLERANCE`,
+    scaled by the largest output magnitude when that exceeds 1 (float32 rounding grows with the
+    values: logits of 7-11 gave differences of 1e-4 to 1.7e-4 in onnxruntime, a relative 2e-5)."""
+    scale = 1.0
+    for batch in (1, 3):
+        x = torch.rand((batch, *shape[1:]), generator=torch.Generator().manual_seed(seed + batch))
+        with torch.inference_mode():
+            scale = max(scale, float(model(x).abs().max()))
+    return TOLERANCE * scale
+
+
 def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathLike) -> dict:
     """Export and verify; the file appears only when it reproduces the model."""
     if fmt not in FORMATS:
@@ -88,9 +100,10 @@ def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathL
     except Exception as err:  # exporters raise many types
         raise ExportError(f"{model_path}: {fmt} export failed: {err}") from err
     difference = max_difference(model, runner(fmt, data), spec.input_shape(1))
-    if not difference <= TOLERANCE:
+    allowed = tolerance(model, spec.input_shape(1))
+    if not difference <= allowed:
         raise ExportError(f"{model_path}: the {fmt} export differs from PyTorch by {difference:.2e} "
-                          f"(> {TOLERANCE:g}); not written")
+                          f"(> {allowed:.2g}: {TOLERANCE:g} times the outputs' scale); not written")
     with atomic_path(output) as tmp:
         Path(tmp).write_bytes(data)
     log.info("%s -> %s (%s, %.1f MB, max difference %.1e)", model_path, output, fmt, len(data) / 1e6,
