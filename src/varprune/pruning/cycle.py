@@ -176,7 +176,8 @@ def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: 
     stats = output_statistics(model, batches) if settings.refit_output and gone else None
     new_spec = apply_plan(model, spec, plans)
     if stats is not None:
-        kept = torch.tensor([c for c in range(spec.stages[group]) if c not in set(gone)])
+        removed = set(gone)
+        kept = torch.tensor([c for c in range(spec.stages[group]) if c not in removed])
         refit_output(model, kept, stats)
         log.info("output layer refitted by least squares over its %d kept inputs (%d removed)",
                  len(kept), len(gone))
