@@ -52,7 +52,7 @@ from deploy import eager_parts, median_ms  # benchmarks/deploy.py, next to this 
 from torch import nn
 
 from varprune.cost import latency_parts, macs_full
-from varprune.export import _onnx_bytes, max_difference, runner
+from varprune.export import max_difference, onnx_bytes, runner
 from varprune.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def onnx_parts(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> di
                          ("embedding", model.vit.patch_embedding)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings of the TorchScript-based exporter
-            run = runner("onnx", _onnx_bytes(module, x), threads=threads)
+            run = runner("onnx", onnx_bytes(module, x), threads=threads)
         difference, allowed = max_difference(module, run, tuple(x.shape))
         if not difference <= allowed:
             sys.exit(f"the ONNX export of {name} differs from PyTorch by {difference:.2e}")

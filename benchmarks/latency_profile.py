@@ -8,19 +8,32 @@ products, its softmax, LayerNorm, GELU, convolution, InstanceNorm, upsampling, e
 and copies, the rest) with its share and, for a pruned model, its change against the first model
 given. MACs live in the products and convolutions only; everything else costs time without MACs,
 so its share sets how far latency can follow a MAC reduction.
+
+Without checkpoints, the reference is an untrained model built from the config (with
+`--preset`), and `--prune METHOD` adds copies of it pruned cycle by cycle to `--targets` under
+`--scope` (l1 scores, no fine-tuning: CPU time depends on the widths, not on the weights):
+
+  python benchmarks/latency_profile.py --preset config/unetr.yaml --scope all --prune fixed global
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from varprune.cost import macs_full
-from varprune.model import load_model
+from varprune.model import ModelSpec, build_model, load_model
+from varprune.pruning.cycle import CycleSettings, prune_model
+from varprune.pruning.significance import make_criterion
+
+ROOT = Path(__file__).resolve().parent.parent
 
 KINDS = {
     "linear": ("addmm", "mm", "linear"),  # qkv, out_proj, FFN: their MACs fall with every width
@@ -44,9 +57,37 @@ def kind_of(op: str) -> str:
     return "other"
 
 
-def profile_model(path: Path, threads: int, runs: int) -> tuple[dict[str, float], float, int]:
+def load_config(preset: Path | None) -> dict:
+    """config/config.yaml with `preset` laid over it (nested keys merged, as --configfile does)."""
+    def merge(base: dict, changes: dict) -> dict:
+        for key, value in changes.items():
+            base[key] = merge(dict(base.get(key) or {}), value) if isinstance(value, dict) else value
+        return base
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return merge(config, yaml.safe_load(preset.read_text()) or {}) if preset else config
+
+
+def pruned_copies(model: nn.Module, spec: ModelSpec, method: str, targets: list[float],
+                  pruning: dict) -> list[tuple[str, nn.Module, ModelSpec]]:
+    """`model` pruned by `method` cycle after cycle to each target (l1 scores; no refit, no
+    fine-tuning), one copy per cycle."""
+    copies = []
+    previous = 0.0
+    for cycle, target in enumerate(targets, start=1):
+        settings = CycleSettings.from_config({**pruning, "target": target, "previous_target": previous,
+                                              "refit_output": False})
+        model = copy.deepcopy(model)
+        scores = make_criterion("l1").score(model, spec, [])
+        spec, _ = prune_model(model, spec, method, settings, [], seed=settings.seed + cycle, scores=scores)
+        copies.append((f"{method} cycle {cycle}", model, spec))
+        previous = target
+    return copies
+
+
+def profile_model(model: nn.Module, spec: ModelSpec, threads: int,
+                  runs: int) -> tuple[dict[str, float], float, int]:
     """Self CPU ms per call by kind, the total, and the model's MACs."""
-    model, spec, _ = load_model(path)
+    model = model.eval()
     torch.set_num_threads(threads)
     x = torch.randn(spec.input_shape(1))
     with torch.inference_mode():
@@ -68,15 +109,40 @@ def change(value: float, reference: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path, help="checkpoints; the first is the reference")
+    parser.add_argument("models", nargs="*", type=Path,
+                        help="checkpoints; the first is the reference (none: an untrained model "
+                             "from the config)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--preset", type=Path, default=None,
+                        help="a config file laid over config/config.yaml")
+    parser.add_argument("--prune", nargs="*", default=[], metavar="METHOD",
+                        help="also profile the reference pruned by these methods, cycle by cycle")
+    parser.add_argument("--targets", type=float, nargs="+", default=None,
+                        help="cumulative MAC shares per cycle (default: the config's pruning.cycle_targets)")
+    parser.add_argument("--scope", default=None, help="pruning.scope for --prune (default: the config's)")
+    parser.add_argument("--msa-unit", default=None, choices=("dim", "head"),
+                        help="pruning.msa_unit for --prune")
     args = parser.parse_args()
-    results = [(path, *profile_model(path, args.threads, args.runs)) for path in args.models]
+    if args.preset is not None and not args.preset.is_file():
+        parser.error(f"--preset {args.preset}: no such file")
+    config = load_config(args.preset)
+    if args.models:
+        loaded = [(str(path), *load_model(path)[:2]) for path in args.models]
+    else:
+        torch.manual_seed(0)
+        spec = ModelSpec.from_config(config["model"], config["preprocess"]["input_size"])
+        loaded = [(f"untrained {spec.arch}", build_model(spec), spec)]
+    pruning = {**config["pruning"], **{k: v for k, v in (("scope", args.scope), ("msa_unit", args.msa_unit))
+                                      if v is not None}}
+    for method in args.prune:
+        loaded += pruned_copies(loaded[0][1], loaded[0][2], method,
+                                args.targets or config["pruning"]["cycle_targets"], pruning)
+    results = [(label, *profile_model(model, spec, args.threads, args.runs)) for label, model, spec in loaded]
     _, ref_kinds, ref_total, ref_macs = results[0]
     kinds = [k for k in [*KINDS, "other"] if any(r[1].get(k, 0) > 0 for r in results)]
     print(f"\nself CPU ms per batch-1 call ({args.threads} thread(s), {args.runs} calls profiled); "
-          f"reduction vs {args.models[0]}")
+          f"reduction vs {results[0][0]}")
     print("| model | MACs | total ms | " + " | ".join(kinds) + " |")
     print("|---|---|---|" + "---|" * len(kinds))
     for index, (path, per_kind, total, macs) in enumerate(results):
