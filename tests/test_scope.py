@@ -6,21 +6,31 @@ spec), for both architectures in 2D and 3D."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.tiny_model import tiny_spec
 from varprune import macs
 from varprune.cost import macs_full
 from varprune.export import export_model
 from varprune.model import build_model, count_parameters, load_model, save_checkpoint
-from varprune.pruning.budget import SequenceSettings, check_cycle_targets, reachable_per_cycle, spec_macs
+from varprune.pruning.budget import (
+    SequenceSettings,
+    check_cycle_targets,
+    group_shares,
+    reachable_per_cycle,
+    spec_macs,
+    whole_groups,
+)
 from varprune.pruning.cycle import CycleSettings, dense_macs, prune_model
 from varprune.pruning.groups import LayerPlan, OuterPlan, Plans, outer_groups
 from varprune.pruning.sequence import plan_counts, removed_macs, select_groups
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan, mask_plan
+from varprune.spec import ModelSpec
 from varprune.widths import parameters_of
 
 METHODS = ["variable", "fixed", "global", "random"]
@@ -160,6 +170,45 @@ def test_every_method_allocates_the_outer_groups_and_meets_the_budget(arch, meth
     assert {r["block"] for r in rows} == expected
     with torch.no_grad():
         assert model(torch.randn(spec.input_shape(1))).shape == (1, 2, *spec.img_size)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_decoder_groups_below_the_mac_share_stay_whole_under_every_method(method):
+    torch.manual_seed(0)
+    spec = setr()  # head stages carrying 5.2 %, 4.2 % and 3.2 % of the dense MACs
+    assert [round(share, 3) for share in group_shares(spec)] == [0.052, 0.042, 0.032]
+    model = build_model(spec).eval()
+    scores = make_criterion("l1").score(model, spec)
+    budget = int(0.5 * spec_macs(spec))
+    shrunk = {}
+    for threshold in (0.0, 0.045):
+        settings = SequenceSettings(scope="all", min_embed=4, min_group_share=threshold)
+        counts, _ = plan_counts(method, spec, scores, budget, settings, seed=1)
+        assert removed_macs(spec, counts) >= budget
+        shrunk[threshold] = [g for g, c in enumerate(counts.outer.head) if c > 0]
+    assert whole_groups(spec, SequenceSettings(scope="all", min_group_share=0.045)) == {1, 2}
+    assert set(shrunk[0.045]) <= {0} and set(shrunk[0.0]) - {0}  # stages 2 and 3 go only without the floor
+
+
+def default_spec(*presets: str) -> ModelSpec:
+    """The dense spec of config/config.yaml with the presets' `model` keys laid over it."""
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    for preset in presets:
+        config["model"].update(yaml.safe_load((root / preset).read_text()).get("model", {}))
+    return ModelSpec.from_config(config["model"], config["preprocess"]["input_size"])
+
+
+def test_the_default_segmenters_keep_their_cheapest_decoder_groups_whole():
+    """SETR's head (about 0.1 % of the MACs per stage) stays whole at the default share; of
+    UNETR's 23 groups the four below 0.5 % do (the names README, What is pruned, gives)."""
+    settings = SequenceSettings(scope="all")
+    setr_spec = default_spec()
+    assert whole_groups(setr_spec, settings) == set(range(len(setr_spec.stages)))
+    unetr_spec = default_spec("config/unetr.yaml")
+    assert {unetr_spec.stage_names[g] for g in whole_groups(unetr_spec, settings)} == {
+        "enc2.up", "enc2.0.mid", "enc2.0", "enc3.up"}
+    assert not whole_groups(unetr_spec, SequenceSettings(scope="all", min_group_share=0.0))
 
 
 def test_transformer_scope_plans_nothing_outside_the_blocks():

@@ -24,7 +24,7 @@ from varprune.distill import load_teacher
 from varprune.inference import pick_device
 from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
-from varprune.pruning.budget import spec_macs
+from varprune.pruning.budget import spec_macs, whole_groups
 from varprune.pruning.groups import BLOCKS, Scores
 from varprune.pruning.refit import output_group, output_statistics, refit_output
 from varprune.pruning.sequence import (
@@ -169,6 +169,11 @@ def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: 
     budget = int(round(before - (1 - settings.target) * dense))
     if scores is None:
         scores = make_criterion(settings.criterion).score(model, spec, batches)
+    whole = sorted(whole_groups(spec, settings.sequence)) if "head" in settings.sequence.outer_blocks else []
+    if whole:
+        log.info("decoder groups left whole (each below %.2g %% of the dense MACs, "
+                 "pruning.min_group_share): %s", 100 * settings.sequence.min_group_share,
+                 ", ".join(spec.stage_names[g] for g in whole))
     counts, sequence = plan_counts(method, spec, scores, budget, settings.sequence, seed=seed)
     plans = select_groups(spec, scores, counts)
     group = output_group(spec)

@@ -52,6 +52,7 @@ from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' 
     outer_of,
     outer_sizes,
     removed_macs,
+    whole_groups,
 )
 from varprune.pruning.groups import BLOCKS, LayerPlan, OuterPlan, Plans, Scores
 
@@ -297,8 +298,11 @@ def _global_units(spec: ModelSpec, scores: Scores, settings: SequenceSettings) -
         ffn = torch.sort(ffn / ffn.mean().clamp_min(1e-30)).values
         units += [(float(s), i, "ffn") for s in ffn[: layer.ffn - settings.min_ffn]]
     floors = {"head": settings.min_head_channels, "embed": settings.min_embed}
+    whole = whole_groups(spec, settings)
     for block, members in outer_sizes(spec, settings.outer_blocks).items():
         for i in range(members):
+            if block == "head" and i in whole:
+                continue
             values = scores[(i, block)].double()
             values = torch.sort(values / values.mean().clamp_min(1e-30)).values
             units += [(float(s), i, block) for s in values[: len(values) - floors[block]]]
