@@ -11,7 +11,8 @@ Options: --preset FILE (a preset laid over config/config.yaml, as snakemake --co
 its `run` names the run); --scope {transformer,decoder,embedding,all} (default: the config's pruning.scope);
 --distill (merge config/distill.yaml's finetune.distill); --msa-unit head (whole heads); --no-run
 (only read existing outputs); --threads N (torch and onnxruntime threads, default 1); --runs N
-(timed runs per measurement, default 30); --root PATH (the checkout whose config/ and results/
+(timed runs per model and round, default 10); --rounds N (interleaved timing rounds, default 3);
+--root PATH (the checkout whose config/ and results/
 are used, default the repository this script lives in).
 
 When --scope or --distill differs from config/config.yaml the pipeline runs under its own run name
@@ -20,9 +21,10 @@ When --scope or --distill differs from config/config.yaml the pipeline runs unde
 dense_long (dense fine-tuned as long as the last cycle: the fair Dice reference) and every
 (method, cycle) (`snakemake --cores all`, nothing to do when they are up to date), reads params and
 MACs (thop and FlopCounterMode) from each model's cost.json and the test Dice from its metrics.csv,
-and measures batch-1 CPU latency itself, one model after the other, in PyTorch eager and in
-onnxruntime, for the whole model and per part (embedding, transformer, decoder: the patch
-embedding and the encoder timed alone, varprune.cost.latency_parts). It prints:
+and measures batch-1 CPU latency itself, in interleaved rounds (every model once per round; the
+median of the round medians), in PyTorch eager and in onnxruntime, for the whole model and per
+part (embedding, transformer, decoder: the patch embedding and the encoder timed alone,
+varprune.cost.latency_parts). It prints:
 1. per model: params, MACs thop and full, eager latency whole and per part, onnxruntime latency
    whole, test Dice; Δ vs dense, Δ Dice in points vs dense_long;
 2. per model: MACs (full) and onnxruntime latency per part;
@@ -48,7 +50,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from deploy import eager_parts, median_ms  # benchmarks/deploy.py, next to this file
+from deploy import median_ms  # benchmarks/deploy.py, next to this file
 from torch import nn
 
 from varprune.cost import latency_parts, macs_full
@@ -135,12 +137,12 @@ def part_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
             "whole": whole}
 
 
-def onnx_parts(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
-    """onnxruntime batch-1 latency per part and of the whole model: the model, its encoder and its
-    patch embedding exported one by one, each checked against PyTorch within varprune's export
-    tolerance (1e-4 times the outputs' scale)."""
+def onnx_timers(model: nn.Module, x: torch.Tensor, threads: int) -> dict[str, object]:
+    """onnxruntime batch-1 calls per part: the model, its encoder and its patch embedding exported
+    one by one, each checked against PyTorch within varprune's export tolerance (1e-4 times the
+    outputs' scale)."""
     xn = x.numpy()
-    ms = {}
+    timers = {}
     for name, module in (("whole", model), ("encoder", LastTokens(model.vit)),
                          ("embedding", model.vit.patch_embedding)):
         with warnings.catch_warnings():
@@ -149,20 +151,53 @@ def onnx_parts(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> di
         difference, allowed = max_difference(module, run, tuple(x.shape))
         if not difference <= allowed:
             sys.exit(f"the ONNX export of {name} differs from PyTorch by {difference:.2e}")
-        ms[name] = median_ms(lambda run=run: run(xn), runs)
-    return {**latency_parts(ms["whole"], ms["encoder"], ms["embedding"]), "whole": ms["whole"]}
+        timers[name] = lambda run=run: run(xn)
+    return timers
 
 
-def measure(folder: Path, threads: int, runs: int) -> dict:
-    """read_row plus MACs per part and eager and onnxruntime latency (whole and per part)."""
+def prepare(folder: Path, threads: int) -> tuple[dict, dict[tuple[str, str], object]]:
+    """read_row plus MACs per part, and the calls to time: (runtime, part) -> a batch-1 call of
+    the whole model, its encoder or its patch embedding, in eager PyTorch and in onnxruntime."""
     row = read_row(folder)
     model, spec, _ = load_model(folder / "model.pt")
     model = model.eval()
     x = torch.rand(spec.input_shape(1), generator=torch.Generator().manual_seed(1))
     row["macs"] = part_macs(model, x)
-    row["eager"] = eager_parts(model, spec, runs)
-    row["onnx"] = onnx_parts(model, x, threads, runs)
-    return row
+    timers = {("eager", "whole"): lambda: model(x), ("eager", "encoder"): lambda: model.vit(x),
+              ("eager", "embedding"): lambda: model.vit.patch_embedding(x)}
+    timers.update({("onnx", part): fn for part, fn in onnx_timers(model, x, threads).items()})
+    return row, timers
+
+
+def measure_all(folders: dict[str, Path], threads: int, runs: int, rounds: int) -> dict[str, dict]:
+    """Every model's row with eager and onnxruntime latency (whole and per part), timed in
+    `rounds` interleaved rounds of `runs` calls each (every model once per round, in order):
+    a model's latency is the median of its round medians, so a slow spell of the machine hits
+    every model alike instead of whichever was being timed. `spread` is the whole model's eager
+    range over the rounds relative to that median."""
+    prepared = {name: prepare(folder, threads) for name, folder in folders.items()}
+    first = next(iter(prepared.values()))[1]
+    for fn in first.values():  # a throwaway pass: the first calls timed in a process read slow
+        median_ms(fn, runs)
+    samples: dict[str, dict[tuple[str, str], list[float]]] = {name: {} for name in prepared}
+    for round_ in range(1, rounds + 1):
+        for name, (_, timers) in prepared.items():
+            for key, fn in timers.items():
+                samples[name].setdefault(key, []).append(median_ms(fn, runs))
+        print(f"timing round {round_}/{rounds} done", file=sys.stderr, flush=True)
+    rows = {}
+    for name, (row, _) in prepared.items():
+        ms = {key: statistics.median(values) for key, values in samples[name].items()}
+        for runtime in ("eager", "onnx"):
+            whole = ms[(runtime, "whole")]
+            row[runtime] = {**latency_parts(whole, ms[(runtime, "encoder")], ms[(runtime, "embedding")]),
+                            "whole": whole}
+        eager = samples[name][("eager", "whole")]
+        row["spread"] = (max(eager) - min(eager)) / statistics.median(eager)
+        rows[name] = row
+        print(f"measured {name}: eager {row['eager']['whole']:.1f} ms, onnx {row['onnx']['whole']:.1f} ms",
+              file=sys.stderr, flush=True)
+    return rows
 
 
 def change(value: float, ref: float) -> str:
@@ -189,10 +224,12 @@ def markdown(header: list[str], body: list[list[str]]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def print_tables(rows: dict[str, dict], threads: int, runs: int) -> None:
+def print_tables(rows: dict[str, dict], threads: int, runs: int, rounds: int) -> None:
     dense, long = rows["dense"], rows["dense_long"]
-    print(f"\nCPU batch 1, {threads} thread(s), median of {runs} timed runs after warm-up, one model after "
-          "the other; Δ vs dense, Δ Dice in points vs dense_long. Parts are differences of medians "
+    print(f"\nCPU batch 1, {threads} thread(s), median over {rounds} interleaved rounds of the median of "
+          f"{runs} timed runs after warm-up; spread: the whole model's eager range over the rounds; dense "
+          "and dense_long are the same network, so their difference is timing noise. "
+          "Δ vs dense, Δ Dice in points vs dense_long. Parts are differences of medians "
           "(embedding and encoder timed alone): a part below the timings' spread can come out negative; "
           "n/r: no change against a reference part that is not positive.")
     body = []
@@ -201,12 +238,12 @@ def print_tables(rows: dict[str, dict], threads: int, runs: int) -> None:
         cells = [name, f"{r['params'] / 1e6:.3f}", change(r["params"], dense["params"]),
                  f"{r['macs_thop'] / 1e9:.3f}", change(r["macs_thop"], dense["macs_thop"]),
                  f"{r['macs_full'] / 1e9:.3f}", change(r["macs_full"], dense["macs_full"]),
-                 f"{e['whole']:.2f}", change(e["whole"], de["whole"])]
+                 f"{e['whole']:.2f}", change(e["whole"], de["whole"]), f"{100 * r['spread']:.0f} %"]
         for part in PARTS:
             cells += [f"{e[part]:.2f}", change(e[part], de[part])]
         body.append(cells + [f"{r['onnx']['whole']:.2f}", change(r["onnx"]["whole"], dense["onnx"]["whole"]),
                              f"{r['dice']:.4f}", f"{100 * (r['dice'] - long['dice']):+.2f}"])
-    markdown(["model", "params M", "Δ", "MACs thop G", "Δ", "MACs full G", "Δ", "eager ms", "Δ",
+    markdown(["model", "params M", "Δ", "MACs thop G", "Δ", "MACs full G", "Δ", "eager ms", "Δ", "spread",
               "embedding ms", "Δ", "transformer ms", "Δ", "decoder ms", "Δ", "onnx ms", "Δ", "test Dice",
               "Δ Dice (points)"], body)
 
@@ -276,7 +313,7 @@ def run_settings(root: Path, config: dict, scope: str | None, distill: bool,
 
 
 def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs: int, no_run: bool,
-               msa_unit: str | None = None, preset: Path | None = None) -> None:
+               msa_unit: str | None = None, preset: Path | None = None, rounds: int = 3) -> None:
     config = load_config(root, preset)
     run, override = run_settings(root, config, scope, distill, msa_unit)
     names = model_names(config)
@@ -285,18 +322,12 @@ def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs:
             files = [root / preset] if preset else []
             files += [stack.enter_context(override_file(override))] if override else []
             run_pipeline(root, files, run, names)
-    rows = {}
-    # A throwaway pass first: the first model timed in a fresh process came out 15-25 % slower
-    # than the same network timed later (dense against dense_long, eager), which reads as a
-    # reduction for every pruned model.
-    measure(root / "results" / run / names[0], threads, runs)
-    for name in names:
-        rows[name] = measure(root / "results" / run / name, threads, runs)
-        print(f"measured {name}: eager {rows[name]['eager']['whole']:.1f} ms, onnx "
-              f"{rows[name]['onnx']['whole']:.1f} ms", file=sys.stderr, flush=True)
+    # Interleaved rounds: one pass, one model after the other, once timed dense 19-27 % slower
+    # than dense_long (the same network) on an idle machine.
+    rows = measure_all({name: root / "results" / run / name for name in names}, threads, runs, rounds)
     settings = f", override {override}" if override else ""
     print(f"\n## run '{run}', targets {config['pruning']['cycle_targets']}{settings}")
-    print_tables(rows, threads, runs)
+    print_tables(rows, threads, runs, rounds)
     print_goals(rows, config["pruning"]["methods"], len(config["pruning"]["cycle_targets"]))
 
 
@@ -342,21 +373,23 @@ def main() -> None:
     parser.add_argument("--msa-unit", choices=("dim", "head"), default=None,
                         help="pruning.msa_unit (default: the config's): head removes whole heads")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency (median)")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and round (median)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds (every model once per round; median of the rounds)")
     parser.add_argument("--root", type=Path, default=REPO, help="checkout with config/ and results/")
     parser.add_argument("--sweep", action="store_true", help="also run the target and seed sweep")
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--no-run", action="store_true", help="only read existing outputs")
     args = parser.parse_args()
-    if args.runs < 1 or args.threads < 1:
-        parser.error("--runs and --threads must be positive")
+    if args.runs < 1 or args.threads < 1 or args.rounds < 1:
+        parser.error("--runs, --rounds and --threads must be positive")
     root = args.root.resolve()
     if args.preset is not None and not (root / args.preset).is_file():
         parser.error(f"--preset {args.preset}: no such file under {root}")
     torch.set_num_threads(args.threads)
     if not args.sweep_only:
         main_table(root, args.scope, args.distill, args.threads, args.runs, args.no_run, args.msa_unit,
-                   args.preset)
+                   args.preset, args.rounds)
     if args.sweep or args.sweep_only:
         sweep(root, args.no_run)
 
