@@ -104,6 +104,7 @@ def check_pruning(cfg):
         SequenceSettings,
         check_cycle_targets,
         reachable_per_cycle,
+        whole_groups_notice,
     )
     from varprune.pruning.guard import GuardSettings
 
@@ -130,6 +131,9 @@ def check_pruning(cfg):
         )
     except ValueError as err:
         config_error("pruning", err)
+    notice = whole_groups_notice(dense_spec(cfg), SequenceSettings.from_config(pruning))
+    if notice:
+        print(notice, file=sys.stderr)
 
 
 def dense_spec(cfg):

@@ -24,6 +24,7 @@ from varprune.pruning.budget import (
     reachable_per_cycle,
     spec_macs,
     whole_groups,
+    whole_groups_notice,
 )
 from varprune.pruning.cycle import CycleSettings, dense_macs, prune_model
 from varprune.pruning.groups import LayerPlan, OuterPlan, Plans, outer_groups
@@ -209,6 +210,10 @@ def test_the_default_segmenters_keep_their_cheapest_decoder_groups_whole():
     assert {unetr_spec.stage_names[g] for g in whole_groups(unetr_spec, settings)} == {
         "enc2.up", "enc2.0.mid", "enc2.0", "enc3.up"}
     assert not whole_groups(unetr_spec, SequenceSettings(scope="all", min_group_share=0.0))
+    notice = whole_groups_notice(setr_spec, settings)
+    assert "stage1, stage2, stage3 (every decoder group)" in notice and "0.50%" in notice
+    assert whole_groups_notice(setr_spec, SequenceSettings(scope="embedding")) is None
+    assert whole_groups_notice(unetr_spec, SequenceSettings(scope="all", min_group_share=0.0)) is None
 
 
 def test_transformer_scope_plans_nothing_outside_the_blocks():

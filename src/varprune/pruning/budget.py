@@ -150,6 +150,22 @@ def whole_groups(spec: ModelSpec, settings: SequenceSettings) -> frozenset[int]:
     return frozenset(g for g, share in enumerate(_SHARES[key]) if share < settings.min_group_share)
 
 
+def whole_groups_notice(spec: ModelSpec, settings: SequenceSettings) -> str | None:
+    """A line for the user when the scope prunes the decoder but some of its groups stay whole
+    (None otherwise): with SETR's head every group does, and `decoder` prunes what `transformer`
+    does."""
+    if "head" not in settings.outer_blocks:
+        return None
+    whole = sorted(whole_groups(spec, settings))
+    if not whole:
+        return None
+    every = " (every decoder group)" if len(whole) == len(spec.stages) else ""
+    names = ", ".join(spec.stage_names[g] for g in whole)
+    return (f"pruning.scope {settings.scope}: the {spec.arch} decoder groups {names}{every} each carry "
+            f"less than pruning.min_group_share ({settings.min_group_share:.2%}) of the dense MACs and "
+            "stay whole (README, What is pruned)")
+
+
 def full_rates(spec: ModelSpec, settings: SequenceSettings) -> tuple:
     """(msa, ffn, outer) rates at `rate_max` for every group the scope prunes."""
     full = np.full(len(spec.layers), settings.rate_max)
