@@ -65,11 +65,13 @@ SCOPE_PHRASES = {  # pruning.scope: what loses channels
     "transformer": "the MSA and FFN channels of every transformer layer (pruning.scope transformer, "
                    "the paper's)",
     "decoder": "the MSA and FFN channels and the decoder's channels (SETR: its head stages; UNETR: its "
-               "convolutional encoders and decoder) (pruning.scope decoder)",
+               "convolutional encoders and decoder; groups below pruning.min_group_share of the MACs stay "
+               "whole) (pruning.scope decoder)",
     "embedding": "the MSA and FFN channels and the embedding width, i.e. the residual stream through every "
                  "layer (pruning.scope embedding)",
-    "all": "the MSA and FFN channels, the decoder's channels and the embedding width, i.e. the "
-           "residual stream through every layer (pruning.scope all)",
+    "all": "the MSA and FFN channels, the decoder's channels (groups below pruning.min_group_share of the "
+           "MACs stay whole) and the embedding width, i.e. the residual stream through every layer "
+           "(pruning.scope all)",
 }
 
 
