@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
+from compression import load_config  # benchmarks/compression.py, next to this file
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -55,16 +55,6 @@ def kind_of(op: str) -> str:
         if name in names:
             return kind
     return "other"
-
-
-def load_config(preset: Path | None) -> dict:
-    """config/config.yaml with `preset` laid over it (nested keys merged, as --configfile does)."""
-    def merge(base: dict, changes: dict) -> dict:
-        for key, value in changes.items():
-            base[key] = merge(dict(base.get(key) or {}), value) if isinstance(value, dict) else value
-        return base
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return merge(config, yaml.safe_load(preset.read_text()) or {}) if preset else config
 
 
 def pruned_copies(model: nn.Module, spec: ModelSpec, method: str, targets: list[float],
@@ -126,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.preset is not None and not args.preset.is_file():
         parser.error(f"--preset {args.preset}: no such file")
-    config = load_config(args.preset)
+    config = load_config(ROOT, args.preset.resolve() if args.preset else None)
     if args.models:
         loaded = [(str(path), *load_model(path)[:2]) for path in args.models]
     else:
