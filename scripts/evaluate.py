@@ -16,4 +16,5 @@ with to_log_file(snakemake.log[0]):
         interpolate=settings["interpolate"],
         largest_component=settings["largest_component"],
         threads=snakemake.threads,
+        precision=settings.get("precision", "auto"),
     )

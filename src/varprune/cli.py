@@ -60,7 +60,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     result = predict(args.model, args.input, args.output, preview=args.preview, series=args.series,
                      device=args.device, threads=args.threads, batch_size=args.batch_size,
-                     largest_component=not args.no_largest_component, assume_hu=args.assume_hu)
+                     largest_component=not args.no_largest_component, assume_hu=args.assume_hu,
+                     precision=args.precision)
     print(f"{result['output']}: liver {result['liver_ml']:.1f} ml, grid {result['size']}")
 
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="series UID, when the folder holds several")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (default auto: bf16 or fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--no-largest-component", action="store_true",
                    help="keep every predicted island (default: only the largest, the liver is one organ)")

@@ -41,6 +41,7 @@ from varprune.atomic import atomic_path, write_csv
 from varprune.data.preprocess import load_npz, read_image, to_original_grid
 from varprune.inference import pick_device, predict_volume
 from varprune.model import load_model
+from varprune.precision import resolve
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +265,14 @@ def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[st
                         truth: Sequence[str | os.PathLike], out_metrics: str | os.PathLike,
                         out_pred_dir: str | os.PathLike,
                         batch_size: int = 16, device: str = "auto", interpolate: bool = True,
-                        largest_component: bool = True, threads: int | None = None) -> list[dict]:
+                        largest_component: bool = True, threads: int | None = None,
+                        precision: str = "auto") -> list[dict]:
     """Predict every test case, save `pred/{case}.nii.gz` on the CT grid, write `metrics.csv`."""
     if threads:
         torch.set_num_threads(threads)
     model, spec, _ = load_model(model_path)
     target = pick_device(device)
+    precision = resolve(precision, target)
     model.to(target)
     cases = cases_with_truth(preprocessed, truth)
     out_pred_dir = Path(out_pred_dir)
@@ -277,7 +280,7 @@ def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[st
     rows = []
     for case, npz_path, truth_path in cases:
         arrays = load_npz(npz_path)
-        prob = predict_volume(model, arrays["image"], spec, target, batch_size)
+        prob = predict_volume(model, arrays["image"], spec, target, batch_size, precision=precision)
         metrics = evaluate_case(prob, arrays, truth_path, case, out_pred_dir / f"{case}.nii.gz",
                                 interpolate=interpolate, largest_component=largest_component)
         rows.append({"case": case, **metrics})

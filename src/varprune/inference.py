@@ -9,6 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from varprune.model import ModelSpec
+from varprune.precision import autocast
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -22,8 +23,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def predict_volume(model: nn.Module, image: np.ndarray, spec: ModelSpec, device: torch.device,
-                   batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Foreground probability (S, H, W) of a volume (S, H, W) on the model grid."""
+                   batch_size: int = 16, progress: bool = False, precision: str = "fp32") -> np.ndarray:
+    """Foreground probability (S, H, W) of a volume (S, H, W) on the model grid; `precision`: a
+    resolved one (`varprune.precision.resolve`), fp32 unless asked."""
     model.eval()
     volume = torch.as_tensor(image, dtype=torch.float32)
     if spec.spatial_dims == 2:
@@ -31,11 +33,14 @@ def predict_volume(model: nn.Module, image: np.ndarray, spec: ModelSpec, device:
         starts = range(0, volume.shape[0], batch_size)
         for start in tqdm(starts, desc="slices", unit="batch", disable=not progress, leave=False):
             batch = volume[start:start + batch_size, None].to(device)
-            chunks.append(torch.softmax(model(batch).float(), dim=1)[:, 1].cpu())
+            with autocast(device, precision):
+                logits = model(batch)
+            chunks.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         return torch.cat(chunks).numpy()
     inputs = volume[None, None].to(device)
-    logits = sliding_window_inference(
-        inputs, roi_size=spec.img_size, sw_batch_size=batch_size, predictor=model, overlap=0.5,
-        mode="gaussian", progress=progress,
-    )
+    with autocast(device, precision):
+        logits = sliding_window_inference(
+            inputs, roi_size=spec.img_size, sw_batch_size=batch_size, predictor=model, overlap=0.5,
+            mode="gaussian", progress=progress,
+        )
     return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()

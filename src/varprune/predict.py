@@ -41,6 +41,7 @@ from varprune.data.preprocess import (
 from varprune.evaluate import keep_largest_component
 from varprune.inference import pick_device, predict_volume
 from varprune.model import CheckpointError, ModelSpec, load_model
+from varprune.precision import PrecisionError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,15 @@ def preprocess_spec(provenance: dict, model_path: str | os.PathLike) -> Preproce
 
 
 def segment(model, spec: ModelSpec, prep: PreprocessSpec, ct: sitk.Image, device: torch.device,
-            batch_size: int = 16, largest_component: bool = True) -> sitk.Image:
-    """Liver mask of `ct` on its own grid."""
+            batch_size: int = 16, largest_component: bool = True, precision: str = "fp32") -> sitk.Image:
+    """Liver mask of `ct` on its own grid; `precision`: a resolved one (`varprune.precision`)."""
     if ct.GetDimension() == 2:
         ct = sitk.JoinSeries(ct)
     empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(ct)
     arrays = preprocess_arrays(sitk.Cast(ct, sitk.sitkFloat32), empty, prep)
-    prob = predict_volume(model, arrays["image"], spec, device, batch_size, progress=True)
+    prob = predict_volume(model, arrays["image"], spec, device, batch_size, progress=True,
+                          precision=precision)
     mask = to_original_grid(prob, arrays, interpolate=True)
     if largest_component:
         largest = keep_largest_component(sitk.GetArrayFromImage(mask) > 0)
@@ -258,7 +260,7 @@ def check_options(model_path, input_path, output, preview, device: str, threads:
 def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike,
             preview: str | os.PathLike | None = None, series: str | None = None, device: str = "auto",
             threads: int | None = None, batch_size: int = 16, largest_component: bool = True,
-            assume_hu: bool = False) -> dict:
+            assume_hu: bool = False, precision: str = "auto") -> dict:
     """The whole command: check the options, read, check, segment, then write the mask and the
     preview together (both or neither)."""
     check_options(model_path, input_path, output, preview, device, threads, batch_size)
@@ -271,7 +273,11 @@ def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output
         check_hu_range(ct, str(input_path))
     check_fits(ct, spec, str(input_path))
     target = pick_device(device)
-    mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component)
+    try:
+        precision = resolve(precision, target)
+    except PrecisionError as err:
+        raise InputError(f"--precision {precision}: {err}") from err
+    mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component, precision)
     with contextlib.ExitStack() as stack:
         tmp_mask = stack.enter_context(atomic_path(output))
         if preview:

@@ -4,7 +4,8 @@
 - Validation Dice (3D, per case, on the model grid) after every epoch; `model.pt` is the best.
 - Optionally an exponential moving average of the weights (`ema`, torch's AveragedModel),
   validated and saved instead of the raw weights: a steadier reference.
-- CUDA with mixed precision when present, else the CPU with a fixed thread count.
+- CUDA when present, else the CPU with a fixed thread count; `precision` (fp32, bf16, fp16 or
+  auto: `varprune.precision`) sets autocast for training and validation alike.
 - Seeded per epoch (data order and augmentations), so two runs of one config agree and a
   resumed run equals an uninterrupted one.
 - Resume: after every epoch the full state (weights, optimiser, schedule, history) goes to
@@ -43,6 +44,7 @@ from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
 from varprune.distill import DistillSpec, distillation_loss
 from varprune.inference import pick_device, predict_volume
 from varprune.model import ModelSpec, save_checkpoint
+from varprune.precision import autocast, from_legacy, needs_scaler, resolve
 
 if TYPE_CHECKING:
     from monai.data import Dataset
@@ -79,7 +81,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
     ema: float | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
@@ -87,6 +89,7 @@ class TrainSettings:
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
         values = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
+        values["precision"] = from_legacy(cfg)
         values["augment"] = AugmentSpec.from_config(cfg.get("augment"))
         values["distill"] = DistillSpec.from_config(cfg.get("distill"))
         return cls(**values)
@@ -131,11 +134,11 @@ def fingerprint(model: nn.Module, spec: ModelSpec, settings: TrainSettings,
 
 
 def validation_dice(model: nn.Module, spec: ModelSpec, volumes: list[Volume], device: torch.device,
-                    batch_size: int) -> float:
+                    batch_size: int, precision: str = "fp32") -> float:
     """Mean over cases of the 3D Dice of the thresholded prediction on the model grid."""
     scores = []
     for v in volumes:
-        prob = predict_volume(model, v.image, spec, device, batch_size)
+        prob = predict_volume(model, v.image, spec, device, batch_size, precision=precision)
         pred = torch.as_tensor(prob > 0.5)[None, None].float()
         truth = torch.as_tensor(v.label)[None, None].float()
         scores.append(float(compute_dice(pred, truth, include_background=True, ignore_empty=False)))
@@ -213,7 +216,7 @@ class _Run:
 
     model: nn.Module
     device: torch.device
-    use_amp: bool
+    precision: str  # resolved: fp32, bf16 or fp16
     settings: TrainSettings
     budget: _Budget
     optimizer: torch.optim.Optimizer
@@ -227,11 +230,11 @@ class _Run:
     def start(cls, model: nn.Module, device: torch.device, settings: TrainSettings, budget: _Budget,
               teacher: nn.Module | None = None) -> _Run:
         """AdamW with per-step warm-up and cosine decay, the AMP scaler, the EMA when asked, the loss."""
-        use_amp = settings.amp and device.type == "cuda"
+        precision = resolve(settings.precision, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, budget.total_steps, budget.warmup, settings.min_lr_ratio))
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler(precision))
         averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
                     if settings.ema is not None else None)
         # Dice over the whole batch: most slices hold no liver, and a per-slice Dice of an empty
@@ -241,7 +244,7 @@ class _Run:
             if teacher is None:
                 raise TrainingError("finetune.distill.weight is set but no teacher model was given")
             teacher = teacher.to(device).eval().requires_grad_(False)
-        return cls(model=model, device=device, use_amp=use_amp, settings=settings, budget=budget,
+        return cls(model=model, device=device, precision=precision, settings=settings, budget=budget,
                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, averaged=averaged,
                    loss_fn=loss_fn, teacher=teacher if settings.distill.on else None)
 
@@ -332,7 +335,7 @@ def _train_epoch(run: _Run, dataset: Dataset, transforms: Compose, epoch: int, d
         if done.step >= run.budget.total_steps:
             break
         images, labels = batch["image"].to(run.device), batch["label"].to(run.device)
-        with torch.autocast(run.device.type, enabled=run.use_amp):
+        with autocast(run.device, run.precision):
             loss = run.loss(images, labels)
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -391,7 +394,8 @@ def train(model: nn.Module, spec: ModelSpec, train_volumes: list[Volume], val_vo
     for epoch in range(start_epoch, budget.epochs):
         started = time.perf_counter()
         losses = _train_epoch(run, dataset, transforms, epoch, done, progress)
-        dice = validation_dice(run.evaluated, spec, val_volumes, device, budget.batch_size * 2)
+        dice = validation_dice(run.evaluated, spec, val_volumes, device, budget.batch_size * 2,
+                               run.precision)
         _record_epoch(run, done, epoch, losses, dice, started)
         _save_state(state_path, _resume_state(run, key, done))
 
