@@ -24,6 +24,7 @@ from varprune.distill import load_teacher
 from varprune.inference import pick_device
 from varprune.methods import PRUNING_METHODS
 from varprune.model import ModelSpec, load_model
+from varprune.precision import resolve
 from varprune.pruning.budget import spec_macs, whole_groups
 from varprune.pruning.groups import BLOCKS, Scores
 from varprune.pruning.refit import output_group, output_statistics, refit_output
@@ -163,12 +164,13 @@ def prune_model(model: torch.nn.Module, spec: ModelSpec, method: str, settings: 
     """Score (unless `scores` are given), plan and remove in place; return the new spec and a
     summary of the budget. `seed` draws the random control's allocation. When the plan removes
     channels the output layer reads, that layer is refitted on `batches` (varprune.pruning.refit)."""
-    x = torch.zeros(spec.input_shape(1))
+    x = torch.zeros(spec.input_shape(1), device=next(model.parameters()).device)
     before = macs_full(model, x)
     dense = dense_macs(model, spec, before)
     budget = int(round(before - (1 - settings.target) * dense))
     if scores is None:
         scores = make_criterion(settings.criterion).score(model, spec, batches)
+    scores = {key: value.detach().cpu() for key, value in scores.items()}  # planning runs on the CPU
     whole = sorted(whole_groups(spec, settings.sequence)) if "head" in settings.sequence.outer_blocks else []
     if whole:
         log.info("decoder groups left whole (each below %.2g %% of the dense MACs, "
@@ -227,9 +229,11 @@ def run_cycle(parent: str | os.PathLike, splits_json: str | os.PathLike,
              cycle, method, parent, settings.criterion, len(batches), settings.target,
              settings.previous_target)
     torch.manual_seed(settings.seed)
-    new_spec, summary = prune_model(model, spec, method, settings, batches, seed=settings.seed + cycle)
-    device = pick_device(ft.device)
-    val_before = validation_dice(model.to(device), new_spec, data["val"], device, ft.batch_size * 2)
+    device = pick_device(ft.device)  # scoring and surgery run where the fine-tuning will
+    new_spec, summary = prune_model(model.to(device), spec, method, settings, batches,
+                                    seed=settings.seed + cycle)
+    val_before = validation_dice(model, new_spec, data["val"], device, ft.batch_size * 2,
+                                 resolve(ft.precision, device))
     log.info("validation Dice right after the surgery (before fine-tuning): %.4f", val_before)
     rows = summary.pop("rows")
     for row in rows:
