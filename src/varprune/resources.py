@@ -49,7 +49,7 @@ class Calibration:
     """The `resources` slice of the config: throughputs, margins and per-rule overrides."""
 
     cpu_gmacs_per_thread: float = 25.0
-    gpu_gmacs: float = 20000.0
+    gpu_gmacs: float = 567.0  # the default preset training on one H200 (benchmarks/gpu.py)
     safety: float = 3.0
     overhead_min: float = 5.0
     overhead_mb: float = 1500.0
