@@ -210,3 +210,72 @@ def test_the_export_tolerance_scales_with_the_outputs_magnitude():
 
         difference, allowed = max_difference(module, exact, (1, 1, 8, 8))
         assert difference == 0.0 and low <= allowed <= high
+
+
+@pytest.mark.workflow  # uses the tiny pipeline's model and data
+def test_predict_with_an_export_equals_the_checkpoint_in_every_orientation(tiny, tmp_path, capsys):
+    """The runtime follows the file: the ONNX (onnxruntime) and TorchScript exports give the
+    checkpoint's mask on the test case stored in every orientation, with the same checks."""
+    from tests import probes
+
+    exported = {fmt: tmp_path / f"model.{fmt}" for fmt in ("onnx", "torchscript")}
+    for fmt, path in exported.items():
+        assert main(["export", "--model", str(tiny["model"]), "--format", fmt, "--output", str(path)]) == 0
+    ct = sitk.ReadImage(str(tiny["nifti"]))
+    threads = str(threads_for_tests() or 1)
+    assert len(probes.FLIPS) >= 5
+    for code, flips in probes.FLIPS.items():
+        source = tmp_path / f"{code}.nii.gz"
+        sitk.WriteImage(sitk.Flip(ct, flips), str(source))
+        masks = {}
+        for name, model in (("pt", tiny["model"]), *exported.items()):
+            out = tmp_path / f"{code}-{name}.nii.gz"
+            assert main(["predict", "--model", str(model), "--input", str(source), "--output", str(out),
+                         "--threads", threads]) == 0
+            masks[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+        assert masks["pt"].sum() > 100, code
+        for name in exported:
+            assert dice(masks[name], masks["pt"]) >= 0.999, (code, name)
+    capsys.readouterr()
+    out = tmp_path / "refused.nii.gz"
+    assert main(["predict", "--model", str(exported["onnx"]), "--input", str(tiny["nifti"]), "--output",
+                 str(out), "--precision", "bf16"]) == 1
+    assert "runs in the precision it was written in" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.workflow  # uses the tiny pipeline's model and data
+def test_evaluate_runs_an_onnx_export_like_its_checkpoint(tiny, tmp_path):
+    from varprune.evaluate import evaluate_checkpoint
+
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--model", str(tiny["model"]), "--format", "onnx", "--output",
+                 str(onnx_path)]) == 0
+    run = tiny["run"]
+    cases = json.loads((run / "data" / "splits.json").read_text())["test"]
+    preprocessed = [run / "data" / "preprocessed" / f"{c}.npz" for c in cases]
+    truth = [run / "data" / "nifti" / c / "liver.nii.gz" for c in cases]
+    rows = {}
+    for name, model in (("pt", tiny["model"]), ("onnx", onnx_path)):
+        rows[name] = evaluate_checkpoint(model, preprocessed, truth, tmp_path / name / "metrics.csv",
+                                         tmp_path / name / "pred", threads=threads_for_tests() or 1)
+    for a, b in zip(rows["pt"], rows["onnx"], strict=True):
+        assert a["case"] == b["case"] and b["dice"] == pytest.approx(a["dice"], abs=1e-3)
+        masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n / "pred" / f"{a['case']}.nii.gz")))
+                 > 0 for n in ("pt", "onnx")]
+        assert dice(*masks) >= 0.999
+
+
+def test_an_export_without_varprune_metadata_is_refused_with_the_fix(tmp_path, capsys):
+    from varprune.export import onnx_bytes
+
+    spec = tiny_spec("setr")
+    bare = tmp_path / "old.onnx"
+    bare.write_bytes(onnx_bytes(build_model(spec).eval(), torch.zeros(spec.input_shape(1))))
+    out = tmp_path / "mask.nii.gz"
+    assert main(["predict", "--model", str(bare), "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "carries no varprune metadata" in err and "varprune export" in err and not out.exists()
+    assert main(["predict", "--model", str(tmp_path / "model.h5"), "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(out)]) == 1
+    assert "unknown model file type '.h5'" in capsys.readouterr().err

@@ -109,14 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("predict", help="segment the liver of a CT with a checkpoint")
-    p.add_argument("--model", required=True, help="model.pt (dense or pruned)")
+    p.add_argument("--model", required=True,
+                   help="model.pt (PyTorch), model.onnx (onnxruntime, INT8 included) or model.torchscript: "
+                        "the runtime follows the file")
     p.add_argument("--input", required=True,
                    help="DICOM series folder, NIfTI file, or IRCADb patient folder/zip (3Dircadb1.N)")
     p.add_argument("--output", required=True, help="NIfTI mask to write, on the input's grid")
     p.add_argument("--preview", help="PNG of a few axial slices with the contour")
     p.add_argument("--series", help="series UID, when the folder holds several")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--threads", type=int, help="CPU threads (torch, or onnxruntime for an .onnx model)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (default auto: bf16 or fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")

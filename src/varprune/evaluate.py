@@ -39,9 +39,8 @@ from monai.transforms import KeepLargestConnectedComponent
 
 from varprune.atomic import atomic_path, write_csv
 from varprune.data.preprocess import load_npz, read_image, to_original_grid
-from varprune.inference import pick_device, predict_volume
-from varprune.model import load_model
-from varprune.precision import resolve
+from varprune.deployed import ready
+from varprune.inference import predict_volume
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +269,8 @@ def evaluate_checkpoint(model_path: str | os.PathLike, preprocessed: Sequence[st
     """Predict every test case, save `pred/{case}.nii.gz` on the CT grid, write `metrics.csv`."""
     if threads:
         torch.set_num_threads(threads)
-    model, spec, _ = load_model(model_path)
-    target = pick_device(device)
-    precision = resolve(precision, target)
-    model.to(target)
+    loaded, target, precision = ready(model_path, device, precision, threads)
+    model, spec = loaded.model.to(target), loaded.spec
     cases = cases_with_truth(preprocessed, truth)
     out_pred_dir = Path(out_pred_dir)
     out_pred_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ The export is verified by the command itself: the exported model (onnxruntime on
 ONNX, torch.jit.load for TorchScript) must give the PyTorch output within 1e-4 (times the
 largest output magnitude when above 1) on random inputs of the model's shape, at batch 1 and at
 a larger batch (the batch axis is dynamic), else the file is not kept. A pruned model exports
-with its per-layer widths, so its file is smaller.
+with its per-layer widths, so its file is smaller. Every export carries the model spec and the
+checkpoint's provenance (`varprune.deployed`), so `varprune predict` runs it like the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from varprune.atomic import atomic_path
-from varprune.model import count_parameters, load_model
+from varprune.deployed import METADATA_KEY, metadata, with_onnx_metadata
+from varprune.model import ModelSpec, count_parameters, load_model
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,22 @@ def onnx_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def torchscript_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
-    """The model traced to TorchScript, in memory."""
+def torchscript_bytes(model: torch.nn.Module, x: torch.Tensor, meta: str | None = None) -> bytes:
+    """The model traced to TorchScript, in memory (with `meta` as its varprune extra file)."""
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    torch.jit.save(traced, buffer, _extra_files={METADATA_KEY: meta} if meta else None)
     return buffer.getvalue()
+
+
+def export_bytes(model: torch.nn.Module, spec: ModelSpec, provenance: dict, fmt: str) -> bytes:
+    """The export of `fmt` in memory, with its metadata (spec and provenance)."""
+    x = torch.rand(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
+    meta = metadata(spec, provenance)
+    if fmt == "onnx":
+        return with_onnx_metadata(onnx_bytes(model, x), meta)
+    return torchscript_bytes(model, x, meta)
 
 
 def runner(fmt: str, data: bytes, threads: int | None = None):
@@ -88,11 +99,10 @@ def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathL
     """Export and verify; the file appears only when it reproduces the model."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    model, spec, _ = load_model(model_path)
+    model, spec, provenance = load_model(model_path)
     model = model.eval().cpu()
-    x = torch.rand(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
     try:
-        data = onnx_bytes(model, x) if fmt == "onnx" else torchscript_bytes(model, x)
+        data = export_bytes(model, spec, provenance, fmt)
     except Exception as err:  # exporters raise many types
         raise ExportError(f"{model_path}: {fmt} export failed: {err}") from err
     difference, allowed = max_difference(model, runner(fmt, data), spec.input_shape(1))

@@ -38,10 +38,11 @@ from varprune.data.preprocess import (
     preprocess_arrays,
     to_original_grid,
 )
+from varprune.deployed import ready
 from varprune.evaluate import keep_largest_component
-from varprune.inference import pick_device, predict_volume
-from varprune.model import CheckpointError, ModelSpec, load_model
-from varprune.precision import PrecisionError, resolve
+from varprune.inference import predict_volume
+from varprune.model import CheckpointError, ModelSpec
+from varprune.precision import PrecisionError
 
 log = logging.getLogger(__name__)
 
@@ -266,18 +267,18 @@ def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output
     check_options(model_path, input_path, output, preview, device, threads, batch_size)
     if threads:
         torch.set_num_threads(threads)
-    model, spec, provenance = load_model(model_path)
-    prep = preprocess_spec(provenance, model_path)
+    try:
+        loaded, target, resolved = ready(model_path, device, precision, threads)
+    except PrecisionError as err:
+        raise InputError(f"--precision {precision}: {err}") from err
+    spec = loaded.spec
+    prep = preprocess_spec(loaded.provenance, model_path)
     ct = finite_ct(read_ct(input_path, series, assume_hu), str(input_path))
     if not assume_hu:
         check_hu_range(ct, str(input_path))
     check_fits(ct, spec, str(input_path))
-    target = pick_device(device)
-    try:
-        precision = resolve(precision, target)
-    except PrecisionError as err:
-        raise InputError(f"--precision {precision}: {err}") from err
-    mask = segment(model.to(target), spec, prep, ct, target, batch_size, largest_component, precision)
+    log.info("%s: %s on %s, precision %s", model_path, loaded.runtime, target, resolved)
+    mask = segment(loaded.model.to(target), spec, prep, ct, target, batch_size, largest_component, resolved)
     with contextlib.ExitStack() as stack:
         tmp_mask = stack.enter_context(atomic_path(output))
         if preview:
