@@ -18,6 +18,7 @@ include: "rules/prune.smk"
 include: "rules/controls.smk"
 include: "rules/evaluate.smk"
 include: "rules/export.smk"
+include: "rules/quantize.smk"
 
 
 if GUARDED:

@@ -27,6 +27,9 @@ from varprune.codeversion import code_fingerprint
 from varprune.layout import (
     ONESHOT_TABLE,
     guarded_report_files,
+    INT8,
+    INT8_KEY,
+    int8_models,
     report_files,
     run_models,
 )
@@ -506,7 +509,33 @@ def report_inputs(wildcards):
         ),
         "cases_ct": expand("data/nifti/{case}/ct.nii.gz", case=shown),
         "cases_liver": expand("data/nifti/{case}/liver.nii.gz", case=shown),
+        **int8_inputs(wildcards.run),
     }
+
+
+QUANTIZE_KEYS = ("quantize_mode", "quantize_ops", "calibration_slices", "max_dice_drop")
+
+
+def quantize_settings():
+    """Params of the INT8 jobs: the export keys that change an INT8 model or its verdict."""
+    return canonical({key: config["export"][key] for key in QUANTIZE_KEYS})
+
+
+def int8_sources(name):
+    """Input function of `int8`: `name` (model.pt or model.onnx) of every deployed model."""
+
+    def files(wildcards):
+        models = int8_models(METHODS, len(TARGETS))
+        return [f"results/{wildcards.run}/{model.folder}/{name}" for model in models]
+
+    return files
+
+
+def int8_inputs(run):
+    """With export.quantize int8: the first replicate's INT8 folder, for the report."""
+    if config["export"]["quantize"] != "int8":
+        return {}
+    return {INT8_KEY: f"results/{replicate_runs(run)[0]}/{INT8}"}
 
 
 def final_outputs():

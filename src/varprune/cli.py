@@ -66,11 +66,54 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from varprune.export import export_model
+    from varprune.export import ExportError, export_model
 
+    if args.quantize and args.format != "onnx":
+        raise ExportError(f"--quantize {args.quantize}: INT8 models are ONNX; use --format onnx")
+    if args.quantize and not args.data:
+        raise ExportError("--quantize int8 needs --data: the folder of the preprocessed cases "
+                          "(e.g. data/preprocessed), whose training cases calibrate it and whose "
+                          "validation cases guard it")
+    if args.quantize:
+        settings = _quantize_settings(args)  # bad settings fail before anything is written
     result = export_model(args.model, args.format, args.output)
     print(f"{args.output}: {result['format']}, {result['bytes'] / 1e6:.1f} MB, "
           f"max difference to PyTorch {result['max_abs_difference']:.1e}")
+    if args.quantize:
+        from varprune.quantize import int8_path, quantize_export
+
+        train, val = _split_volumes(args.model, args.data)
+        out = int8_path(args.output)
+        record = quantize_export(args.output, out, train, val, settings, threads=args.threads)
+        print(f"{out}: INT8 ({record['mode']}), {record['bytes_int8'] / 1e6:.1f} MB, validation Dice "
+              f"{record['val_dice_int8']:.4f} (fp32 {record['val_dice_fp32']:.4f}) on "
+              f"{', '.join(record['guard_cases'])}")
+
+
+def _quantize_settings(args: argparse.Namespace):
+    from varprune.quantize import QuantizeSettings
+
+    return QuantizeSettings(mode=args.quantize_mode, max_dice_drop=args.max_dice_drop,
+                            calibration_slices=args.calibration_slices)
+
+
+def _split_volumes(model_path: str, data: str):
+    """The training and validation volumes the checkpoint's provenance names, from `data`."""
+    from pathlib import Path
+
+    from varprune.data.datasets import case_paths, load_volumes
+    from varprune.export import ExportError
+    from varprune.model import read_checkpoint
+
+    split = read_checkpoint(model_path).get("provenance", {}).get("split") or {}
+    if not split.get("train") or not split.get("val"):
+        raise ExportError(f"{model_path}: its provenance names no training and validation cases; "
+                          "INT8 calibration and its guard need them (the pipeline's checkpoints have them)")
+    try:
+        return tuple(load_volumes(case_paths(Path(data) / f"{case}.npz" for case in split[part]))
+                     for part in ("train", "val"))
+    except FileNotFoundError as err:
+        raise ExportError(f"--data {data}: {err}") from err
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -133,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--output", required=True)
+    p.add_argument("--quantize", choices=["int8"],
+                   help="also write an INT8 model next to the ONNX export (OUTPUT.int8.onnx), calibrated on "
+                        "the checkpoint's training cases and refused if its validation Dice falls more than "
+                        "--max-dice-drop below the fp32 model's")
+    p.add_argument("--data", help="folder of preprocessed cases ({case}.npz), for --quantize")
+    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static",
+                   help="static: int8 activations calibrated on training slices; dynamic: ranges per batch")
+    p.add_argument("--max-dice-drop", type=float, default=0.005,
+                   help="largest validation Dice loss allowed to INT8 (default 0.005: half a point)")
+    p.add_argument("--calibration-slices", type=int, default=64, help="training slices that calibrate INT8")
+    p.add_argument("--threads", type=int, help="onnxruntime threads of the guard's validation")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect", help="per-layer spec, size, MACs and provenance of a checkpoint")
@@ -152,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     from varprune.export import ExportError
     from varprune.model import CheckpointError
     from varprune.predict import InputError
+    from varprune.quantize import QuantizationRefused
 
     try:
         args.func(args)
     except (ArchiveError, DownloadError, PreprocessError, CheckpointError, InputError, ExportError,
-            ValueError, OSError) as err:
+            QuantizationRefused, ValueError, OSError) as err:
         print(f"varprune {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

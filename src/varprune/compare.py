@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from varprune.layout import RunFiles, run_models
+from varprune.layout import Model, RunFiles, run_models
 from varprune.methods import PRUNING_METHODS
 from varprune.methods import comparison_pairs as method_pairs
 from varprune.stats import PairedComparison, comparison_rows, paired_comparison
@@ -94,6 +94,46 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
     order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     order += ["dice_vs_dense_long", "val_dice_before_finetune", "val_dice_after_finetune"]
     return table[order]
+
+
+def int8_table(files: RunFiles, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per quantized model (export.quantize: int8; the first replicate's files): the
+    guard's decision and, when accepted, the INT8 model's test metrics and its onnxruntime
+    latency timed side by side with its fp32 export. INT8 keeps every parameter and MAC (it
+    makes each cheaper), so those columns repeat the fp32 model's. Empty when nothing was
+    quantized."""
+    rows = []
+    long = table[table.method == "dense_long"].iloc[0]
+    for _, fp32 in table.iterrows():
+        model = Model(fp32["method"], int(fp32["cycle"]))
+        if files.int8(model, "record") is None:
+            continue
+        record = json.loads(files.int8(model, "record").read_text())
+        row = {"method": model.method, "cycle": model.cycle, "target": fp32["target"], "replicates": 1,
+               "format": "onnx-int8", "quantization": "accepted" if record["accepted"] else "refused",
+               "quantize_mode": record["mode"]}
+        for key in ("params", "params_reduction", "macs_thop", "macs_thop_reduction", "macs_full",
+                    "macs_full_reduction", "macs_transformer", "macs_transformer_reduction"):
+            row[key] = fp32[key]
+        row.update({"int8_val_dice": record["val_dice_int8"], "int8_val_dice_fp32": record["val_dice_fp32"],
+                    "int8_mb": record["bytes_int8"] / 1e6, "int8_mb_fp32": record["bytes_fp32"] / 1e6})
+        if record["accepted"]:
+            cost = json.loads(files.int8(model, "cost").read_text())
+            metrics = pd.read_csv(files.int8(model, "metrics"))
+            reference = pd.read_csv(files.path(0, model, "metrics"))  # the fp32 model, same replicate
+            row.update({"latency_onnx_ms": cost["latency_ms_median"],
+                        "latency_onnx_spread_ms": cost["latency_ms_spread"],
+                        "latency_onnx_fp32_ms": cost["latency_fp32_onnx_ms_median"],
+                        "latency_onnx_fp32_spread_ms": cost["latency_fp32_onnx_ms_spread"]})
+            row["int8_speedup_vs_fp32_onnx"] = row["latency_onnx_fp32_ms"] / row["latency_onnx_ms"]
+            for metric in METRICS:
+                row[f"{metric}_mean"] = metrics[metric].mean()
+                row[f"{metric}_std"] = metrics[metric].std(ddof=0)
+            row["dice_vs_dense_long"] = row["dice_mean"] - long["dice_mean"]
+            paired = metrics.merge(reference, on="case", suffixes=("", "_fp32"))
+            row["int8_dice_vs_fp32"] = float((paired["dice"] - paired["dice_fp32"]).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def metrics_long(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:

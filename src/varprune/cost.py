@@ -20,6 +20,7 @@ Which counter counts what:
 from __future__ import annotations
 
 import copy
+import statistics
 
 import thop
 import torch
@@ -57,6 +58,23 @@ def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
         samples = [timer.timeit(1) for _ in range(runs)]
     measurement = benchmark.Measurement.merge(samples)[0]
     return measurement.median * 1000.0, measurement.iqr * 1000.0
+
+
+def time_interleaved(fns: dict, rounds: int = 3, runs: int = 20, warmup: int = 5) -> dict[object, dict]:
+    """Median latency of each of `fns` timed side by side: `rounds` rounds, each timing every
+    function once (`runs` calls, after a warm-up), in order. A function's latency is the median
+    of its round medians and `spread_ms` the range of those medians, so a slow spell of the
+    machine hits every function alike (one job per model moved 10-25 % between jobs; interleaved
+    the same network agreed within 0.5-2 %)."""
+    for fn in fns.values():  # a throwaway pass: the first calls timed in a process read slow
+        time_ms(fn, warmup, runs)
+    medians: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            medians[name].append(time_ms(fn, warmup, runs)[0])
+    return {name: {"median_ms": round(statistics.median(values), 3),
+                   "spread_ms": round(max(values) - min(values), 3), "rounds": rounds, "runs": runs}
+            for name, values in medians.items()}
 
 
 def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, float]:

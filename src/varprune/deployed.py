@@ -61,7 +61,7 @@ def read_onnx_metadata(data: bytes) -> str | None:
     return next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
 
 
-def _parse(text: str | None, path: str | os.PathLike) -> tuple[ModelSpec, dict, dict]:
+def parse_metadata(text: str | None, path: str | os.PathLike) -> tuple[ModelSpec, dict, dict]:
     if not text:
         raise CheckpointError(f"{path}: this export carries no varprune metadata (model spec and "
                               "preprocessing); export it again from its model.pt with `varprune export`")
@@ -137,7 +137,7 @@ def load_any(path: str | os.PathLike, threads: int | None = None, device: str = 
             text = read_onnx_metadata(data)
         except Exception as err:  # onnx raises DecodeError and others for foreign files
             raise CheckpointError(f"{path}: not a readable ONNX file ({err})") from err
-        spec, provenance, meta = _parse(text, path)
+        spec, provenance, meta = parse_metadata(text, path)
         session = onnx_session(data, threads, device)
         name = session.get_inputs()[0].name
         return Loaded(ExportedModel(lambda batch: session.run(None, {name: batch})[0], runtime),
@@ -148,7 +148,7 @@ def load_any(path: str | os.PathLike, threads: int | None = None, device: str = 
     except Exception as err:  # torch raises several types for foreign files
         raise CheckpointError(f"{path}: not a readable TorchScript file ({err})") from err
     text = extra[METADATA_KEY]
-    spec, provenance, meta = _parse(text.decode() if isinstance(text, bytes) else text, path)
+    spec, provenance, meta = parse_metadata(text.decode() if isinstance(text, bytes) else text, path)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

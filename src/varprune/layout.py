@@ -125,7 +125,7 @@ class RunFiles:
 
     def __init__(self, files: Mapping[str, str | os.PathLike]):
         self.files = {key: Path(value) for key, value in files.items() if _KEY.match(key) or
-                      key.startswith("export__")}
+                      key.startswith(("export__", "int8__"))}
         self.replicates = len({int(m.group(1)) for key in self.files if (m := _KEY.match(key))})
         if not self.replicates:
             raise ValueError("no run files given (expected inputs named like r0__dense__c0__metrics)")
@@ -142,10 +142,37 @@ class RunFiles:
     def oneshot_table(self, replicate: int) -> Path:
         return self.files[oneshot_key(replicate)]
 
+    def int8(self, model: Model, kind: str) -> Path | None:
+        """An INT8 file of the first replicate (`INT8_FILES` kinds); None when the run has no
+        INT8 folder or the model no such file (a refused model has only its decision)."""
+        folder = self.files.get(INT8_KEY)
+        path = int8_path(folder, model, kind) if folder is not None else None
+        return path if path is not None and path.exists() else None
+
     def exports(self) -> list[tuple[str, str, Path]]:
         """(method, format, path) of every exported last cycle given."""
         return [(*key.split("__")[1:], path) for key, path in self.files.items()
                 if key.startswith("export__")]
+
+
+# --- INT8 (export.quantize: int8) ----------------------------------------------------------
+
+# results/{run}/int8/{model folder}/: guard.json (the decision) for every deployed model, and
+# for those the guard accepted model.onnx, metrics.csv, cost.json and pred/. One job writes the
+# folder: which files exist depends on the guard, which a directory output expresses.
+INT8 = "int8"
+INT8_KEY = "int8__folder"
+INT8_FILES = {"record": "guard.json", "model": "model.onnx", "metrics": "metrics.csv", "cost": "cost.json",
+              "pred": "pred"}
+
+
+def int8_models(methods: Sequence[str], cycles: int) -> list[Model]:
+    """The models quantized: dense and every method's last cycle (the deployed ones)."""
+    return [Model("dense")] + [Model(m, cycles) for m in methods]
+
+
+def int8_path(int8_folder: str | os.PathLike, model: Model, kind: str) -> Path:
+    return Path(int8_folder) / model.folder / INT8_FILES[kind]
 
 
 # --- the guarded schedule's report ----------------------------------------------------------

@@ -12,7 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from varprune.atomic import atomic_path, write_text
-from varprune.compare import comparison_table, headroom, metrics_long, oneshot_long, summary_table
+from varprune.compare import (
+    comparison_table,
+    headroom,
+    int8_table,
+    metrics_long,
+    oneshot_long,
+    summary_table,
+)
 from varprune.layout import Model, RunFiles, proposed_method
 from varprune.report.figures import (
     FIGURES,
@@ -67,7 +74,10 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
     targets = list(config["pruning"]["cycle_targets"])
     cycles = len(targets)
     table = summary_table(run, methods, targets)
-    _write_csv(table, out_summary)
+    int8 = int8_table(run, table)
+    # INT8 rows (export.quantize) follow the fp32 ones; without them summary.csv is unchanged.
+    _write_csv(pd.concat([table.assign(format="pytorch"), int8], ignore_index=True) if len(int8) else table,
+               out_summary)
     long = metrics_long(run, methods, targets)
     comparison = comparison_table(long, methods)
     if out_comparison is not None:
@@ -89,7 +99,7 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
                opts, figures["cases"])
 
     page = render_html(table, figures, provenance(config, Path(repo) if repo else None), config,
-                       config["run"], export_sizes(run, cycles), comparison, headroom(long))
+                       config["run"], export_sizes(run, cycles), comparison, headroom(long), int8)
     write_text(out_html, page)
     log.info("report for run %s: %d models, %d paired comparisons -> %s", config["run"], len(table),
              len(comparison), out_html)

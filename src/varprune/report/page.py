@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import yaml
 
 from varprune.compare import HEADROOM_WARNING
-from varprune.report.tables import human_comparison, human_summary, percent
+from varprune.report.tables import human_comparison, human_int8, human_summary, percent
 from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -121,7 +121,7 @@ def findings(table: pd.DataFrame, comparison: pd.DataFrame, room: PairedComparis
 
 def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, config: dict,
                 run: str, exports: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
-                room: PairedComparison | None = None) -> str:
+                room: PairedComparison | None = None, int8: pd.DataFrame | None = None) -> str:
     """A single self-contained page: what the numbers support first, then tables, figures, provenance."""
     comparison = comparison if comparison is not None else pd.DataFrame(columns=["metric", "mean_diff"])
     table_html = human_comparison(comparison, table).to_html(index=False, border=0) if len(comparison) else ""
@@ -135,6 +135,7 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         summary=human_summary(table).to_html(index=False, border=0),
         exports=exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}")
         if exports is not None and len(exports) else "",
+        int8=human_int8(int8).to_html(index=False, border=0) if int8 is not None and len(int8) else "",
         figures={name: embed(path) for name, path in figures.items()},
         provenance=prov,
         config=config,

@@ -105,3 +105,29 @@ def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFr
             "Cases × replicates": f"{r.n_cases} × {r.n_replicates}",
         })
     return pd.DataFrame(rows)
+
+
+def _text(values, spec: str, suffix: str = "") -> list[str]:
+    return ["" if pd.isna(v) else format(v, spec) + suffix for v in values]
+
+
+def human_int8(int8: pd.DataFrame) -> pd.DataFrame:
+    """fp32 against INT8 per deployed model, for people: the guard, test Dice, onnxruntime
+    latency side by side (batch 1), file size."""
+    def col(name: str) -> pd.Series:
+        return int8[name] if name in int8 else pd.Series(math.nan, index=int8.index)
+
+    names = [m if c == 0 else f"{m} cycle {c}" for m, c in zip(int8.method, int8.cycle, strict=True)]
+    pairs = zip(int8.int8_val_dice_fp32, int8.int8_val_dice, strict=True)
+    sizes = zip(int8.int8_mb_fp32, int8.int8_mb, strict=True)
+    return pd.DataFrame({
+        "model": names,
+        "INT8": int8.quantization,
+        "val Dice fp32 → INT8": [f"{a:.4f} → {b:.4f}" for a, b in pairs],
+        "test Dice INT8": _text(col("dice_mean"), ".4f"),
+        "Δ vs fp32 (points)": _text(100 * col("int8_dice_vs_fp32"), "+.2f"),
+        "onnxruntime fp32 ms": _text(col("latency_onnx_fp32_ms"), ".2f"),
+        "INT8 ms": _text(col("latency_onnx_ms"), ".2f"),
+        "speed-up": _text(col("int8_speedup_vs_fp32_onnx"), ".2f", "×"),
+        "MB fp32 → INT8": [f"{a:.1f} → {b:.1f}" for a, b in sizes],
+    })

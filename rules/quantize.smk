@@ -1,0 +1,33 @@
+"""INT8 on top of pruning (export.quantize: int8; varprune.quantize). One job per run quantizes
+the ONNX export of dense and of every method's last cycle, keeps those whose validation Dice
+stays within export.max_dice_drop, evaluates them on the test set and times each against its
+fp32 export side by side. Which files exist depends on the guard, so the job's output is a
+folder (results/{run}/int8/{model}/); a refused model leaves only its decision there."""
+
+
+rule int8:
+    input:
+        checkpoints=int8_sources("model.pt"),
+        exports=int8_sources("model.onnx"),
+        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
+        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        test=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
+        truth=expand("data/nifti/{case}/liver.nii.gz", case=TEST_CASES),
+    output:
+        directory("results/{run}/int8"),
+    log:
+        "logs/{run}/int8.log",
+    conda:
+        "../envs/varprune.yaml"
+    # It times latency, like `cost`: with cost.alone no other job runs meanwhile.
+    threads: timing_threads()
+    resources:
+        **job_resources("export"),
+    params:
+        models=[model.folder for model in int8_models(METHODS, len(TARGETS))],
+        quantize=quantize_settings(),
+        evaluate=cfg("evaluate"),
+        cost=cfg("cost"),
+        code=code_version("int8.py"),
+    script:
+        "../scripts/int8.py"
