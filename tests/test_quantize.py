@@ -54,7 +54,8 @@ def _export(root, tmp_path, *extra):
 
 
 def test_int8_is_written_next_to_the_export_and_predicts_like_it(trained, tmp_path, capsys):
-    code, fp32, int8 = _export(trained, tmp_path, "--data", str(trained / "data"), "--max-dice-drop", "0.05")
+    code, fp32, int8 = _export(trained, tmp_path, "--data", str(trained / "data"), "--max-dice-drop", "0.05",
+                               "--quantize-mode", "static", "--quantize-ops", "MatMul", "Gemm", "Conv")
     out = capsys.readouterr().out
     assert code == 0, out
     assert int8 == tmp_path / "model.int8.onnx" and int8.is_file()
@@ -75,7 +76,8 @@ def test_int8_is_written_next_to_the_export_and_predicts_like_it(trained, tmp_pa
 def test_int8_is_refused_with_nothing_written_when_the_guard_fails(trained, tmp_path, capsys):
     """Calibrated on slices a thousand times too bright, INT8 loses the liver; with a margin of 0
     it is refused, says by how much, and leaves no file (the fp32 export stays)."""
-    code, fp32, int8 = _export(trained, tmp_path, "--data", str(trained / "wrong"), "--max-dice-drop", "0")
+    code, fp32, int8 = _export(trained, tmp_path, "--data", str(trained / "wrong"), "--max-dice-drop", "0",
+                               "--quantize-mode", "static")
     err = capsys.readouterr().err
     assert code == 1
     assert "validation Dice" in err and "more than export.max_dice_drop allows (0.00 points)" in err
@@ -92,6 +94,16 @@ def test_int8_options_are_checked_before_anything_is_written(trained, tmp_path, 
     assert code == 1 and "INT8 models are ONNX" in capsys.readouterr().err
     with pytest.raises(ValueError, match="quantize_mode"):
         QuantizeSettings(mode="fp8")
+
+
+def test_dynamic_int8_needs_no_calibration(trained, tmp_path, capsys):
+    """The default (dynamic MatMul/Gemm, the fastest measured): no calibration slices."""
+    from varprune.deployed import load_any
+
+    code, _, int8 = _export(trained, tmp_path, "--data", str(trained / "data"), "--max-dice-drop", "0.05")
+    assert code == 0 and "INT8 (dynamic)" in capsys.readouterr().out
+    record = load_any(int8).meta["quantization"]
+    assert record["calibration_slices"] == 0 and record["ops"] == ["MatMul", "Gemm"]
 
 
 def test_calibration_takes_training_slices_half_through_the_liver():
@@ -141,3 +153,15 @@ def test_the_report_rows_say_accepted_or_refused(tmp_path):
     shown = human_int8(rows)
     assert list(shown["INT8"]) == ["accepted", "refused"] and list(shown["speed-up"]) == ["2.00×", ""]
     assert int8_table(RunFiles({k: v for k, v in files.items() if k != INT8_KEY}), table).empty
+
+
+def test_the_library_defaults_are_the_config_defaults():
+    import yaml
+
+    from .workflow_helpers import REPO
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert QuantizeSettings.from_config(config["export"]) == QuantizeSettings()
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]["export"]["properties"]
+    assert QuantizeSettings().mode == schema["quantize_mode"]["default"]
+    assert list(QuantizeSettings().ops) == schema["quantize_ops"]["default"]

@@ -93,7 +93,8 @@ def _export(args: argparse.Namespace) -> None:
 def _quantize_settings(args: argparse.Namespace):
     from varprune.quantize import QuantizeSettings
 
-    return QuantizeSettings(mode=args.quantize_mode, max_dice_drop=args.max_dice_drop,
+    ops = QuantizeSettings().ops if args.quantize_ops is None else tuple(args.quantize_ops)
+    return QuantizeSettings(mode=args.quantize_mode, ops=ops, max_dice_drop=args.max_dice_drop,
                             calibration_slices=args.calibration_slices)
 
 
@@ -181,11 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's training cases and refused if its validation Dice falls more than "
                         "--max-dice-drop below the fp32 model's")
     p.add_argument("--data", help="folder of preprocessed cases ({case}.npz), for --quantize")
-    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static",
-                   help="static: int8 activations calibrated on training slices; dynamic: ranges per batch")
+    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="dynamic",
+                   help="dynamic (default, fastest measured): activation ranges per call; static: int8 "
+                        "activations calibrated on training slices")
     p.add_argument("--max-dice-drop", type=float, default=0.005,
                    help="largest validation Dice loss allowed to INT8 (default 0.005: half a point)")
-    p.add_argument("--calibration-slices", type=int, default=64, help="training slices that calibrate INT8")
+    p.add_argument("--quantize-ops", nargs="+", choices=["MatMul", "Gemm", "Conv"],
+                   help="operators to quantize (default MatMul Gemm)")
+    p.add_argument("--calibration-slices", type=int, default=64,
+                   help="training slices that calibrate static INT8")
     p.add_argument("--threads", type=int, help="onnxruntime threads of the guard's validation")
     p.set_defaults(func=_export)
 

@@ -3,11 +3,15 @@
 Pruning removes channels; INT8 makes the remaining ones cheaper, and the two compose. This
 module quantizes the fp32 ONNX export with onnxruntime (`onnxruntime.quantization`):
 
-- `static` (default): QDQ format, int8 weights per output channel and int8 activations whose
-  ranges come from calibration on training slices (never validation or test: the guard and the
-  evaluation read those). The kinds of operator quantized are `ops` (default MatMul, Gemm and
-  Conv: the matrix products carry the MACs).
-- `dynamic`: int8 weights, activation ranges computed per batch at run time; no calibration.
+- `dynamic` (default): int8 weights per output channel, activation ranges computed per call at
+  run time (onnxruntime fuses them into DynamicQuantizeMatMul); no calibration data needed.
+- `static`: QDQ format, int8 weights per output channel and int8 activations whose ranges come
+  from calibration on training slices (never validation or test: the guard and the evaluation
+  read those).
+The kinds of operator quantized are `ops` (default MatMul and Gemm: the transformer's
+projections and FFN, which carry the MACs; Conv adds the patch embedding and the head).
+Measured on the default run (benchmarks/int8.py, 1 thread, batch 1): dynamic MatMul/Gemm was
+the fastest of the four variants on dense and both pruned models, with the same Dice.
 
 The guard: the quantized model's validation Dice (3D, per case, the training loop's own
 measure) may fall at most `max_dice_drop` below the fp32 export's, else nothing is written and
@@ -49,8 +53,10 @@ class QuantizationRefused(Exception):
 class QuantizeSettings:
     """How to quantize and how much accuracy the INT8 model may lose (the `export` config slice)."""
 
-    mode: str = "static"
-    ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    # Measured (benchmarks/int8.py, README: Deployment): dynamic MatMul/Gemm was the fastest of
+    # four variants on all three models and lost no Dice; static QDQ stays available.
+    mode: str = "dynamic"
+    ops: tuple[str, ...] = ("MatMul", "Gemm")
     calibration_slices: int = 64
     max_dice_drop: float = 0.005  # 0.5 Dice points
     seed: int = 0
