@@ -162,6 +162,7 @@ def test_the_library_defaults_are_the_config_defaults():
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert QuantizeSettings.from_config(config["export"]) == QuantizeSettings()
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]["export"]["properties"]
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    schema = schema["properties"]["export"]["properties"]
     assert QuantizeSettings().mode == schema["quantize_mode"]["default"]
     assert list(QuantizeSettings().ops) == schema["quantize_ops"]["default"]
