@@ -301,6 +301,12 @@ TARGETS = config["pruning"]["cycle_targets"]
 # Guarded schedule (pruning.schedule: guarded): a method's cycles follow the `guard` checkpoint's
 # decisions (varprune.pruning.guard) instead of pruning.cycle_targets.
 GUARDED = config["pruning"]["schedule"] == "guarded"
+if GUARDED and config["export"]["quantize"]:
+    config_error(
+        "export.quantize",
+        "INT8 is built for pruning.schedule targets only (the guarded report does not read it "
+        "yet); quantize a selected model with `varprune export --quantize int8`",
+    )
 # Keys of the pruning slice that choose cycles rather than shape one: not passed to a cycle.
 SCHEDULE_KEYS = ("methods", "cycle_targets", "schedule", "guard")
 

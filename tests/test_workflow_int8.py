@@ -54,3 +54,11 @@ def test_int8_models_are_guarded_evaluated_and_reported(done_run, tmp_path):
     page = (results / "report" / "report.html").read_text(encoding="utf-8")
     assert "INT8 on top of pruning" in page
     assert not scheduled(workdir, config=config)  # up to date
+
+
+def test_int8_with_the_guarded_schedule_is_refused_with_the_way_out(tmp_path):
+    config = edited_config(tmp_path, **{"export.quantize": "int8", "pruning.schedule": "guarded"})
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    assert result.returncode != 0
+    assert "Invalid config: export.quantize:" in result.stdout + result.stderr
+    assert "varprune export --quantize int8" in result.stdout + result.stderr
