@@ -48,6 +48,7 @@ elif config["data"]["source"] == "nifti":
             liver_labels=cfg("data.nifti.liver_labels"),
             tumor_labels=cfg("data.nifti.tumor_labels"),
             assume_hu=cfg("data.assume_hu"),
+            geometry=cfg("data.nifti.geometry"),
             code=code_version("convert_nifti.py"),
         script:
             "../scripts/convert_nifti.py"

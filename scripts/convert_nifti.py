@@ -12,4 +12,5 @@ from varprune.runlog import to_log_file
 with to_log_file(snakemake.log[0]):
     convert_nifti_case(snakemake.input.image, snakemake.params.label, snakemake.wildcards.case,
                        Path(snakemake.output.meta).parent, liver_labels=snakemake.params.liver_labels,
-                       tumor_labels=snakemake.params.tumor_labels, assume_hu=snakemake.params.assume_hu)
+                       tumor_labels=snakemake.params.tumor_labels, assume_hu=snakemake.params.assume_hu,
+                       geometry=snakemake.params.geometry)

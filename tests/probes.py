@@ -169,3 +169,111 @@ def link_member(members: Members) -> bytes:
         info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc")
     return buffer.getvalue()
+
+
+# ---- what scanners really write (issue 28) ----
+
+def tilted(degrees: float) -> Callable[[Members], Members]:
+    """A gantry tilt: slice planes rotated about x while ImagePositionPatient keeps stepping along
+    the table (z), as a tilted acquisition writes it. Pixels are unchanged, so the true voxel is
+    dx * dy * gap * cos(tilt) and the true slice k lies at its own position."""
+    angle = np.radians(degrees)
+
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", f"{np.cos(angle):.6f}", f"{np.sin(angle):.6f}"]
+        return ds
+    return edit_slices(change)
+
+
+def mixed_reconstructions(members: Members) -> Members:
+    """Every other slice from a second, zoomed reconstruction (PixelSpacing x 0.6, its own
+    positions halfway between) under the same SeriesInstanceUID."""
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        if slice_number(name) % 2:
+            ds.PixelSpacing = [f"{float(v) * 0.6:.6f}" for v in ds.PixelSpacing]
+        return ds
+    return edit_slices(change)(members)
+
+
+def shifted_origins(members: Members) -> Members:
+    """Every other slice with its in-plane origin 20 mm to the side (same pixel spacing): two
+    reconstructions centred differently, interleaved."""
+    def change(name: str, ds: pydicom.Dataset) -> pydicom.Dataset:
+        if slice_number(name) % 2:
+            position = [float(v) for v in ds.ImagePositionPatient]
+            ds.ImagePositionPatient = [f"{position[0] + 20:.4f}", f"{position[1]:.4f}", f"{position[2]:.4f}"]
+        return ds
+    return edit_slices(change)(members)
+
+
+def nifti_bytes(path: Path) -> tuple[object, bytes]:
+    """The header (nibabel) and the raw voxel bytes of an uncompressed or gzipped NIfTI."""
+    import gzip
+
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    return header, raw[int(header.get_data_offset()):]
+
+
+def write_nifti(path: Path, header, data: bytes) -> Path:
+    """`header` (edited as is: no field recomputed) and `data` as a .nii or .nii.gz file."""
+    import gzip
+
+    header = header.copy()
+    header.set_data_offset(352)
+    raw = header.binaryblock + b"\0" * 4 + data
+    path.write_bytes(gzip.compress(raw, compresslevel=1) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def forms_disagree(source: Path, out: Path) -> Path:
+    """The qform as in `source`, the sform mirrored left-right (both coded): which is right?"""
+    header, data = nifti_bytes(source)
+    qform = header.get_qform()
+    mirrored = qform @ np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirrored[:3, 3] = qform[:3, 3] + qform[:3, 0] * (header.get_data_shape()[0] - 1)
+    header.set_qform(qform, code=1)
+    header.set_sform(mirrored, code=1)
+    return write_nifti(out, header, data)
+
+
+def with_pixdim(source: Path, out: Path, value: float) -> Path:
+    """pixdim[1] set to `value` (zero or negative), both forms switched off as old writers do."""
+    header, data = nifti_bytes(source)
+    header.set_qform(None, code=0)
+    header.set_sform(None, code=0)
+    header["pixdim"][1] = value
+    return write_nifti(out, header, data)
+
+
+def cut(source: Path, out: Path, share: float = 0.7) -> Path:
+    """The file's first `share` of bytes (a .nii.gz is cut in its compressed stream)."""
+    raw = source.read_bytes()
+    out.write_bytes(raw[: int(len(raw) * share)])
+    return out
+
+
+def huge_header(out: Path, shape: tuple[int, int, int] = (30000, 30000, 1000)) -> Path:
+    """A tiny gzipped NIfTI whose header declares `shape` int16 voxels (1.8 TB)."""
+    import nibabel
+
+    header = nibabel.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(shape)
+    header.set_qform(np.eye(4), code=1)
+    return write_nifti(out, header, bytes(4096))
+
+
+def scaled_in_plane(source: Path, out: Path, factor: float = 0.55) -> Path:
+    """The same voxels with the in-plane spacing times `factor` (a child-sized body)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source))
+    spacing = image.GetSpacing()
+    image.SetSpacing((spacing[0] * factor, spacing[1] * factor, spacing[2]))
+    sitk.WriteImage(image, str(out))
+    return out

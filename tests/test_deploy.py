@@ -143,7 +143,7 @@ def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys
         for name in zf.namelist():
             if Path(name).name.startswith("image_"):
                 (two / f"other_{Path(name).name}").write_bytes(zf.read(name))
-    _expect_error(capsys, tmp_path, model, two, "choose one with --series UID")
+    _expect_error(capsys, tmp_path, model, two, "choose one with --series (its number or UID)")
 
     model_3d = tmp_path / "model3d.pt"
     spec = tiny_spec(spatial_dims=3, depth=16)

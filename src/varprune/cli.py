@@ -61,8 +61,9 @@ def _predict(args: argparse.Namespace) -> None:
     result = predict(args.model, args.input, args.output, preview=args.preview, series=args.series,
                      device=args.device, threads=args.threads, batch_size=args.batch_size,
                      largest_component=not args.no_largest_component, assume_hu=args.assume_hu,
-                     precision=args.precision)
-    print(f"{result['output']}: liver {result['liver_ml']:.1f} ml, grid {result['size']}")
+                     precision=args.precision, nifti_geometry=args.nifti_geometry)
+    warned = f", {len(result['warnings'])} warning(s)" if result["warnings"] else ""
+    print(f"{result['output']}: liver {result['liver_ml']:.1f} ml, grid {result['size']}{warned}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -160,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM series folder, NIfTI file, or IRCADb patient folder/zip (3Dircadb1.N)")
     p.add_argument("--output", required=True, help="NIfTI mask to write, on the input's grid")
     p.add_argument("--preview", help="PNG of a few axial slices with the contour")
-    p.add_argument("--series", help="series UID, when the folder holds several")
+    p.add_argument("--series", help="series UID or its number in the listed order, when the folder "
+                   "holds several (the error lists them)")
+    p.add_argument("--nifti-geometry", choices=["sform", "qform"],
+                   help="which NIfTI geometry to follow when the file's sform and qform disagree "
+                   "(refused otherwise)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="CPU threads (torch, or onnxruntime for an .onnx model)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -10,6 +10,7 @@ switched off. Every failure names the input and the problem, and leaves no outpu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -21,6 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from varprune.atomic import atomic_path
+from varprune.data import plausibility
 from varprune.data.archive import (
     ArchiveError,
     ExtractionLimits,
@@ -29,7 +31,20 @@ from varprune.data.archive import (
     safe_extract,
     series_folders,
 )
-from varprune.data.dicom import MODALITY, DicomTagError, Header, check_hu, check_series, read_header
+from varprune.data.dicom import (
+    DESCRIPTION,
+    MODALITY,
+    SERIES_NUMBER,
+    THICKNESS,
+    DicomTagError,
+    Header,
+    check_hu,
+    check_series,
+    orthogonal,
+    read_header,
+)
+from varprune.data.image_file import ImageFileError, read_image
+from varprune.data.itkerror import itk_reason
 from varprune.data.preprocess import (
     PreprocessSpec,
     canonical,
@@ -58,7 +73,41 @@ def _dicom_header(path: Path, shown: str) -> Header:
     try:
         return read_header(path, shown)
     except RuntimeError as err:
-        raise InputError(f"{shown}: not a readable DICOM file ({str(err).strip().splitlines()[0]})") from err
+        raise InputError(f"{shown}: not a readable DICOM file ({itk_reason(err)})") from err
+
+
+def _series_list(folder: Path, ids: list[str], shown_as: str) -> list[str]:
+    """One line per series, numbered from 1 (what --series also takes): UID, description, slice
+    count and thickness, so that the user can tell the 5 mm series from the localizer."""
+    lines = []
+    for number, uid in enumerate(ids, start=1):
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        try:
+            tags = read_header(names[0], names[0]).tags
+        except RuntimeError:
+            tags = {}
+        described = ", ".join(part for part in (
+            repr(tags[DESCRIPTION]) if tags.get(DESCRIPTION) else "",
+            f"series number {tags[SERIES_NUMBER]}" if tags.get(SERIES_NUMBER) else "",
+            f"{len(names)} slice(s)",
+            f"{tags[THICKNESS]} mm thick" if tags.get(THICKNESS) else "") if part)
+        lines.append(f"  {number}: {uid} ({described})")
+    return lines
+
+
+def _chosen_series(folder: Path, ids: list[str], series: str | None, shown_as: str) -> str:
+    """The UID asked for by `series` (a UID, or its number in the listed order)."""
+    if series is None and len(ids) == 1:
+        return ids[0]
+    if series in ids:
+        return series
+    if series is not None and series.isdigit() and 1 <= int(series) <= len(ids):
+        return ids[int(series) - 1]
+    listing = "\n".join(_series_list(folder, ids, shown_as))
+    if series is None:
+        raise InputError(f"{shown_as}: holds {len(ids)} series; choose one with --series (its number or "
+                         f"UID):\n{listing}")
+    raise InputError(f"{shown_as}: no series {series}; it holds:\n{listing}")
 
 
 def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool = False,
@@ -74,18 +123,14 @@ def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool =
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
         raise InputError(f"{shown_as}: no DICOM series found among its {len(files)} file(s)")
-    if series is None and len(ids) > 1:
-        raise InputError(f"{shown_as}: holds {len(ids)} series; choose one with --series UID: "
-                         f"{', '.join(ids)}")
-    if series is not None and series not in ids:
-        raise InputError(f"{shown_as}: no series {series}; it holds {', '.join(ids)}")
+    chosen = _chosen_series(folder, ids, series, shown_as)
     in_series = {Path(n).resolve() for uid in ids
                  for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)}
     for path in files:
         if path.resolve() not in in_series:
             _dicom_header(path, f"{shown_as}/{path.name}")  # raises when it is not readable DICOM
             raise InputError(f"{shown_as}/{path.name}: a DICOM file that belongs to no readable series")
-    names = [Path(n) for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or ids[0])]
+    names = [Path(n) for n in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen)]
     headers = [_dicom_header(p, f"{shown_as}/{p.name}") for p in names]  # a corrupt slice fails here
     try:
         check = check_series(headers)
@@ -97,11 +142,16 @@ def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool =
     try:
         ct = reader.Execute()
     except RuntimeError as err:
-        raise InputError(f"{shown_as}: cannot read the series ({str(err).strip().splitlines()[0]})") from err
+        raise InputError(f"{shown_as}: cannot read the series ({itk_reason(err)})") from err
     try:
         check_hu(check, sitk.GetArrayViewFromImage(ct), headers[check.order[0]].name, assume_hu)
     except DicomTagError as err:
         raise InputError(str(err)) from err
+    if check.stack is not None and np.any(check.stack.shear):
+        log.warning("%s: the slices are tilted %.1f degrees against the table (gantry tilt): resampled onto "
+                    "an orthogonal grid with their true positions; the mask is on that grid", shown_as,
+                    check.tilt_deg)
+        ct = orthogonal(ct, check)
     return ct
 
 
@@ -127,8 +177,10 @@ def _ircadb_patient_folder(folder: Path, tmp: Path, series: str | None, assume_h
     return read_dicom_folder(folder / "PATIENT_DICOM", series, assume_hu, f"{shown_as}/PATIENT_DICOM")
 
 
-def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool = False) -> sitk.Image:
-    """Read a CT from any supported input (see the module docstring)."""
+def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool = False,
+            nifti_geometry: str | None = None) -> sitk.Image:
+    """Read a CT from any supported input (see the module docstring); `nifti_geometry` (sform |
+    qform) is followed when a NIfTI file's two geometries disagree (refused otherwise)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -155,9 +207,9 @@ def read_ct(path: str | os.PathLike, series: str | None = None, assume_hu: bool 
                                           f"{path}:{folders[0].relative_to(tmp / 'patient')}")
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             try:
-                return sitk.ReadImage(str(path))
-            except RuntimeError as err:
-                raise InputError(f"{path}: cannot read ({str(err).strip().splitlines()[0]})") from err
+                return read_image(path, str(path), nifti_geometry)
+            except ImageFileError as err:
+                raise InputError(str(err)) from err
         if _dicom_header(path, str(path)).tags.get(MODALITY, "CT").upper() != "CT":
             raise InputError(f"{path}: not a CT")
         raise InputError(f"{path}: a single DICOM file; give the folder that holds the series")
@@ -236,6 +288,16 @@ NESTED_ZIP_LIMITS = ExtractionLimits(max_member_mb=8192.0, max_total_mb=32768.0)
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
+def findings_path(output: str | os.PathLike) -> Path:
+    """The sidecar JSON written next to the mask: `liver.nii.gz` -> `liver.json`."""
+    output = Path(output)
+    name = output.name
+    for suffix in sorted(OUTPUT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return output.with_name(name[: -len(suffix)] + ".json")
+    return output.with_name(name + ".json")
+
+
 def check_options(model_path, input_path, output, preview, device: str, threads: int | None,
                   batch_size: int) -> None:
     """Refuse bad options before anything is read or computed."""
@@ -251,6 +313,8 @@ def check_options(model_path, input_path, output, preview, device: str, threads:
         raise InputError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
     inputs = {Path(p).resolve() for p in (model_path, input_path)}
     outputs = [Path(p) for p in (output, preview) if p]
+    if str(output).lower().endswith(OUTPUT_SUFFIXES):
+        outputs.append(findings_path(output))
     for out in outputs:
         if out.resolve() in inputs:
             raise InputError(f"{out}: the output would overwrite an input; choose another name")
@@ -261,9 +325,10 @@ def check_options(model_path, input_path, output, preview, device: str, threads:
 def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike,
             preview: str | os.PathLike | None = None, series: str | None = None, device: str = "auto",
             threads: int | None = None, batch_size: int = 16, largest_component: bool = True,
-            assume_hu: bool = False, precision: str = "auto") -> dict:
-    """The whole command: check the options, read, check, segment, then write the mask and the
-    preview together (both or neither)."""
+            assume_hu: bool = False, precision: str = "auto", nifti_geometry: str | None = None) -> dict:
+    """The whole command: check the options, read, check, segment, then write the mask, the
+    preview and the sidecar JSON (`findings_path`: plausibility warnings, volume, model) together
+    (all or none)."""
     check_options(model_path, input_path, output, preview, device, threads, batch_size)
     if threads:
         torch.set_num_threads(threads)
@@ -273,17 +338,26 @@ def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output
         raise InputError(f"--precision {precision}: {err}") from err
     spec = loaded.spec
     prep = preprocess_spec(loaded.provenance, model_path)
-    ct = finite_ct(read_ct(input_path, series, assume_hu), str(input_path))
+    ct = finite_ct(read_ct(input_path, series, assume_hu, nifti_geometry), str(input_path))
     if not assume_hu:
         check_hu_range(ct, str(input_path))
     check_fits(ct, spec, str(input_path))
+    findings = plausibility.report(plausibility.check_ct(ct, prep.body_threshold_hu), str(input_path))
     log.info("%s: %s on %s, precision %s", model_path, loaded.runtime, target, resolved)
     mask = segment(loaded.model.to(target), spec, prep, ct, target, batch_size, largest_component, resolved)
+    volume_ml = float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing())) / 1000
+    findings += plausibility.report(plausibility.check_liver(volume_ml), str(input_path))
+    result = {"input": str(input_path), "output": str(output), "model": str(model_path),
+              "runtime": loaded.runtime, "precision": resolved, "liver_ml": round(volume_ml, 2),
+              "size": list(mask.GetSize()), "spacing_mm": [round(v, 6) for v in mask.GetSpacing()],
+              "warnings": [finding.as_dict() for finding in findings]}
     with contextlib.ExitStack() as stack:
         tmp_mask = stack.enter_context(atomic_path(output))
         if preview:
             write_preview(ct, mask, prep.window, stack.enter_context(atomic_path(preview)))
         sitk.WriteImage(mask, str(tmp_mask), useCompression=True)
-    volume_ml = float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing())) / 1000
-    log.info("%s -> %s: liver %.1f ml", input_path, output, volume_ml)
-    return {"output": str(output), "liver_ml": volume_ml, "size": list(mask.GetSize())}
+        tmp_json = stack.enter_context(atomic_path(findings_path(output)))
+        tmp_json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    log.info("%s -> %s: liver %.1f ml%s", input_path, output, volume_ml,
+             f", {len(findings)} warning(s) in {findings_path(output)}" if findings else "")
+    return result

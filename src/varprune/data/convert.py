@@ -28,7 +28,8 @@ from varprune.data.archive import (
     safe_extract,
     series_folders,
 )
-from varprune.data.dicom import DicomTagError, check_hu, check_series, read_header
+from varprune.data.dicom import DicomTagError, SeriesCheck, check_hu, check_series, orthogonal, read_header
+from varprune.data.itkerror import itk_reason
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def read_series(files: list[Path], case: str, label: str) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as err:  # ITK's message names the temporary folder: keep the reason only
-        lines = str(err).strip().splitlines() or [""]
-        reason = lines[-1].replace(str(files[0].parent), label)
+        reason = itk_reason(err).replace(str(files[0].parent), label)
         raise ArchiveError(f"{case}: cannot read the series {label}: {reason}") from err
 
 
@@ -116,8 +116,9 @@ def _ct_files(ct_dir: Path, case: str) -> list[Path]:
     return ct_files
 
 
-def _read_ct(ct_dir: Path, case: str, assume_hu: bool) -> tuple[sitk.Image, list[Path], str]:
-    """The checked int16 CT, its slice files in volume order and how that order was found.
+def _read_ct(ct_dir: Path, case: str, assume_hu: bool) -> tuple[sitk.Image, list[Path], str, SeriesCheck]:
+    """The checked int16 CT as ITK stacks it, its slice files in volume order, how that order
+    was found, and the header check (whose stack geometry corrects a gantry tilt afterwards).
 
     The files are returned because the masks must follow the CT's slice order.
     """
@@ -140,7 +141,7 @@ def _read_ct(ct_dir: Path, case: str, assume_hu: bool) -> tuple[sitk.Image, list
     # unsigned data) and truncate a non-integer slope.
     rounded = sitk.Round(sitk.Cast(ct, sitk.sitkFloat32))
     ct = sitk.Cast(sitk.Clamp(rounded, sitk.sitkFloat32, -32768, 32767), sitk.sitkInt16)
-    return ct, ct_files, order
+    return ct, ct_files, order, check
 
 
 def _liver_folder(masks: dict[str, list[Path]], case: str) -> str:
@@ -200,13 +201,20 @@ def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = Fals
         for inner, folder in (("PATIENT_DICOM.zip", "ct"), ("MASKS_DICOM.zip", "masks")):
             safe_extract(read_inner_zip(archive, prefix, inner, case), tmp / folder, case, limits,
                          f"{Path(archive_path).name}:{prefix}{inner}")
-        ct, ct_files, order = _read_ct(tmp / "ct", case, assume_hu)
+        ct, ct_files, order, check = _read_ct(tmp / "ct", case, assume_hu)
 
         masks = series_folders(tmp / "masks", "MASKS_DICOM")
         liver_folder = _liver_folder(masks, case)
         liver = read_mask(masks[liver_folder], ct, ct_files, case, f"MASKS_DICOM/{liver_folder}")
         tumour_names, tumour = _read_tumours(masks, ct, ct_files, case)
+        if check.stack is not None and check.stack.shear.any():
+            log.warning("%s: the slices are tilted %.1f degrees against the table (gantry tilt): the CT and "
+                        "its masks are resampled onto an orthogonal grid with their true positions", case,
+                        check.tilt_deg)
+            ct, liver = orthogonal(ct, check), orthogonal(liver, check, label=True)
+            tumour = None if tumour is None else orthogonal(tumour, check, label=True)
         meta = _case_meta(archive_path, case, patient, ct, liver, order, sorted(masks), tumour_names)
+        meta["gantry_tilt_deg"] = round(check.tilt_deg, 3)
         if meta["liver_voxels"] == 0:
             raise ArchiveError(f"{case}: the liver mask MASKS_DICOM/{liver_folder} is empty")
         return ConvertedCase(ct=ct, liver=liver, tumour=tumour, meta=meta)

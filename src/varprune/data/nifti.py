@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from varprune.atomic import write_json
 from varprune.data.archive import DEBRIS_NAMES, natural_key
 from varprune.data.convert import write_image
+from varprune.data.image_file import ImageFileError, read_image
 from varprune.data.preprocess import PreprocessError, check_hu_range, finite_ct
 
 log = logging.getLogger(__name__)
@@ -189,32 +190,23 @@ def discover_cases(source: NiftiSource) -> dict[str, tuple[Path, Path]]:
     return {c: found[c] for c in sorted(found, key=natural_key)}
 
 
-def _reason(err: RuntimeError) -> str:
-    """The useful line of an ITK error (the first names ITK's source file)."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("sitk::ERROR: ") if lines else type(err).__name__
+def read_volume(path: Path, case: str, geometry: str | None = None) -> sitk.Image:
+    """Read a scalar 3D image after the header checks of `varprune.data.image_file` (size,
+    completeness, pixdim, sform vs qform, resolved by `geometry`) and this module's own
+    (dimension, components): a 4D series is refused before its voxels are read."""
+    def check(reader: sitk.ImageFileReader) -> None:
+        dimension, size = reader.GetDimension(), tuple(reader.GetSize())
+        if dimension != 3:
+            hint = " (a time series? keep one volume)" if dimension > 3 else ""
+            raise NiftiError(f"{case}: {path} is {dimension}D, size {size}; expected a 3D volume{hint}")
+        if reader.GetNumberOfComponents() != 1:
+            raise NiftiError(f"{case}: {path} has {reader.GetNumberOfComponents()} components per voxel; "
+                             "expected one")
 
-
-def read_volume(path: Path, case: str) -> sitk.Image:
-    """Read a scalar 3D image, checking dimension and components from the header first (a 4D
-    series is refused before its voxels are read)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise NiftiError(f"{case}: cannot read {path} ({_reason(err)})") from err
-    dimension, size = reader.GetDimension(), tuple(reader.GetSize())
-    if dimension != 3:
-        hint = " (a time series? keep one volume)" if dimension > 3 else ""
-        raise NiftiError(f"{case}: {path} is {dimension}D, size {size}; expected a 3D volume{hint}")
-    if reader.GetNumberOfComponents() != 1:
-        raise NiftiError(f"{case}: {path} has {reader.GetNumberOfComponents()} components per voxel; "
-                         "expected one")
-    try:
-        return reader.Execute()  # applies the NIfTI scl_slope/scl_inter
-    except RuntimeError as err:
-        raise NiftiError(f"{case}: cannot read {path} ({_reason(err)})") from err
+        return read_image(path, f"{case}: {path}", geometry, check_header=check)  # applies scl_slope/inter
+    except ImageFileError as err:
+        raise NiftiError(str(err)) from err
 
 
 def _fmt(values, unit: str) -> str:
@@ -287,9 +279,9 @@ def _mask(values: np.ndarray, labels: tuple[int, ...], ct: sitk.Image) -> tuple[
     return mask, int(np.count_nonzero(inside))
 
 
-def _checked_ct(image: Path, case: str, assume_hu: bool) -> sitk.Image:
+def _checked_ct(image: Path, case: str, assume_hu: bool, geometry: str | None) -> sitk.Image:
     """The CT as int16 HU, refused when it is not one (NaN, no air) unless `assume_hu`."""
-    source_ct = read_volume(image, case)
+    source_ct = read_volume(image, case, geometry)
     source = f"{case}: {image}"
     try:
         ct = to_int16_hu(finite_ct(source_ct, source))
@@ -311,10 +303,10 @@ class _Masks:
 
 
 def _checked_masks(label: Path, image: Path, ct: sitk.Image, case: str, liver_labels: tuple[int, ...],
-                   tumor_labels: tuple[int, ...]) -> _Masks:
+                   tumor_labels: tuple[int, ...], geometry: str | None) -> _Masks:
     """Liver and tumour masks from the label map, on the CT's grid; refused when the label map
     is on another grid, is not integer, or has no liver."""
-    label_image = read_volume(label, case)
+    label_image = read_volume(label, case, geometry)
     check_same_grid(label_image, ct, label, image, case)
     values = sitk.GetArrayViewFromImage(label_image)  # label_image stays alive while this is used
     counts = label_counts(values, label, case)
@@ -358,19 +350,22 @@ def _meta(case: str, image: Path, label: Path, ct: sitk.Image, masks: _Masks,
 
 def convert_nifti_case(image: str | os.PathLike, label: str | os.PathLike, case: str,
                        out_dir: str | os.PathLike, liver_labels: tuple[int, ...] | list[int] = (1, 2),
-                       tumor_labels: tuple[int, ...] | list[int] = (2,), assume_hu: bool = False) -> dict:
+                       tumor_labels: tuple[int, ...] | list[int] = (2,), assume_hu: bool = False,
+                       geometry: str | None = None) -> dict:
     """Convert one case to `out_dir/{ct,liver[,tumor]}.nii.gz` and `meta.json`; return the meta.
 
     `assume_hu` skips the check that the CT has air (data.assume_hu: the user vouches for the
-    values). Everything is read and checked before the first file is written."""
+    values); `geometry` (sform | qform, data.nifti.geometry) is followed when a file's two NIfTI
+    geometries disagree (refused otherwise). Everything is read and checked before the first
+    file is written."""
     image, label = Path(image), Path(label)
     liver_labels, tumor_labels = tuple(int(v) for v in liver_labels), tuple(int(v) for v in tumor_labels)
     if not liver_labels:
         raise ValueError("liver_labels must name at least one label value")
     if not label.is_file():
         raise NiftiError(f"{case}: no label {label} for image {image}")
-    ct = _checked_ct(image, case, assume_hu)
-    masks = _checked_masks(label, image, ct, case, liver_labels, tumor_labels)
+    ct = _checked_ct(image, case, assume_hu, geometry)
+    masks = _checked_masks(label, image, ct, case, liver_labels, tumor_labels, geometry)
     meta = _meta(case, image, label, ct, masks, liver_labels, tumor_labels)
 
     out = Path(out_dir)

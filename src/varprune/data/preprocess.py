@@ -37,6 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from varprune.atomic import atomic_path
+from varprune.data.itkerror import itk_reason
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +328,7 @@ def read_image(path: str | os.PathLike, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PreprocessError(f"{what}: cannot read {path} ({reason})") from err
+        raise PreprocessError(f"{what}: cannot read {path} ({itk_reason(err)})") from err
 
 
 def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, case: str,
@@ -339,6 +339,9 @@ def preprocess_case(ct_path: str | os.PathLike, liver_path: str | os.PathLike, c
     ct = finite_ct(read_image(ct_path, case), f"{case}: {ct_path}")
     if not assume_hu:
         check_hu_range(ct, f"{case}: {ct_path}")
+    from varprune.data import plausibility  # it builds on this module's body box
+
+    plausibility.report(plausibility.check_ct(ct, spec.body_threshold_hu), f"{case}: {ct_path}")
     liver = read_image(liver_path, case)
     if ct.GetSize() != liver.GetSize():
         raise PreprocessError(f"{case}: {liver_path} is {liver.GetSize()}, the CT {ct.GetSize()}")
