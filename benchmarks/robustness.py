@@ -53,6 +53,7 @@ class Probe:
     leaves: list[str] = field(default_factory=list)  # files that must exist afterwards (accepted)
     check: Callable[[Path], str] | None = None  # extra check on success: "" or what is wrong
     limit_mb: float | None = None
+    not_in: tuple[str, ...] = ()  # must not appear in the output (ITK source locations)
 
 
 def run(argv: list[str], cwd: Path) -> tuple[int, str, float]:
@@ -192,7 +193,67 @@ def probe_set(model: Path, archive: Path, case: str, ct: Path) -> list[Probe]:
     def nifti(tmp: Path) -> Path:
         return ct
 
+    reference_meta = json.loads((ct.parent / "meta.json").read_text())
+
+    def tilt_volume(degrees: float) -> Callable[[Path], str]:
+        def check(tmp: Path) -> str:
+            meta = json.loads((tmp / "out" / case / "meta.json").read_text())
+            expected = reference_meta["liver_volume_ml"] * np.cos(np.radians(degrees))
+            error = meta["liver_volume_ml"] / expected - 1
+            return "" if abs(error) < 0.01 else f"liver volume off by {error:+.1%}"
+        return check
+
+    def tilted_folder(degrees: float) -> Callable[[Path], Path]:
+        def make(tmp: Path) -> Path:
+            edited = probes.archive_with(archive, tmp / "tilted.zip", patient, probes.tilted(degrees))
+            return ct_folder(edited, tmp / "tilted")
+        return make
+
+    def ct_folder(source: Path, folder: Path, of: int = patient, prefix: str = "") -> Path:
+        with zipfile.ZipFile(source) as outer:
+            inner = next(n for n in outer.namelist() if n.endswith(f"3Dircadb1.{of}/PATIENT_DICOM.zip"))
+            with zipfile.ZipFile(io.BytesIO(outer.read(inner))) as zf:
+                folder.mkdir(exist_ok=True)
+                for name in zf.namelist():
+                    if probes.is_slice(name):
+                        (folder / f"{prefix}{Path(name).name}").write_bytes(zf.read(name))
+        return folder
+
+    def two_series(tmp: Path) -> Path:
+        other = next(p for p in range(1, 100) if p != patient)
+        ct_folder(archive, tmp / "two")
+        return ct_folder(archive, tmp / "two", of=other, prefix="other-")
+
+    def made(build: Callable[[Path, Path], Path], name: str) -> Callable[[Path], Path]:
+        return lambda tmp: build(ct, tmp / name)
+
+    def uncompressed(tmp: Path) -> Path:
+        return probes.write_nifti(tmp / "full.nii", *probes.nifti_bytes(ct))
+
+    def garbage(tmp: Path) -> Path:
+        (tmp / "scan.nrrd").write_text("<html>login page</html>")
+        return tmp / "scan.nrrd"
+
+    def sidecar(check_name: str | None) -> Callable[[Path], str]:
+        def check(tmp: Path) -> str:
+            warnings = json.loads((tmp / "mask.json").read_text())["warnings"]
+            names = [w["check"] for w in warnings]
+            if check_name is None:
+                return "" if not names else f"warnings {names}"
+            return "" if check_name in names else f"no {check_name} warning (got {names})"
+        return check
+
+    def limited(kb: int, argv: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+        """The command under `ulimit -f kb`: the file-size limit hits while it writes (its messages
+        go through a pipe to an unlimited `cat`, so that they are not cut by the limit)."""
+        script = f'(ulimit -f {kb} && exec "$@") 2>&1 | cat; exit "${{PIPESTATUS[0]}}"'
+        return lambda tmp: ["bash", "-c", script, "limited", *argv(tmp)]
+
+    def export(tmp: Path) -> list[str]:
+        return varprune("export", "--model", str(model), "--format", "onnx", "--output", str(tmp / "m.onnx"))
+
     unscaled = probes.drop("RescaleIntercept", "RescaleSlope")
+    itk_location = (".cxx:", ".hxx:", "sitk::ERROR")
     return [
         Probe("archive: truncated to 60 %", truncated(False), 1, "is not a readable zip"),
         Probe("archive: truncated after an inner zip", truncated(True), 1, "holds no"),
@@ -238,6 +299,44 @@ def probe_set(model: Path, archive: Path, case: str, ct: Path) -> list[Probe]:
               "is set but data.source is synthetic"),
         Probe("config: missing data.archive", config({"data": {"source": "ircadb", "archive": "/no/x.zip"}}),
               1, "no such file"),
+        Probe("tilt: gantry 15 deg, convert", convert(probes.tilted(15.0), True), 0, "tilted 15.0 degrees",
+              leaves=[f"out/{case}/ct.nii.gz"], check=tilt_volume(15.0)),
+        Probe("tilt: gantry 30 deg, convert", convert(probes.tilted(30.0), True), 0, "tilted 30.0 degrees",
+              leaves=[f"out/{case}/ct.nii.gz"], check=tilt_volume(30.0)),
+        Probe("tilt: gantry 15 deg, predict", predict(tilted_folder(15.0)), 0, "tilted 15.0 degrees",
+              leaves=["mask.nii.gz", "mask.json"]),
+        Probe("series: two reconstructions, one UID", convert(probes.mixed_reconstructions), 1,
+              "Two reconstructions under one SeriesInstanceUID"),
+        Probe("series: interleaved in-plane origins", convert(probes.shifted_origins), 1,
+              "not one reconstruction"),
+        Probe("series: two in one folder", predict(two_series), 1, "choose one with --series (its number"),
+        Probe("series: two in one folder, --series 2", predict(two_series, "--series", "2"), 0,
+              leaves=["mask.nii.gz"]),
+        Probe("nifti: sform and qform disagree", predict(made(probes.forms_disagree, "forms.nii.gz")), 1,
+              "sform and qform disagree"),
+        Probe("nifti: same, --nifti-geometry qform",
+              predict(made(probes.forms_disagree, "forms.nii.gz"), "--nifti-geometry", "qform"), 0,
+              leaves=["mask.nii.gz"], check=agrees("qform")),
+        Probe("nifti: negative pixdim", predict(lambda tmp: probes.with_pixdim(ct, tmp / "n.nii.gz", -1.4)),
+              1, "pixdim[1] is -1.4 (negative)"),
+        Probe("nifti: zero pixdim", predict(lambda tmp: probes.with_pixdim(ct, tmp / "z.nii.gz", 0.0)), 1,
+              "pixdim[1] is 0 (zero)"),
+        Probe("nifti: .nii cut to 70 %", predict(lambda tmp: probes.cut(uncompressed(tmp), tmp / "c.nii")),
+              1, "the file is cut short"),
+        Probe("nifti: .nii.gz cut to 70 %", predict(made(probes.cut, "cut.nii.gz")), 1,
+              "the file is cut short"),
+        Probe("nifti: 4 kB file declaring 1.8 TB", predict(lambda tmp: probes.huge_header(tmp / "h.nii.gz")),
+              1, "declares 900,000,000,000 voxels", limit_mb=MEMORY_LIMIT_MB),
+        Probe("nifti: 2 kB file declaring 2 GB (fits the limit)",
+              predict(lambda tmp: probes.huge_header(tmp / "h2.nii.gz", (1024, 1024, 1000))), 1,
+              "the file is cut short", limit_mb=MEMORY_LIMIT_MB),
+        Probe("itk: unreadable .nrrd", predict(garbage), 1, "cannot read (", not_in=itk_location),
+        Probe("plausible: the test case, no warning", predict(nifti), 0, leaves=["mask.nii.gz", "mask.json"],
+              check=sidecar(None)),
+        Probe("plausible: child-sized body (x0.55)", predict(made(probes.scaled_in_plane, "child.nii.gz")), 0,
+              "outside adult sizes", leaves=["mask.nii.gz", "mask.json"], check=sidecar("body_width")),
+        Probe("fault: ulimit -f while export writes", limited(64, export), 1, "[Errno 27]"),
+        Probe("fault: ulimit -f while predict writes", limited(4, predict(nifti)), 1, "[Errno 27]"),
     ]
 
 
@@ -252,6 +351,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "results/default/dense/model.pt")
     parser.add_argument("--archive", type=Path, default=REPO / "data/raw/3Dircadb1.zip")
     parser.add_argument("--splits", type=Path, default=REPO / "data/splits.json")
+    parser.add_argument("--only", help="run only the probes whose name contains this text")
     args = parser.parse_args()
     for path in (args.model, args.archive, args.splits):
         if not path.is_file():
@@ -260,6 +360,8 @@ def main() -> None:
     ct = REPO / "data" / "nifti" / case / "ct.nii.gz"
     rows = []
     for probe in probe_set(args.model, args.archive, case, ct):
+        if args.only and args.only not in probe.name and "stored LPS" not in probe.name:
+            continue  # (the LPS mask is the reference of the orientation checks)
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             argv = probe.build(tmp)
@@ -272,6 +374,7 @@ def main() -> None:
                 problems.append(f"exit {code}")
             if probe.message and probe.message not in err:
                 problems.append("message")
+            problems += [f"shows {text!r}" for text in probe.not_in if text in err]
             if probe.code != 0 and new:
                 problems.append("left output")
             problems += [f"missing {leaf}" for leaf in probe.leaves if not (tmp / leaf).is_file()]

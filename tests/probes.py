@@ -210,12 +210,12 @@ def nifti_bytes(path: Path) -> tuple[object, bytes]:
     """The header (nibabel) and the raw voxel bytes of an uncompressed or gzipped NIfTI."""
     import gzip
 
-    import nibabel
+    from nibabel.nifti1 import Nifti1Header
 
-    header = nibabel.load(str(path)).header
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(raw)
+    header = Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)  # as written: vox_offset kept
     return header, raw[int(header.get_data_offset()):]
 
 

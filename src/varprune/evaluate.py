@@ -38,6 +38,7 @@ from monai.metrics import (
 from monai.transforms import KeepLargestConnectedComponent
 
 from varprune.atomic import atomic_path, write_csv
+from varprune.data.image_file import write_complete
 from varprune.data.preprocess import load_npz, read_image, to_original_grid
 from varprune.deployed import ready
 from varprune.inference import predict_volume
@@ -252,7 +253,7 @@ def evaluate_case(prob: np.ndarray, grid: dict[str, np.ndarray], truth_path: str
         raise ValueError(f"{case}: {truth_path} is {truth.GetSize()}, the prediction {pred.GetSize()}")
     if out_pred is not None:
         with atomic_path(out_pred) as tmp:
-            sitk.WriteImage(pred, str(tmp), useCompression=True)
+            write_complete(pred, tmp)
     spacing_zyx = tuple(reversed(truth.GetSpacing()))
     values = sitk.GetArrayViewFromImage(truth)
     # Unsigned masks are > 0 wherever nonzero, which is how the metrics read them: no copy.

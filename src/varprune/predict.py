@@ -43,7 +43,7 @@ from varprune.data.dicom import (
     orthogonal,
     read_header,
 )
-from varprune.data.image_file import ImageFileError, read_image
+from varprune.data.image_file import ImageFileError, read_image, write_complete
 from varprune.data.itkerror import itk_reason
 from varprune.data.preprocess import (
     PreprocessSpec,
@@ -355,7 +355,7 @@ def predict(model_path: str | os.PathLike, input_path: str | os.PathLike, output
         tmp_mask = stack.enter_context(atomic_path(output))
         if preview:
             write_preview(ct, mask, prep.window, stack.enter_context(atomic_path(preview)))
-        sitk.WriteImage(mask, str(tmp_mask), useCompression=True)
+        write_complete(mask, tmp_mask)
         tmp_json = stack.enter_context(atomic_path(findings_path(output)))
         tmp_json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log.info("%s -> %s: liver %.1f ml%s", input_path, output, volume_ml,

@@ -29,6 +29,7 @@ from varprune.data.archive import (
     series_folders,
 )
 from varprune.data.dicom import DicomTagError, SeriesCheck, check_hu, check_series, orthogonal, read_header
+from varprune.data.image_file import write_complete
 from varprune.data.itkerror import itk_reason
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,9 @@ def read_case(archive_path: str | os.PathLike, case: str, assume_hu: bool = Fals
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a NIfTI (or any SimpleITK format) atomically."""
+    """Write a NIfTI (or any SimpleITK format) atomically, checked whole before it is renamed."""
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        write_complete(image, tmp)
 
 
 def convert_case(archive_path: str | os.PathLike, case: str, out_dir: str | os.PathLike,

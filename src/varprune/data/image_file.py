@@ -14,6 +14,7 @@ file is refused naming the problem, or, for disagreeing forms, read with the one
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -164,18 +165,25 @@ def _bytes_present(path: Path, shown: str) -> tuple[int, bool]:
     return _gzip_bytes(path, shown)
 
 
-def check_complete(path: Path, shown: str, offset: int, data_bytes: int) -> None:
-    """Refuse a file holding fewer bytes than its header declares (ITK would zero-fill the rest)."""
+def _shortfall(path: Path, shown: str, offset: int, data_bytes: int) -> str | None:
+    """What is missing from a file that holds fewer bytes than its header declares, or None."""
     needed = offset + data_bytes
     present, ended = _bytes_present(path, shown)
     if present >= needed and not ended:
-        raise ImageFileError(f"{shown}: the gzip stream stops without its end marker (the file was cut "
-                             "after its voxels, so its checksum cannot be verified); copy it again")
+        return ("the gzip stream stops without its end marker (the file was cut after its voxels, so "
+                "its checksum cannot be verified)")
     if present < needed:
         missing = needed - present
-        raise ImageFileError(f"{shown}: the file is cut short: the header declares {needed:,} bytes, "
-                             f"the file holds {present:,} ({missing:,} missing, "
-                             f"{100 * missing / max(1, data_bytes):.1f} % of the voxels); copy it again")
+        return (f"the file is cut short: the header declares {needed:,} bytes, the file holds {present:,} "
+                f"({missing:,} missing, {100 * missing / max(1, data_bytes):.1f} % of the voxels)")
+    return None
+
+
+def check_complete(path: Path, shown: str, offset: int, data_bytes: int) -> None:
+    """Refuse a file holding fewer bytes than its header declares (ITK would zero-fill the rest)."""
+    problem = _shortfall(path, shown, offset, data_bytes)
+    if problem:
+        raise ImageFileError(f"{shown}: {problem}; copy it again")
 
 
 def _pixdims(header, ndim: int, shown: str) -> None:
@@ -260,3 +268,24 @@ def read_image(path: str | os.PathLike, shown: str | None = None, nifti_choice: 
         geometry.apply(image)
         log.info("%s: geometry from its %s: %s", shown, nifti_choice, geometry.describe())
     return image
+
+
+def write_complete(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write `image` to `path` (a temporary name: the caller renames it) and check that it is
+    whole. ITK's NIfTI writer does not fail when the disk fills or a file-size limit hits: it
+    prints "NWAD: wrote only 0 of N bytes" and returns, leaving a cut file that would be renamed
+    into place as complete. So a NIfTI is checked against its own header afterwards (other
+    formats raise through ITK)."""
+    path = Path(path)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as err:
+        raise OSError(f"{path}: cannot write ({itk_reason(err)})") from err
+    if is_nifti(path):
+        header = _nifti_header(path, str(path))
+        voxels = int(np.prod([max(1, int(d)) for d in header.get_data_shape()]))
+        offset = max(int(header.get_data_offset()), int(header.sizeof_hdr))
+        problem = _shortfall(path, str(path), offset, voxels * header.get_data_dtype().itemsize)
+        if problem:
+            raise OSError(errno.EFBIG, f"written incompletely (disk full or a file-size limit?): {problem}",
+                          str(path))
