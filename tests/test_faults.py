@@ -47,7 +47,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _command(work: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
-            str(CORES), "--configfile", str(TINY_CONFIG), *args]
+            str(CORES), *args, "--configfile", str(TINY_CONFIG)]  # targets before --configfile
 
 
 @pytest.mark.workflow
@@ -72,10 +72,12 @@ def test_a_job_killed_at_a_random_point_is_rerun_to_the_same_model(done_run, tmp
     started = time.monotonic()
     process = subprocess.Popen(_command(work, TARGET), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=LOCAL_ENV, start_new_session=True)
+    assert process.poll() is None
     log = work / "logs" / "tiny" / "dense" / "train.log"
     while not log.exists() and process.poll() is None and time.monotonic() - started < 300:
         time.sleep(0.05)
     time.sleep(rng.uniform(0.5, 6.0))  # somewhere in the job: loading, training or writing
+    assert process.poll() is None, "the run ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job: no cleanup runs
     process.wait()
     target = work / TARGET

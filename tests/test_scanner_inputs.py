@@ -315,16 +315,18 @@ def test_predict_refuses_bad_geometry_and_cut_files_writing_nothing(model_and_ca
 
 
 @pytest.mark.workflow
-def test_predict_warns_about_a_child_sized_body_in_stderr_and_the_sidecar(model_and_case, tmp_path, capsys):
+def test_predict_warns_about_a_child_sized_body_in_stderr_and_the_sidecar(model_and_case, tmp_path, capsys,
+                                                                          caplog):
     model, ct = model_and_case
     normal, child = tmp_path / "normal.nii.gz", tmp_path / "child.nii.gz"
     assert _predict(model, ct, normal) == 0
     before = {w["check"] for w in json.loads(findings_path(normal).read_text())["warnings"]}
     assert "body_width" not in before  # the tiny case's coarse pixels warn; its body is adult-sized
     capsys.readouterr()
-    assert _predict(model, probes.scaled_in_plane(ct, tmp_path / "scaled.nii.gz"), child) == 0
+    with caplog.at_level(logging.WARNING):  # the CLI's log goes to stderr
+        assert _predict(model, probes.scaled_in_plane(ct, tmp_path / "scaled.nii.gz"), child) == 0
     captured = capsys.readouterr()
-    assert "the body's width is" in captured.err and "outside adult sizes" in captured.err
+    assert "the body's width is" in caplog.text and "outside adult sizes" in caplog.text
     sidecar = json.loads(findings_path(child).read_text())
     assert "body_width" in {w["check"] for w in sidecar["warnings"]}
     assert sidecar["output"] == str(child) and sidecar["liver_ml"] >= 0

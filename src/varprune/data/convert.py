@@ -57,7 +57,7 @@ def check_dicom(path: Path, case: str, label: str) -> None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file") from err
+        raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file ({itk_reason(err)})") from err
 
 
 def ct_headers(files: list[Path], case: str, label: str) -> list:
@@ -67,7 +67,8 @@ def ct_headers(files: list[Path], case: str, label: str) -> list:
         try:
             headers.append(read_header(path, f"{label}/{path.name}"))
         except RuntimeError as err:
-            raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file") from err
+            reason = itk_reason(err)
+            raise ArchiveError(f"{case}: {label}/{path.name} is not a DICOM file ({reason})") from err
     return headers
 
 
