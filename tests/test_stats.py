@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from scipy import stats as sps
 
-from varprune.stats import PairedComparison, comparison_rows, paired_comparison, verdict
+from varprune.stats import (
+    EQUIVALENCE_MARGINS,
+    OUTCOMES,
+    PairedComparison,
+    comparison_rows,
+    equivalence_margins,
+    minimum_detectable_difference,
+    outcome,
+    paired_comparison,
+    verdict,
+)
 
 MINUS = "\u2212"
 
@@ -268,7 +281,9 @@ def test_comparison_rows_compares_every_budget_pair_and_metric_in_the_given_orde
     pairs = [("variable", "fixed"), ("variable", "dense"), ("variable", "other"), ("fixed", "absent")]
     out = comparison_rows(table, pairs, ["dice", "hd95_mm"], resamples=2000)
     assert list(out.columns) == ["budget", "method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high",
-                                 "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "verdict"]
+                                 "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "margin",
+                                 "p_equivalence", "mde", "outcome", "verdict"]
+    assert set(out["outcome"]) <= set(OUTCOMES)
     keys = list(zip(out["budget"], out["method_a"], out["method_b"], out["metric"], strict=True))
     assert keys == [
         (0.3, "variable", "fixed", "dice"), (0.3, "variable", "fixed", "hd95_mm"),
@@ -296,9 +311,10 @@ def test_comparison_rows_equal_paired_comparison_on_the_same_grid():
         part = table[(table["method"] == method) & (table["budget"] == 0.5)]
         return part.pivot(index="replicate", columns="case", values="hd95_mm").to_numpy()
 
-    c = paired_comparison(grid("variable"), grid("fixed"), resamples=2000, seed=3)
+    c = paired_comparison(grid("variable"), grid("fixed"), resamples=2000, seed=3, margin=1.0)
     assert (row["mean_diff"], row["ci_low"], row["ci_high"], row["p_value"]) == (
         c.mean_diff, c.ci_low, c.ci_high, c.p_value)
+    assert (row["margin"], row["p_equivalence"], row["mde"]) == (1.0, c.p_equivalence, c.mde)
     assert row["verdict"] == verdict("variable", "fixed", c, metric="hd95_mm")  # a family of one
     assert row["p_adjusted"] == row["p_value"]
 
@@ -354,3 +370,76 @@ def test_one_lucky_pair_among_many_is_not_called_a_difference_after_adjustment()
     assert not out.loc["m1", "verdict"].endswith("m1 is better.")
     alone = comparison_rows(table, [("m1", "m0")], ["dice"], resamples=2000).iloc[0]
     assert alone["verdict"].endswith("m1 is better.")
+
+
+# ---- equivalence (TOST), minimum detectable difference, the four outcomes ----
+
+def test_equal_samples_are_equivalent_within_any_positive_margin():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.85, 0.95, size=(2, 8))
+    for margin in (0.0001, 0.005, 0.05):
+        c = paired_comparison(a, a.copy(), margin=margin, resamples=2000)
+        assert c.p_equivalence <= 0.05 and outcome(c) == "equivalent"
+        assert "equivalent within" in verdict("a", "b", c)
+
+
+def test_a_constant_shift_of_one_point_is_a_better_and_not_equivalent_at_half_a_point():
+    b = np.linspace(0.80, 0.90, 8)
+    c = paired_comparison(b + 0.01, b, margin=0.005, resamples=2000)
+    assert c.p_equivalence > 0.05
+    assert outcome(c) == "a_better" and outcome(c, metric="hd95_mm") == "b_better"  # lower is better
+    assert verdict("a", "b", c).endswith("a is better.")
+    wide = paired_comparison(b + 0.01, b, margin=0.02, resamples=2000)  # the shift inside a wider margin
+    assert outcome(wide) == "equivalent" and "negligible" in verdict("a", "b", wide)
+
+
+def test_two_cases_are_inconclusive_whatever_the_difference_with_an_infinite_mde():
+    for shift in (0.0, 0.001, 0.05):
+        b = np.array([0.9, 0.8])
+        c = paired_comparison(b + shift, b, margin=0.005, resamples=2000)
+        assert outcome(c) == "inconclusive" and math.isinf(c.mde)
+        assert "inconclusive: no difference can be detected with 2 test cases" in verdict("a", "b", c)
+
+
+def test_the_mde_follows_the_paired_t_power_formula_and_shrinks_with_cases():
+    rng = np.random.default_rng(1)
+    spread = rng.normal(0, 0.01, size=40)
+    per_case = spread[:10]
+    expected = (sps.t.ppf(0.975, 9) + sps.t.ppf(0.8, 9)) * np.std(per_case, ddof=1) / np.sqrt(10)
+    assert minimum_detectable_difference(per_case) == pytest.approx(expected)
+    assert minimum_detectable_difference(spread) < minimum_detectable_difference(per_case)
+
+
+def test_noise_with_enough_cases_is_inconclusive_and_names_its_mde():
+    rng = np.random.default_rng(2)
+    b = rng.uniform(0.8, 0.9, size=12)
+    a = b + rng.normal(0, 0.03, size=12)  # spread far beyond the margin
+    c = paired_comparison(a, b, margin=0.005, resamples=2000)
+    assert outcome(c) == "inconclusive" and np.isfinite(c.mde) and c.mde > 0.005
+    assert f"differences below {100 * c.mde:.2f} points (the MDE at 80 % power)" in verdict("a", "b", c)
+
+
+def test_the_margins_come_from_the_defaults_and_the_config():
+    assert equivalence_margins()["dice"] == 0.005 and equivalence_margins()["hd95_mm"] == 1.0
+    assert equivalence_margins({"dice": 0.01})["dice"] == 0.01
+    with pytest.raises(ValueError, match="unknown metric 'jaccard'"):
+        equivalence_margins({"jaccard": 0.1})
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    assert equivalence_margins(config["stats"]["equivalence_margin"]) == EQUIVALENCE_MARGINS
+
+
+def test_the_report_words_the_four_outcomes():
+    from varprune.report.tables import verdict_table
+
+    b = np.linspace(0.80, 0.90, 8)
+    noise = np.random.default_rng(3).normal(0, 0.03, size=8)
+    dice = {"variable": b + 0.01, "fixed": b, "global": b, "random": b + noise}
+    table = pd.DataFrame([{"method": method, "budget": 0.5, "replicate": 0, "case": f"c{k}", "dice": v}
+                          for method, values in dice.items() for k, v in enumerate(values)])
+    pairs = [("variable", "fixed"), ("fixed", "variable"), ("fixed", "global"), ("fixed", "random")]
+    out = comparison_rows(table, pairs, ["dice"], resamples=2000)
+    assert out.outcome.tolist() == ["a_better", "b_better", "equivalent", "inconclusive"]
+    words = verdict_table(out)["50.0 % of MACs removed"].tolist()
+    assert words[:3] == ["variable better", "variable better", "equivalent within ±0.50 points"]
+    assert words[3].startswith("inconclusive: differences below ")
+    assert words[3].endswith(" points cannot be seen")

@@ -96,7 +96,9 @@ def test_comparison_pairs_every_method_with_the_controls_at_every_budget(done_ru
     dice = table[table.metric == "dice"]
     assert (dice.n_cases == 1).all() and (dice.ci_low == dice.ci_high).all()
     assert dice.verdict.str.contains("cannot reach p < 0.05").all()
+    assert (table.outcome == "inconclusive").all() and (dice.margin == 0.005).all()
     page = (report / "report.html").read_text(encoding="utf-8")
+    assert "Verdicts on test Dice" in page and "inconclusive: no difference can be seen" in page
     assert page.index("What the numbers support") < page.index("<h2>Summary</h2>")
     assert "Transformer headroom" in page and "dense_long" in page
 

@@ -163,10 +163,12 @@ def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
     return method_pairs(methods) + [(m, "dense_long") for m in ordered]
 
 
-def comparison_table(long: pd.DataFrame, methods: list[str], seed: int = 0) -> pd.DataFrame:
-    """comparison.csv: one paired comparison per budget, pair and metric."""
+def comparison_table(long: pd.DataFrame, methods: list[str], seed: int = 0,
+                     margins: dict[str, float] | None = None) -> pd.DataFrame:
+    """comparison.csv: one paired comparison per budget, pair and metric, with its equivalence
+    test against `margins` (config stats.equivalence_margin) and its outcome."""
     return comparison_rows(long[long.method != "dense"], comparison_pairs(methods), COMPARED_METRICS,
-                           seed=seed)
+                           seed=seed, margins=margins)
 
 
 def headroom(long: pd.DataFrame) -> PairedComparison:

@@ -8,10 +8,15 @@ per-case, per-replicate differences a - b, which removes the case-to-case spread
 share.
 
 - `paired_comparison` gives the mean difference, a two-level (cases, then replicates) percentile
-  bootstrap interval and a two-sided sign-flip permutation test on the per-case differences.
+  bootstrap interval and a two-sided sign-flip permutation test on the per-case differences;
+  with an equivalence margin, also a two one-sided test (TOST) against ±margin and the minimum
+  detectable difference (MDE) at 80 % power for this many cases and replicates.
+- `outcome` decides one of four: a better, b better, equivalent within ±margin, or inconclusive
+  (differences below the MDE cannot be seen): never "no difference" alone, which cannot tell a tie
+  from too little data.
 - `verdict` turns one comparison into a sentence that never claims more than the interval and the
   test allow, and says when there are too few test cases for the test to ever reach significance.
-- `comparison_rows` runs both over a long results table, for every budget, pair and metric.
+- `comparison_rows` runs them over a long results table, for every budget, pair and metric.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class PairedComparison:
     n_cases: int
     n_replicates: int
     min_p_value: float  # the smallest p-value the test could give with this many cases
+    margin: float = math.nan  # equivalence margin (metric units); NaN: no equivalence test
+    p_equivalence: float = math.nan  # TOST p against ±margin (equivalent when <= alpha)
+    mde: float = math.nan  # minimum detectable difference at 80 % power (metric units)
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,16 @@ METRICS: dict[str, _Metric] = {
     "hd95_mm": _Metric(1.0, "mm", -1),
 }
 
+# Equivalence margins (metric units, config stats.equivalence_margin): half a Dice point, 1 mm.
+EQUIVALENCE_MARGINS: dict[str, float] = {"dice": 0.005, "voe": 0.005, "rvd": 0.005, "assd_mm": 1.0,
+                                         "msd_mm": 1.0, "hd95_mm": 1.0}
+ALPHA = 0.05
+POWER = 0.8
+OUTCOMES = ("a_better", "b_better", "equivalent", "inconclusive")
+
 COMPARISON_COLUMNS = ["budget", "method_a", "method_b", "metric", "mean_diff", "ci_low", "ci_high",
-                      "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "verdict"]
+                      "p_value", "p_adjusted", "n_cases", "n_replicates", "min_p_value", "margin",
+                      "p_equivalence", "mde", "outcome", "verdict"]
 
 
 # ---------------------------------------------------------------- one comparison
@@ -115,13 +131,58 @@ def _sign_flip_p(per_case: np.ndarray, resamples: int, rng: np.random.Generator)
     return float(min(1.0, result.pvalue))
 
 
+def _one_sided_p(per_case: np.ndarray, alternative: str, resamples: int, rng: np.random.Generator) -> float:
+    """One-sided sign-flip p-value that the mean per-case difference is above ("greater") or
+    below ("less") zero."""
+    n = per_case.size
+    exact = 2**n <= resamples
+    result = sps.permutation_test(
+        (per_case, np.zeros_like(per_case)),
+        _mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else resamples,
+        alternative=alternative,
+        rng=None if exact else rng,
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def minimum_detectable_difference(per_case: np.ndarray, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true mean difference a paired test on these cases detects with `power`:
+    (t_{1-alpha/2} + t_{power}) * sd / sqrt(n), df = n - 1, from the observed spread of the
+    per-case differences (each already averaged over its replicates). Infinite when the sign-flip
+    test cannot reach `alpha` at all with this many cases (fewer than 6 at 0.05)."""
+    n = per_case.size
+    if n < 2 or 2.0 ** (1 - n) > alpha:
+        return math.inf
+    spread = float(np.std(per_case, ddof=1))
+    df = n - 1
+    return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * spread / math.sqrt(n))
+
+
+def _tost_p(per_case: np.ndarray, means: np.ndarray | None, margin: float, resamples: int,
+            rng: np.random.Generator) -> float:
+    """Two one-sided tests against ±margin on the same paired data as the difference test: the
+    larger of the two one-sided sign-flip p-values (mean > -margin, mean < +margin) and of the
+    bootstrap's tail shares beyond each bound (so p <= alpha also means the 1 - 2 alpha two-level
+    interval lies inside the margin). A single case cannot show equivalence: p = 1."""
+    if per_case.size < 2 or means is None:
+        return 1.0
+    p_lower = _one_sided_p(per_case + margin, "greater", resamples, rng)
+    p_upper = _one_sided_p(per_case - margin, "less", resamples, rng)
+    tails = (float(np.mean(means <= -margin)), float(np.mean(means >= margin)))
+    return max(p_lower, p_upper, *tails)
+
+
 def paired_comparison(a, b, *, confidence: float = 0.95, resamples: int = 10_000,
-                      seed: int = 0) -> PairedComparison:
+                      seed: int = 0, margin: float | None = None) -> PairedComparison:
     """Compare a and b, arrays (n_replicates, n_cases) paired by position, or 1-D (one replicate).
 
     Cases with a NaN in a or b in any replicate are left out. The interval is a two-level
     percentile bootstrap (cases, then replicates); the p-value is a two-sided sign-flip
-    permutation test on the per-case differences averaged over replicates.
+    permutation test on the per-case differences averaged over replicates. With a `margin`
+    (metric units), also the TOST p against ±margin and the MDE at 80 % power.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
@@ -144,6 +205,7 @@ def paired_comparison(a, b, *, confidence: float = 0.95, resamples: int = 10_000
     centred = d - ref
     mean_diff = ref + float(centred.mean())
     rng = np.random.default_rng(seed)
+    means = None
     if n_cases == 1:
         ci_low = ci_high = mean_diff  # nothing to resample over cases
     else:
@@ -152,10 +214,36 @@ def paired_comparison(a, b, *, confidence: float = 0.95, resamples: int = 10_000
         low, high = np.quantile(means, [tail, 1 - tail])
         ci_low, ci_high = ref + float(low), ref + float(high)
 
-    p_value = _sign_flip_p(d.mean(axis=0), resamples, rng)
+    per_case = d.mean(axis=0)
+    p_value = _sign_flip_p(per_case, resamples, rng)
     min_p = min(1.0, 2.0 ** (1 - n_cases))
+    equivalence = {}
+    if margin is not None:
+        if not margin > 0:
+            raise ValueError(f"the equivalence margin must be positive, got {margin}")
+        equivalence = dict(margin=float(margin), mde=minimum_detectable_difference(per_case),
+                           p_equivalence=_tost_p(per_case, None if means is None else ref + means, margin,
+                                                 resamples, rng))
     return PairedComparison(mean_diff=mean_diff, ci_low=ci_low, ci_high=ci_high, p_value=p_value,
-                            n_cases=int(n_cases), n_replicates=int(n_rep), min_p_value=min_p)
+                            n_cases=int(n_cases), n_replicates=int(n_rep), min_p_value=min_p, **equivalence)
+
+
+def outcome(c: PairedComparison, *, metric: str = "dice", alpha: float = ALPHA,
+            p_adjusted: float | None = None) -> str:
+    """One of OUTCOMES. Equivalent when the TOST p is at most alpha (a difference inside the
+    margin is negligible by the margin's definition, even when it is significant); a or b better
+    when the interval excludes 0 and the (adjusted) test is significant; otherwise inconclusive.
+    For a metric without a better direction (rvd), "a_better" reads "a higher"."""
+    if c.n_cases < 2:
+        return "inconclusive"
+    if not math.isnan(c.p_equivalence) and c.p_equivalence <= alpha:
+        return "equivalent"
+    p = c.p_value if p_adjusted is None or math.isnan(p_adjusted) else p_adjusted
+    if (c.ci_low > 0 or c.ci_high < 0) and p <= alpha:
+        higher = c.ci_low > 0
+        direction = METRICS[metric].direction if metric in METRICS else 1
+        return "a_better" if higher == (direction >= 0) else "b_better"
+    return "inconclusive"
 
 
 # ---------------------------------------------------------------- words
@@ -198,9 +286,26 @@ def verdict(name_a: str, name_b: str, c: PairedComparison, *, metric: str = "dic
             f"({tested}; {sample})")
     excludes_zero = c.ci_low > 0 or c.ci_high < 0
     significant = (p_adjusted if adjusted else c.p_value) <= alpha
+    decided = outcome(c, metric=metric, alpha=alpha, p_adjusted=p_adjusted if adjusted else None)
+    equivalence_tested = not math.isnan(c.p_equivalence)
     if c.n_cases < 2:
         # One case: the "interval" is the difference itself; nothing separates it from noise.
         tail = "a single test case gives no interval and no test: nothing can be concluded."
+    elif decided == "equivalent":
+        tail = (f"equivalent within ±{c.margin * m.scale:.2f} {m.unit} (TOST {_p(c.p_equivalence)})"
+                + (f"; {name_a} differs by a negligible amount." if excludes_zero and significant else "."))
+    elif equivalence_tested and not (excludes_zero and significant):
+        why = ""
+        if excludes_zero:
+            why = f" (the interval excludes 0 but the paired test does not confirm it, {tested})"
+        elif significant:
+            why = f" (the paired test gives {_p(c.p_value)} but the interval includes 0)"
+        seen = (f"no difference can be detected with {sample} (the paired test cannot reach p < {alpha:g})"
+                if math.isinf(c.mde) else
+                f"differences below {c.mde * m.scale:.2f} {m.unit} (the MDE at 80 % power) cannot be seen "
+                f"with {sample}")
+        tail = (f"inconclusive: {seen}, and equivalence within ±{c.margin * m.scale:.2f} {m.unit} is not "
+                f"shown (TOST {_p(c.p_equivalence)}){why}.")
     elif excludes_zero and significant:
         if m.direction == 0:
             side = "higher" if c.ci_low > 0 else "lower"
@@ -237,7 +342,20 @@ def comparison_from_row(row) -> PairedComparison:
     """A PairedComparison back from a comparison.csv row."""
     return PairedComparison(mean_diff=row.mean_diff, ci_low=row.ci_low, ci_high=row.ci_high,
                             p_value=row.p_value, n_cases=int(row.n_cases), n_replicates=int(row.n_replicates),
-                            min_p_value=row.min_p_value)
+                            min_p_value=row.min_p_value, margin=getattr(row, "margin", math.nan),
+                            p_equivalence=getattr(row, "p_equivalence", math.nan),
+                            mde=getattr(row, "mde", math.nan))
+
+
+def equivalence_margins(configured: dict | None = None) -> dict[str, float]:
+    """The margins per metric: the defaults, overridden by config `stats.equivalence_margin`."""
+    margins = dict(EQUIVALENCE_MARGINS)
+    for metric, value in (configured or {}).items():
+        if metric not in METRICS:
+            raise ValueError(f"stats.equivalence_margin: unknown metric {metric!r}; known: "
+                             f"{', '.join(METRICS)}")
+        margins[metric] = float(value)
+    return margins
 
 
 # ---------------------------------------------------------------- a whole table
@@ -245,12 +363,13 @@ def comparison_from_row(row) -> PairedComparison:
 
 def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: list[str], *,
                     budget_column: str = "budget", confidence: float = 0.95, resamples: int = 10_000,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, margins: dict[str, float] | None = None) -> pd.DataFrame:
     """One paired comparison per (budget, pair, metric) of a long table (method, budget, replicate, case,
     metrics...).
 
     Rows are paired by (replicate, case). Rows with a NaN budget (a reference measured once) count
-    at every budget. A pair with no common (replicate, case) at a budget is skipped; a metric with
+    at every budget. `margins` (metric -> equivalence margin; default EQUIVALENCE_MARGINS) set the
+    TOST and the outcome. A pair with no common (replicate, case) at a budget is skipped; a metric with
     no usable case for a present pair gives a row of NaNs that says so.
     """
     required = ["method", budget_column, "replicate", "case", *metrics]
@@ -262,6 +381,7 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
     if not budgets:
         budgets = [math.nan]  # no budget at all: one group holding everything
 
+    margins = equivalence_margins(margins)
     rows, tests = [], []
     for budget in budgets:
         at_budget = table[everywhere | (table[budget_column] == budget)]
@@ -271,7 +391,7 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
                 continue
             for metric in metrics:
                 row = {"budget": budget, "method_a": method_a, "method_b": method_b, "metric": metric}
-                c = _compare_metric(merged, row, confidence, resamples, seed)
+                c = _compare_metric(merged, row, confidence, resamples, seed, margins.get(metric))
                 tests.append(c)
                 rows.append(row)
     out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
@@ -280,7 +400,7 @@ def comparison_rows(table: pd.DataFrame, pairs: list[tuple[str, str]], metrics: 
 
 
 def _compare_metric(merged: pd.DataFrame, row: dict, confidence: float, resamples: int,
-                    seed: int) -> PairedComparison | None:
+                    seed: int, margin: float | None) -> PairedComparison | None:
     """Fill `row` (budget, methods and metric set) with the comparison of one metric of a merged pair;
     the comparison, or None when no case has the metric for both methods in every replicate."""
     metric, method_a, method_b = row["metric"], row["method_a"], row["method_b"]
@@ -288,13 +408,16 @@ def _compare_metric(merged: pd.DataFrame, row: dict, confidence: float, resample
     grid_b = merged.pivot(index="replicate", columns="case", values=f"{metric}_b").to_numpy(float)
     if np.isnan(grid_a + grid_b).any(axis=0).all():  # no case has the metric for both, everywhere
         row.update(mean_diff=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
-                   n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan,
+                   n_cases=0, n_replicates=len(grid_a), min_p_value=math.nan, margin=margin,
+                   p_equivalence=math.nan, mde=math.nan, outcome="inconclusive",
                    verdict=f"{method_a} {MINUS} {method_b}: no test case has {metric} "
                            "for both methods in every replicate.")
         return None
-    c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples, seed=seed)
+    c = paired_comparison(grid_a, grid_b, confidence=confidence, resamples=resamples, seed=seed,
+                          margin=margin)
     row.update(mean_diff=c.mean_diff, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
-               n_cases=c.n_cases, n_replicates=c.n_replicates, min_p_value=c.min_p_value)
+               n_cases=c.n_cases, n_replicates=c.n_replicates, min_p_value=c.min_p_value, margin=c.margin,
+               p_equivalence=c.p_equivalence, mde=c.mde)
     return c
 
 
@@ -312,9 +435,12 @@ def _adjust_and_word(out: pd.DataFrame, tests: list[PairedComparison | None]) ->
             out.loc[tested.index, "p_adjusted"] = sps.false_discovery_control(tested.to_numpy())
     sizes = families.transform("count")
     out["verdict"] = out["verdict"].astype(object)
+    out["outcome"] = out["outcome"].astype(object)
     for index, c in zip(out.index, tests, strict=True):
         if c is not None:
             row = out.loc[index]
+            adjusted = row["p_adjusted"] if int(sizes[index]) > 1 else None
+            out.loc[index, "outcome"] = outcome(c, metric=row["metric"], p_adjusted=adjusted)
             out.loc[index, "verdict"] = verdict(row["method_a"], row["method_b"], c, metric=row["metric"],
                                                 p_adjusted=row["p_adjusted"], family=int(sizes[index]))
 

@@ -79,7 +79,8 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
     _write_csv(pd.concat([table.assign(format="pytorch"), int8], ignore_index=True) if len(int8) else table,
                out_summary)
     long = metrics_long(run, methods, targets)
-    comparison = comparison_table(long, methods)
+    margins = (config.get("stats") or {}).get("equivalence_margin")
+    comparison = comparison_table(long, methods, margins=margins)
     if out_comparison is not None:
         _write_csv(comparison, out_comparison)
 

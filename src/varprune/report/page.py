@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import yaml
 
 from varprune.compare import HEADROOM_WARNING
-from varprune.report.tables import human_comparison, human_int8, human_summary, percent
+from varprune.report.tables import human_comparison, human_int8, human_summary, percent, verdict_table
 from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -125,12 +125,15 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
     """A single self-contained page: what the numbers support first, then tables, figures, provenance."""
     comparison = comparison if comparison is not None else pd.DataFrame(columns=["metric", "mean_diff"])
     table_html = human_comparison(comparison, table).to_html(index=False, border=0) if len(comparison) else ""
+    verdicts = verdict_table(comparison)
+    verdicts_html = verdicts.to_html(index=False, border=0) if len(verdicts) else ""
     return render(
         "report.html.j2",
         run=run,
         arch=arch_phrase(config.get("model", {})),
         scope=SCOPE_PHRASES[config.get("pruning", {}).get("scope", "transformer")],
         findings=findings(table, comparison, room),
+        verdicts=verdicts_html,
         comparison=table_html,
         summary=human_summary(table).to_html(index=False, border=0),
         exports=exports.to_html(index=False, border=0, float_format=lambda v: f"{v:.1f}")

@@ -88,6 +88,41 @@ def human_summary(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def outcome_words(r) -> str:
+    """A comparison row's outcome in the report's four words: "A better", "B better",
+    "equivalent within ±m", "inconclusive: differences below x cannot be seen"."""
+    scale, unit = (100, "points") if r.metric in ("dice", "voe", "rvd") else (1, "mm")
+    kind = getattr(r, "outcome", None)
+    if kind == "a_better":
+        return f"{r.method_a} better"
+    if kind == "b_better":
+        return f"{r.method_b} better"
+    if kind == "equivalent":
+        return f"equivalent within ±{scale * r.margin:.2f} {unit}"
+    if kind == "inconclusive":
+        mde = getattr(r, "mde", math.nan)
+        if pd.isna(mde) or math.isinf(mde):
+            return "inconclusive: no difference can be seen with this few cases"
+        return f"inconclusive: differences below {scale * mde:.2f} {unit} cannot be seen"
+    return ""
+
+
+def verdict_table(comparison: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """The opening table: one row per pair, one column per budget, the outcome in four words."""
+    rows = comparison[comparison.metric == metric]
+    if not len(rows) or "outcome" not in rows:
+        return pd.DataFrame()
+    budgets = sorted(rows.budget.dropna().unique())
+    out = []
+    for (a, b), pair in rows.groupby(["method_a", "method_b"], sort=False):
+        line = {"A vs B": f"{a} vs {b}"}
+        for budget in budgets:
+            at = pair[pair.budget == budget]
+            line[f"{percent(budget)} of MACs removed"] = outcome_words(at.iloc[0]) if len(at) else ""
+        out.append(line)
+    return pd.DataFrame(out)
+
+
 def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """comparison.csv for people: budgets as shares of all MACs and of the transformer's MACs."""
     transformer = table[table.cycle > 0].groupby("target").macs_transformer_reduction.mean()
@@ -102,6 +137,11 @@ def human_comparison(comparison: pd.DataFrame, table: pd.DataFrame) -> pd.DataFr
             "95 % CI": "" if pd.isna(r.ci_low) else f"[{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}]",
             "p (paired permutation)": "" if pd.isna(r.p_value) else f"{r.p_value:.2g}",
             "p adjusted (BH, per budget and metric)": "" if pd.isna(r.p_adjusted) else f"{r.p_adjusted:.2g}",
+            "TOST p (equivalence)": "" if pd.isna(getattr(r, "p_equivalence", math.nan))
+            else f"{r.p_equivalence:.2g}",
+            "MDE (80 % power)": "" if pd.isna(getattr(r, "mde", math.nan))
+            else ("∞" if math.isinf(r.mde) else f"{scale * r.mde:.2f} {unit}"),
+            "Outcome": outcome_words(r),
             "Cases × replicates": f"{r.n_cases} × {r.n_replicates}",
         })
     return pd.DataFrame(rows)
