@@ -116,3 +116,20 @@ def test_intensity_baseline_fails_on_organs_that_touch_the_liver():
     touching[2:10, 20:35, 5:20] = 100  # a neighbour at liver HU
     case2 = Case("b", touching, liver)
     assert evaluate_baseline([case], [case2])["mean_dice"] == pytest.approx(2 / 3, abs=0.01)
+
+
+@pytest.mark.parametrize("cfg", [{"mode": "ratios", "ratios": [6, 2, 6], "seed": 0},
+                                 {"mode": "kfold", "folds": 3, "fold": 1, "seed": 2, "val_ratio": 0.2}])
+def test_extra_test_cases_leave_train_and_validation_unchanged(cfg):
+    base = [f"ircad{p:02d}" for p in range(1, 15)]
+    more = [f"ircad{p:02d}" for p in range(1, 29)]
+    before = make_splits(base, cfg)
+    after = make_splits(more, {**cfg, "test_extra": 14})
+    assert after["train"] == before["train"] and after["val"] == before["val"]
+    assert after["test"] == sorted(before["test"] + more[14:])
+    assert after["test_extra"] == more[14:] and "test_extra" not in before
+
+
+def test_test_extra_must_leave_cases_to_split():
+    with pytest.raises(SplitError, match="split.test_extra must be at least 0 and leave cases to split"):
+        make_splits(["a", "b", "c", "d"], {"test_extra": 4})

@@ -46,10 +46,19 @@ def _kfold_split(cases: list[str], folds: int, fold: int, seed: int, val_ratio: 
 
 
 def make_splits(cases: list[str], cfg: dict) -> dict:
-    """Build the train/val/test lists from the `split` config slice; refuse impossible splits."""
+    """Build the train/val/test lists from the `split` config slice; refuse impossible splits.
+
+    `split.test_extra: N` makes the last N cases (sorted) test-only and splits the others as if
+    they were not there: a study adds test cases (a smaller minimum detectable difference)
+    while train and validation, so the dense model and every cycle, stay the same."""
     mode = cfg.get("mode", "ratios")
     seed = int(cfg.get("seed", 0))
-    cases = sorted(cases)
+    all_cases = sorted(cases)
+    extra = int(cfg.get("test_extra") or 0)
+    if extra < 0 or extra >= len(all_cases):
+        raise SplitError(f"split.test_extra must be at least 0 and leave cases to split: {extra} of "
+                         f"{len(all_cases)} cases")
+    cases, extra_cases = all_cases[:len(all_cases) - extra], all_cases[len(all_cases) - extra:]
     if mode == "ratios":
         train, val, test = _ratio_split(cases, list(cfg.get("ratios", [0.6, 0.2, 0.2])), seed)
     elif mode == "explicit":
@@ -59,11 +68,11 @@ def make_splits(cases: list[str], cfg: dict) -> dict:
                                         seed, float(cfg.get("val_ratio", 0.2)))
     else:
         raise SplitError(f"split.mode must be one of {MODES}, got {mode!r}")
-    sets = {"train": train, "val": val, "test": test}
+    sets = {"train": train, "val": val, "test": [*test, *extra_cases]}
     for name, members in sets.items():
-        unknown = sorted(set(members) - set(cases))
+        unknown = sorted(set(members) - set(all_cases))
         if unknown:
-            raise SplitError(f"split.{name} names cases that do not exist: {unknown} (cases: {cases})")
+            raise SplitError(f"split.{name} names cases that do not exist: {unknown} (cases: {all_cases})")
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         overlap = sorted(set(sets[a]) & set(sets[b]))
         if overlap:
@@ -72,7 +81,8 @@ def make_splits(cases: list[str], cfg: dict) -> dict:
         raise SplitError("split: the test set is empty")
     if not train:
         raise SplitError("split: the training set is empty")
-    return {"mode": mode, "seed": seed, **{k: sorted(v) for k, v in sets.items()}}
+    extra_field = {"test_extra": extra_cases} if extra_cases else {}
+    return {"mode": mode, "seed": seed, **{k: sorted(v) for k, v in sets.items()}, **extra_field}
 
 
 def write_splits(cases: list[str], cfg: dict, out_json: str | os.PathLike) -> dict:
