@@ -70,7 +70,8 @@ CONTROLS: dict[str, str] = {
     "dense_long": "the dense model fine-tuned, without pruning, as long as the last cycle of a method "
                   "was in total (cycles × the fine-tuning budget, same recipe)",
     "transformer_off": "every MSA and FFN block removed (width 0: the residual stream passes through), "
-                       "fine-tuned with one cycle's budget: what the model does without its transformer",
+                       "fine-tuned as long as dense_long (cycles × the fine-tuning budget, same recipe): "
+                       "what the model does without its transformer",
 }
 
 register(Method("variable", "the paper's variable pruning-rate sequence (rates fall with layer significance)",
