@@ -206,23 +206,13 @@ def probe_set(model: Path, archive: Path, case: str, ct: Path) -> list[Probe]:
     def tilted_folder(degrees: float) -> Callable[[Path], Path]:
         def make(tmp: Path) -> Path:
             edited = probes.archive_with(archive, tmp / "tilted.zip", patient, probes.tilted(degrees))
-            return ct_folder(edited, tmp / "tilted")
+            return probes.ct_folder(edited, tmp / "tilted", patient)
         return make
-
-    def ct_folder(source: Path, folder: Path, of: int = patient, prefix: str = "") -> Path:
-        with zipfile.ZipFile(source) as outer:
-            inner = next(n for n in outer.namelist() if n.endswith(f"3Dircadb1.{of}/PATIENT_DICOM.zip"))
-            with zipfile.ZipFile(io.BytesIO(outer.read(inner))) as zf:
-                folder.mkdir(exist_ok=True)
-                for name in zf.namelist():
-                    if probes.is_slice(name):
-                        (folder / f"{prefix}{Path(name).name}").write_bytes(zf.read(name))
-        return folder
 
     def two_series(tmp: Path) -> Path:
         other = next(p for p in range(1, 100) if p != patient)
-        ct_folder(archive, tmp / "two")
-        return ct_folder(archive, tmp / "two", of=other, prefix="other-")
+        probes.ct_folder(archive, tmp / "two", patient)
+        return probes.ct_folder(archive, tmp / "two", other, prefix="other-")
 
     def made(build: Callable[[Path, Path], Path], name: str) -> Callable[[Path], Path]:
         return lambda tmp: build(ct, tmp / name)

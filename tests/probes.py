@@ -206,6 +206,18 @@ def shifted_origins(members: Members) -> Members:
     return edit_slices(change)(members)
 
 
+def ct_folder(archive: Path, out: Path, patient: int, prefix: str = "") -> Path:
+    """One patient's CT slices from an IRCADb-layout `archive` as a plain folder (names prefixed)."""
+    with zipfile.ZipFile(archive) as outer:
+        inner = next(n for n in outer.namelist() if n.endswith(f"3Dircadb1.{patient}/PATIENT_DICOM.zip"))
+        with zipfile.ZipFile(io.BytesIO(outer.read(inner))) as members:
+            out.mkdir(parents=True, exist_ok=True)
+            for name in members.namelist():
+                if is_slice(name):
+                    (out / f"{prefix}{Path(name).name}").write_bytes(members.read(name))
+    return out
+
+
 def nifti_bytes(path: Path) -> tuple[object, bytes]:
     """The header (nibabel) and the raw voxel bytes of an uncompressed or gzipped NIfTI."""
     import gzip

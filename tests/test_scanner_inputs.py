@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -110,17 +109,7 @@ def test_several_series_are_listed_and_chosen_by_number(tiny_archive, tmp_path):
 
 
 def _ct_folder(archive: Path, out: Path, patient: int = PATIENT) -> Path:
-    """The patient's CT slices from `archive` as a plain folder."""
-    import io
-
-    with zipfile.ZipFile(archive) as outer:
-        inner = next(n for n in outer.namelist() if n.endswith(f"3Dircadb1.{patient}/PATIENT_DICOM.zip"))
-        with zipfile.ZipFile(io.BytesIO(outer.read(inner))) as members:
-            out.mkdir(parents=True)
-            for name in members.namelist():
-                if probes.is_slice(name):
-                    (out / Path(name).name).write_bytes(members.read(name))
-    return out
+    return probes.ct_folder(archive, out, patient)
 
 
 def _ct_folder_gap(folder: Path) -> float:

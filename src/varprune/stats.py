@@ -115,25 +115,14 @@ def _sign_flip_p(per_case: np.ndarray, resamples: int, rng: np.random.Generator)
 
     The pairs are (difference, 0): swapping a pair flips the sign of that case's difference.
     """
-    n = per_case.size
-    if n < 2 or np.all(per_case == 0):
+    if per_case.size < 2 or np.all(per_case == 0):
         return 1.0  # one case: both sign flips give |mean| = observed, so p = 1
-    exact = 2**n <= resamples
-    result = sps.permutation_test(
-        (per_case, np.zeros_like(per_case)),
-        _mean_difference,
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=np.inf if exact else resamples,
-        alternative="two-sided",
-        rng=None if exact else rng,
-    )
-    return float(min(1.0, result.pvalue))
+    return _one_sided_p(per_case, "two-sided", resamples, rng)
 
 
 def _one_sided_p(per_case: np.ndarray, alternative: str, resamples: int, rng: np.random.Generator) -> float:
-    """One-sided sign-flip p-value that the mean per-case difference is above ("greater") or
-    below ("less") zero."""
+    """Sign-flip p-value that the mean per-case difference is above ("greater"), below ("less")
+    or away from ("two-sided") zero: exact over all 2^n flips when they fit in `resamples`."""
     n = per_case.size
     exact = 2**n <= resamples
     result = sps.permutation_test(
