@@ -264,10 +264,12 @@ def seeded(section):
         if "distill" in value and not value["distill"]["weight"]:
             del value["distill"]
         # the output refit acts only where the decoder is pruned: with the transformer scope it
-        # is not a param, so that adding the key reran nothing; nor is the share below which a
-        # decoder group stays whole, where no decoder group is pruned
+        # is not a param, so that adding the key reran nothing; nor is how the outer widths are
+        # chosen (there are none), nor the share below which a decoder group stays whole, where no
+        # decoder group is pruned
         if value.get("scope") == "transformer":
             value.pop("refit_output", None)
+            value.pop("outer_width", None)
         if value.get("scope") in ("transformer", "embedding"):
             value.pop("min_group_share", None)
         seed = replicate_seed(wildcards.run)

@@ -21,6 +21,7 @@ from varprune.pruning.budget import (
     SequenceSettings,
     check_cycle_targets,
     group_shares,
+    outer_sizes,
     reachable_per_cycle,
     spec_macs,
     whole_groups,
@@ -189,6 +190,35 @@ def test_decoder_groups_below_the_mac_share_stay_whole_under_every_method(method
         shrunk[threshold] = [g for g, c in enumerate(counts.outer.head) if c > 0]
     assert whole_groups(spec, SequenceSettings(scope="all", min_group_share=0.045)) == {1, 2}
     assert set(shrunk[0.045]) <= {0} and set(shrunk[0.0]) - {0}  # stages 2 and 3 go only without the floor
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("scope", ["decoder", "embedding", "all"])
+def test_the_outer_widths_are_the_same_for_every_method_unless_each_chooses_its_own(arch, scope):
+    """pruning.outer_width shared (the default): every method gets fixed's decoder and embedding
+    widths at the budget and allocates only MSA and FFN; own: each its own (the confound the
+    shared rule removes: variable's one-member embedding sequence sits at its top level)."""
+    torch.manual_seed(0)
+    spec = tiny(arch)
+    model = build_model(spec).eval()
+    scores = make_criterion("taylor").score(
+        model, spec, [(torch.randn(spec.input_shape(2)), torch.randint(0, 2, (2, 1, *spec.img_size)))])
+    shared = SequenceSettings(scope=scope, min_embed=4, min_group_share=0.0)
+    assert shared.outer_width == "shared"
+    budget = int(min(0.6, 0.8 * reachable_per_cycle(spec, 1, shared)[0]) * spec_macs(spec))
+    outer = {}
+    for width in ("shared", "own"):
+        settings = SequenceSettings(scope=scope, min_embed=4, min_group_share=0.0, outer_width=width)
+        for method in METHODS:
+            counts, sequence = plan_counts(method, spec, scores, budget, settings, seed=1)
+            assert removed_macs(spec, counts) >= budget
+            assert set(sequence.rate) >= {"msa", "ffn"} | set(outer_sizes(spec, settings.outer_blocks))
+            outer[width, method] = (list(counts.outer.head), counts.outer.embed)
+    assert all(outer["shared", m] == outer["shared", "fixed"] for m in METHODS)
+    assert outer["shared", "fixed"] == outer["own", "fixed"]  # fixed is the shared rule itself
+    assert any(outer["own", m] != outer["own", "fixed"] for m in METHODS)
+    with pytest.raises(ValueError, match="pruning.outer_width"):
+        SequenceSettings(scope=scope, outer_width="mine")
 
 
 def default_spec(*presets: str) -> ModelSpec:

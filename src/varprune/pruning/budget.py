@@ -40,10 +40,14 @@ class SequenceSettings:
     min_head_channels: int = 2
     min_embed: int = 8
     min_group_share: float = 0.005
+    outer_width: str = "shared"
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"pruning.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.outer_width not in OUTER_WIDTHS:
+            raise ValueError(f"pruning.outer_width must be one of {', '.join(OUTER_WIDTHS)}, "
+                             f"got {self.outer_width!r}")
 
     @classmethod
     def from_config(cls, cfg: dict) -> SequenceSettings:
@@ -58,6 +62,11 @@ class SequenceSettings:
 # What each pruning.scope prunes beyond MSA and FFN: the decoder's channel groups (SETR's head
 # stages, UNETR's convolutional encoder/decoder groups), the embedding width.
 SCOPES = {"transformer": (), "decoder": ("head",), "embedding": ("embed",), "all": ("head", "embed")}
+
+# How the widths outside the transformer blocks (decoder groups, embedding) are chosen: `shared`,
+# the same for every method (fixed's one rate at the cycle's budget), so that methods differ only
+# in how they allocate MSA and FFN widths, the paper's claim; `own`, each method's own allocation.
+OUTER_WIDTHS = ("shared", "own")
 
 
 @dataclass

@@ -33,7 +33,7 @@ residual stream makes every layer's channels cheaper).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,7 +52,9 @@ from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' 
     outer_of,
     outer_sizes,
     removed_macs,
+    spec_macs,
     whole_groups,
+    widths_after,
 )
 from varprune.pruning.groups import BLOCKS, LayerPlan, OuterPlan, Plans, Scores
 
@@ -331,10 +333,34 @@ def random_counts(spec: ModelSpec, scores: Scores, budget: int, settings: Sequen
 def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
                 settings: SequenceSettings, seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
     """Counts per layer for `method`, by the solver its registration names
-    (varprune.methods); `seed` is the cycle's seed (the random control draws with it)."""
+    (varprune.methods); `seed` is the cycle's seed (the random control draws with it).
+    With `outer_width: shared` and a scope beyond the transformer, the outer widths come from
+    `shared_outer_counts` and the method allocates only the rest of the budget."""
     if method not in PRUNING_METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNING_METHODS)}")
-    return PRUNING_METHODS[method].solve()(spec, scores, budget, settings, seed=seed)
+    solve = PRUNING_METHODS[method].solve()
+    if settings.outer_width == "own" or not settings.outer_blocks:
+        return solve(spec, scores, budget, settings, seed=seed)
+    outer, outer_sequence = shared_outer_counts(spec, scores, budget, settings)
+    narrowed = widths_after(spec, Counts([LayerCounts() for _ in spec.layers], outer))
+    rest = budget - (spec_macs(spec) - spec_macs(narrowed))
+    inner = replace(settings, scope="transformer")
+    counts, sequence = solve(narrowed, scores, rest, inner, seed=seed)
+    merged = Counts(counts, OuterCounts(list(outer.head), outer.embed))
+    for block in outer_sequence.rate:
+        if block not in BLOCKS:
+            for field in ("significance", "weight", "level", "rate"):
+                getattr(sequence, field)[block] = getattr(outer_sequence, field)[block]
+    return merged, sequence
+
+
+def shared_outer_counts(spec: ModelSpec, scores: Scores, budget: int,
+                        settings: SequenceSettings) -> tuple[OuterCounts, Sequence]:
+    """The widths outside the transformer blocks every method gets under `outer_width: shared`:
+    those of the fixed rate that meets the whole budget (one rate over every group, the
+    allocation that uses no significance), and that rate's sequence entries for the report."""
+    counts, sequence = fixed_counts(spec, scores, budget, replace(settings, outer_width="own"))
+    return outer_of(counts), sequence
 
 
 # ---------------------------------------------------------------- counts -> concrete groups

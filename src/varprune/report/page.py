@@ -75,6 +75,22 @@ SCOPE_PHRASES = {  # pruning.scope: what loses channels
 }
 
 
+OUTER_WIDTH_PHRASES = {  # pruning.outer_width, where the scope reaches beyond the transformer
+    "shared": "; the decoder and embedding widths are the same for every method (fixed's one rate at each "
+              "budget, pruning.outer_width shared), so the methods differ only in their MSA and FFN widths",
+    "own": "; every method chooses the decoder and embedding widths too (pruning.outer_width own), so a "
+           "difference between methods mixes their outer widths with their MSA and FFN allocation",
+}
+
+
+def scope_phrase(pruning: dict) -> str:
+    """What the run pruned, and how the widths outside the transformer were chosen."""
+    scope = pruning.get("scope", "transformer")
+    if scope == "transformer":
+        return SCOPE_PHRASES[scope]
+    return SCOPE_PHRASES[scope] + OUTER_WIDTH_PHRASES[pruning.get("outer_width", "shared")]
+
+
 def arch_phrase(model: dict) -> str:
     """The segmenter in a few words, from the `model` config slice."""
     if model.get("arch", "unetr") == "setr":
@@ -131,7 +147,7 @@ def render_html(table: pd.DataFrame, figures: dict[str, Path], prov: dict, confi
         "report.html.j2",
         run=run,
         arch=arch_phrase(config.get("model", {})),
-        scope=SCOPE_PHRASES[config.get("pruning", {}).get("scope", "transformer")],
+        scope=scope_phrase(config.get("pruning", {})),
         findings=findings(table, comparison, room),
         verdicts=verdicts_html,
         comparison=table_html,
