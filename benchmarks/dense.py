@@ -4,8 +4,9 @@ Run from the repository root: python benchmarks/dense.py [--run default] [--no-r
 It first runs the pipeline up to the dense model's outputs (`snakemake --cores all`, which does
 nothing when they are up to date), then reads what the pipeline wrote:
 results/{run}/dense/{metrics.csv,cost.json,train_log.csv} and the train rule's benchmark file,
-and prints one table. The goals of the dense-model issue: test Dice >= 0.90, training <= 6 min
-on a 2-core CPU. The transformer layers' shares of MACs and parameters are measured on the model.
+times the dense model (varprune.latency) and prints one table. The goals of the dense-model issue:
+test Dice >= 0.90, training <= 6 min on a 2-core CPU. The transformer layers' shares of MACs and
+parameters are measured on the model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from varprune.cost import macs_full
+from varprune.latency import time_models
 from varprune.model import count_parameters, load_model, transformer_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +60,7 @@ def main() -> None:
     with open(bench) as fh:
         train_s = float(next(csv.DictReader(fh, delimiter="\t"))["s"])
     mac_share, param_share = block_shares(dense / "model.pt")
+    timing = time_models({"dense": dense / "model.pt"}, threads=1, runtimes=("eager",)).iloc[0]
     dice = [float(r["dice"]) for r in metrics]
     mean_dice = sum(dice) / len(dice)
 
@@ -76,9 +79,9 @@ def main() -> None:
         ("MACs thop", f"{cost['macs_thop'] / 1e9:.3f} G"),
         ("MACs full", f"{cost['macs_full'] / 1e9:.3f} G"),
         ("layers' share MACs / params", f"{mac_share:.1%} / {param_share:.1%}"),
-        ("latency batch 1", f"{cost['latency_ms_median']:.1f} ms (IQR {cost['latency_ms_iqr']:.1f}, "
-                            f"{cost['threads']} thread(s), {cost['latency_runs']} runs)"),
-        ("encoder latency", f"{cost['latency_encoder_ms_median']:.1f} ms"),
+        ("latency batch 1", f"{timing.latency_ms:.1f} ms (spread {timing.latency_spread_ms:.1f} over "
+                            f"{timing.rounds} rounds of {timing.runs} runs, {timing.threads} thread)"),
+        ("encoder latency", f"{timing.latency_encoder_ms:.1f} ms"),
         ("input", "x".join(str(v) for v in cost["input_shape"])),
     ]
     width = max(len(k) for k, _ in rows)

@@ -27,6 +27,7 @@ from varprune.codeversion import code_fingerprint
 from varprune.layout import (
     ONESHOT_TABLE,
     guarded_report_files,
+    latency_models,
     INT8,
     INT8_KEY,
     int8_models,
@@ -174,28 +175,66 @@ def nifti_cases():
 NIFTI_CASES = nifti_cases() if config["data"]["source"] == "nifti" else {}
 CASES = list(NIFTI_CASES) or [f"ircad{p:02d}" for p in patients()]
 
-# The split is checked now, so that an impossible one stops the run before any job.
+# Replicates (varprune.replicates): seeds and, with replicates.folds, the folds of a k-fold split,
+# each a folder results/{run}/{replicate}/ with its own split, checked now so that an impossible
+# one stops the run before any job.
 from varprune.data.splits import (
     SplitError,
     make_splits,
 )  # numpy only: parse stays light
+from varprune.replicates import RUN_PATTERN, replicate_of, replicates_of
 
 try:
-    SPLITS = make_splits(CASES, config["split"])
+    REPLICATES = replicates_of(config["replicates"], config["split"])
+except ValueError as err:
+    config_error("replicates.folds", err)
+FOLDS = sorted({r.fold for r in REPLICATES if r.fold is not None})
+
+
+def split_config(fold):
+    """The split slice of one fold (None: the configured split)."""
+    return config["split"] if fold is None else {**config["split"], "fold": fold}
+
+
+try:
+    SPLITS = {
+        fold: make_splits(CASES, split_config(fold)) for fold in (FOLDS or [None])
+    }
 except SplitError as err:
     config_error("split", str(err))
+for fold, split in SPLITS.items():
+    if not split["test"]:
+        where = "" if fold is None else f" of fold {fold}"
+        config_error(
+            "split", f"the test split{where} is empty: every model is evaluated on it"
+        )
 
-# The rules that read only some splits name only those cases as inputs.
-TRAIN_CASES, VAL_CASES, TEST_CASES = SPLITS["train"], SPLITS["val"], SPLITS["test"]
-if not TEST_CASES:
-    config_error("split", "the test split is empty: every model is evaluated on it")
+
+def split_of(run):
+    """The split (train/val/test case lists) of a replicate's `run` wildcard value."""
+    return SPLITS[replicate_of(run).fold]
+
+
+def split_file(wildcards):
+    """Input function: the split file of the replicate (provenance of the models trained by it)."""
+    return replicate_of(wildcards.run).splits
+
+
+def cases(subset, pattern="data/preprocessed/{case}.npz"):
+    """Input function: `pattern` for every case of the replicate's `subset` (train, val, test);
+    the rules that read only some splits name only those cases as inputs."""
+
+    def files(wildcards):
+        return expand(pattern, case=split_of(wildcards.run)[subset])
+
+    return files
 
 
 wildcard_constraints:
     method=method_pattern(),
     k=r"[1-9]\d*",
     case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    run=r"[A-Za-z0-9_.-]+(/seed\d+)?",
+    run=RUN_PATTERN,
     model="|".join(
         [
             "dense",
@@ -238,20 +277,9 @@ def cfg(dotted):
     return canonical(node)
 
 
-# Replicates: one per seed of `replicates.seeds`, each at results/{run}/seed{s}/ (the seed sets
-# train.seed, finetune.seed and pruning.seed); none given: one replicate at results/{run}/.
-SEEDS = config["replicates"]["seeds"] or []
-
-
 def replicate_runs(run):
     """The result folders (as `run` wildcard values) of every replicate of `run`."""
-    return [f"{run}/seed{s}" for s in SEEDS] if SEEDS else [run]
-
-
-def replicate_seed(run):
-    """The seed of a replicate folder, or None for the single replicate of a run."""
-    match = re.fullmatch(r".+/seed(\d+)", run)
-    return int(match.group(1)) if match else None
+    return [replicate.run(run) for replicate in REPLICATES]
 
 
 def seeded(section):
@@ -272,7 +300,7 @@ def seeded(section):
             value.pop("outer_width", None)
         if value.get("scope") in ("transformer", "embedding"):
             value.pop("min_group_share", None)
-        seed = replicate_seed(wildcards.run)
+        seed = replicate_of(wildcards.run).seed
         return value if seed is None else canonical({**value, "seed": seed})
 
     return params
@@ -478,12 +506,26 @@ def oneshot_pruning(wildcards):
 # GPUs the profile offers a job: Snakemake's global resource `gpu` (`resources: [gpu=4]` in a
 # profile, or `--resources gpu=4`). Jobs whose device is auto ask for one only where it is set.
 OFFERED_GPUS = int(getattr(workflow.global_resources.get("gpu"), "value", None) or 0)
-COHORT = cohort(config, len(TRAIN_CASES), len(VAL_CASES), len(TEST_CASES))
+COHORT = cohort(
+    config,
+    *(
+        max(len(split[subset]) for split in SPLITS.values())
+        for subset in ("train", "val", "test")
+    ),
+)
+
+
+LATENCY_MODELS = latency_models(METHODS, len(TARGETS), GUARDED)
+
+
+def latency_inputs(wildcards):
+    """Input function of `latency`: the checkpoint of every model the run's latency job times."""
+    return [f"results/{wildcards.run}/{folder}/model.pt" for folder in LATENCY_MODELS]
 
 
 def timing_threads():
-    """Threads reserved for the cost job. With cost.alone, every core of a local run (its torch
-    still uses cost.threads), so that latency is timed with no other job running; on a cluster
+    """Threads reserved for the jobs that time latency. With cost.alone, every core of a local run
+    (their torch still uses cost.threads), so that latency is timed with no other job running; on a cluster
     each job has its own allocation and asks for cost.threads."""
     threads = config["cost"]["threads"]
     # A cluster job parses the workflow again in remote mode: it must ask what the submitting
@@ -507,7 +549,9 @@ def report_inputs(wildcards):
     """Every file the report reads (varprune.layout.report_files names them, and the report
     reads them by those names), and the first `report.cases` test cases' CT and liver mask.
     """
-    shown = TEST_CASES[: config["report"]["cases"]]
+    shown = split_of(replicate_runs(wildcards.run)[0])["test"][
+        : config["report"]["cases"]
+    ]
     return {
         **report_files(
             [f"results/{run}" for run in replicate_runs(wildcards.run)],
@@ -548,7 +592,7 @@ def int8_inputs(run):
 
 def final_outputs():
     """What `rule all` builds (every model of every replicate, and the run's report)."""
-    outputs = ["data/splits.json"]
+    outputs = sorted({replicate.splits for replicate in REPLICATES})
     if GUARDED:
         for run in replicate_runs(config["run"]):
             outputs += [

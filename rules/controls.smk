@@ -4,9 +4,9 @@
 rule dense_long:
     input:
         model="results/{run}/dense/model.pt",
-        splits="data/splits.json",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        splits=split_file,
+        train=cases("train"),
+        val=cases("val"),
     output:
         model="results/{run}/dense_long/model.pt",
         log="results/{run}/dense_long/train_log.csv",
@@ -32,9 +32,9 @@ rule dense_long:
 rule transformer_off:
     input:
         model="results/{run}/dense/model.pt",
-        splits="data/splits.json",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        splits=split_file,
+        train=cases("train"),
+        val=cases("val"),
     output:
         model="results/{run}/transformer_off/model.pt",
         log="results/{run}/transformer_off/train_log.csv",
@@ -60,9 +60,9 @@ rule transformer_off:
 rule oneshot:
     input:
         model="results/{run}/dense/model.pt",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
-        test=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
+        train=cases("train"),
+        val=cases("val"),
+        test=cases("test"),
     output:
         "results/{run}/oneshot.csv",
     log:

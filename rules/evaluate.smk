@@ -1,11 +1,12 @@
-"""Evaluation of every model (dense and each pruning cycle): test metrics and cost."""
+"""Evaluation of every model (dense and each pruning cycle): test metrics, size and MACs, and the
+run's latency job."""
 
 
 rule evaluate:
     input:
         model="results/{run}/{model}/model.pt",
-        data=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
-        truth=expand("data/nifti/{case}/liver.nii.gz", case=TEST_CASES),
+        data=cases("test"),
+        truth=cases("test", "data/nifti/{case}/liver.nii.gz"),
     output:
         metrics="results/{run}/{model}/metrics.csv",
         pred=directory("results/{run}/{model}/pred"),
@@ -36,13 +37,34 @@ rule cost:
         "logs/{run}/{model}/cost.benchmark.tsv"
     conda:
         "../envs/varprune.yaml"
-    # Latency is timed with cost.threads; with cost.alone the job reserves every core of a
-    # local run, so that no other job runs while it times (README: What the pipeline does, cost).
-    threads: timing_threads()
     resources:
         **job_resources("cost"),
     params:
-        cost=cfg("cost"),
         code=code_version("cost.py"),
     script:
         "../scripts/cost.py"
+
+
+# Every model of a run (replicate) timed side by side in one job, eager and onnxruntime
+# (varprune.latency): timed in jobs of their own, latencies moved 10-25 % between jobs. With
+# cost.alone the job reserves every core of a local run, so that no other job runs meanwhile.
+rule latency:
+    input:
+        models=latency_inputs,
+    output:
+        "results/{run}/latency.csv",
+    log:
+        "logs/{run}/latency.log",
+    benchmark:
+        "logs/{run}/latency.benchmark.tsv"
+    conda:
+        "../envs/varprune.yaml"
+    threads: timing_threads()
+    resources:
+        **job_resources("latency"),
+    params:
+        models=LATENCY_MODELS,
+        cost=cfg("cost"),
+        code=code_version("latency.py"),
+    script:
+        "../scripts/latency.py"

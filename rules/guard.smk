@@ -8,9 +8,9 @@ rule reference_round:
     input:
         model=reference_parent,
         teacher=distill_teacher,
-        splits="data/splits.json",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        splits=split_file,
+        train=cases("train"),
+        val=cases("val"),
     output:
         model="results/{run}/dense_long/round{k}/model.pt",
         log="results/{run}/dense_long/round{k}/train_log.csv",

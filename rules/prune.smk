@@ -5,9 +5,9 @@ rule prune_cycle:
     input:
         model=previous_model,
         teacher=distill_teacher,
-        splits="data/splits.json",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        splits=split_file,
+        train=cases("train"),
+        val=cases("val"),
     output:
         model="results/{run}/{method}/cycle{k}/model.pt",
         sequence="results/{run}/{method}/cycle{k}/sequence.csv",

@@ -9,10 +9,10 @@ rule int8:
     input:
         checkpoints=int8_sources("model.pt"),
         exports=int8_sources("model.onnx"),
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
-        test=expand("data/preprocessed/{case}.npz", case=TEST_CASES),
-        truth=expand("data/nifti/{case}/liver.nii.gz", case=TEST_CASES),
+        train=cases("train"),
+        val=cases("val"),
+        test=cases("test"),
+        truth=cases("test", "data/nifti/{case}/liver.nii.gz"),
     output:
         directory("results/{run}/int8"),
     log:

@@ -8,6 +8,7 @@ rule report:
         summary="results/{run}/report/summary.csv",
         html="results/{run}/report/report.html",
         comparison="results/{run}/report/comparison.csv",
+        provenance="results/{run}/report/provenance.json",
         oneshot=report(
             "results/{run}/report/figures/oneshot.png",
             caption="../report/oneshot.rst",

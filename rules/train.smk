@@ -3,9 +3,9 @@
 
 rule train:
     input:
-        splits="data/splits.json",
-        train=expand("data/preprocessed/{case}.npz", case=TRAIN_CASES),
-        val=expand("data/preprocessed/{case}.npz", case=VAL_CASES),
+        splits=split_file,
+        train=cases("train"),
+        val=cases("val"),
     output:
         model="results/{run}/dense/model.pt",
         log="results/{run}/dense/train_log.csv",

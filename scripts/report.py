@@ -14,5 +14,6 @@ with to_log_file(snakemake.log[0]):
         out_html=snakemake.output.html,
         out_figures={name: getattr(snakemake.output, name) for name in FIGURES},
         out_comparison=snakemake.output.comparison,
+        out_provenance=snakemake.output.provenance,
         repo=Path(snakemake.scriptdir).parent,
     )

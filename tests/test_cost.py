@@ -41,18 +41,14 @@ def test_thop_misses_exactly_the_attention_matmuls_of_a_layer():
     assert linear_only <= macs_thop(block, x) < linear_only + attention
 
 
-def test_cost_record_of_a_pruned_model_is_smaller_and_complete():
+def test_cost_record_of_a_pruned_model_is_smaller_complete_and_deterministic():
     dense, pruned = tiny_spec(), pruned_spec()
-    records = [measure_cost(build_model(s), s, threads=1, runs=20, warmup=2) for s in (dense, pruned)]
+    records = [measure_cost(build_model(s), s) for s in (dense, pruned)]
     for record, spec in zip(records, (dense, pruned), strict=True):
         assert record["input_shape"] == [1, 1, 32, 32]
         assert record["params"] == count_parameters(build_model(spec))
         assert record["macs_full"] >= record["macs_full_encoder"] > 0
-        assert record["latency_ms_median"] > 0 and record["latency_ms_iqr"] >= 0
-        assert record["latency_runs"] == 20
-        parts = record["latency_parts_ms"]
-        assert parts["embedding"] == record["latency_embedding_ms_median"] > 0
-        assert sum(parts.values()) == pytest.approx(record["latency_ms_median"], abs=2e-3)
+        assert not any(key.startswith("latency") for key in record)  # timed side by side, elsewhere
         assert 0 < record["params_transformer"] < record["params_encoder"] < record["params"]
     assert records[1]["params"] < records[0]["params"]
     assert records[1]["macs_full"] < records[0]["macs_full"]
@@ -84,10 +80,40 @@ def test_a_latency_difference_counts_only_beyond_the_timing_spread():
     from varprune.compare import beyond_spread
 
     median = pd.Series([50.0, 45.0, 30.0, 20.0])
-    iqr = pd.Series([4.0, 4.0, 4.0, float("nan")])
-    # Reference 50 with IQR 4: 45 (gap 5) and 30 lie beyond the half-IQRs (4 together), a
-    # missing spread decides nothing, and 47 (gap 3) is inside.
-    assert beyond_spread(median, iqr, 50.0, 4.0).tolist() == [False, True, True, False]
+    spread = pd.Series([4.0, 4.0, 4.0, float("nan")])
+    # Reference 50 with spread 4: 45 (gap 5) and 30 lie beyond both spreads, a missing spread
+    # decides nothing, and 47 (gap 3) is inside.
+    assert beyond_spread(median, spread, 50.0, 4.0).tolist() == [False, True, True, False]
     assert beyond_spread(pd.Series([47.0]), pd.Series([4.0]), 50.0, 4.0).tolist() == [False]
-    # Two jobs timing the same network 6 ms apart: a 5 ms gap is no longer resolved.
-    assert beyond_spread(median, iqr, 50.0, 4.0, floor=6.0).tolist() == [False, False, True, False]
+    # the larger of the two spreads decides: 45 against a reference that moved by 6
+    assert beyond_spread(pd.Series([45.0]), pd.Series([1.0]), 50.0, 6.0).tolist() == [False]
+    # dense and dense_long, the same network, 6 ms apart: a 5 ms gap is no longer resolved.
+    assert beyond_spread(median, spread, 50.0, 4.0, floor=6.0).tolist() == [False, False, True, False]
+
+
+def test_the_latency_job_times_every_model_side_by_side_with_a_spread(tmp_path):
+    """Every model, eager and onnxruntime, one row each: medians, the spread over rounds, and the
+    parts (embedding + transformer + decoder = whole)."""
+    from varprune.latency import COLUMNS, time_models, write_latency
+    from varprune.model import save_checkpoint
+
+    paths = {}
+    for name, spec in (("dense", tiny_spec()), ("variable/cycle1", pruned_spec())):
+        torch.manual_seed(0)
+        paths[name] = tmp_path / name.replace("/", "_") / "model.pt"
+        paths[name].parent.mkdir()
+        save_checkpoint(paths[name], build_model(spec), spec, {})
+    table = write_latency(paths, tmp_path / "latency.csv",
+                          {"threads": 1, "rounds": 2, "runs": 20, "warmup": 1, "runtimes": ["eager", "onnx"]})
+    assert list(table.columns) == COLUMNS and table.model.tolist() == ["dense", "variable/cycle1"]
+    assert (table[["latency_ms", "latency_onnx_ms", "latency_encoder_ms"]] > 0).all().all()
+    assert (table[["latency_spread_ms", "latency_onnx_spread_ms"]] >= 0).all().all()
+    parts = table.latency_embedding_ms + table.latency_transformer_ms + table.latency_decoder_ms
+    assert parts.to_numpy() == pytest.approx(table.latency_ms.to_numpy(), abs=2e-3)
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "latency.csv").model.tolist() == ["dense", "variable/cycle1"]
+    eager = time_models({"dense": paths["dense"]}, rounds=2, runs=20, warmup=1, runtimes=("eager",))
+    assert eager.latency_onnx_ms.isna().all() and eager.latency_ms.notna().all()
+    with pytest.raises(ValueError, match="cost.rounds"):
+        time_models(paths, rounds=1)

@@ -32,8 +32,7 @@ def _write_run(folder: Path, method: str, knee: float, seed: int) -> tuple[int, 
         "reference": chosen.reference, "cycles_tried": len(chain),
         "stopped_because": chain[-1].stopped_because}))
     macs = round(1e9 * (1 - chosen.target))
-    cost = {"macs_full": macs, "macs_transformer": macs // 2, "params": 1000 - seed,
-            "latency_ms_median": 10.0}
+    cost = {"macs_full": macs, "macs_transformer": macs // 2, "params": 1000 - seed}
     (selected / "cost.json").write_text(json.dumps(cost))
     pd.DataFrame({"case": ["a", "b"], "dice": [0.9, 0.92]}).to_csv(selected / "metrics.csv", index=False)
     reference = folder / "dense_long" / f"round{chosen.depth}"
@@ -49,7 +48,10 @@ def test_the_guarded_report_lists_every_seed_and_the_spread(tmp_path):
     for index, folder in enumerate(folders):
         (folder / "dense").mkdir(parents=True)
         (folder / "dense" / "cost.json").write_text(json.dumps(
-            {"macs_full": 10**9, "macs_transformer": 10**9 // 2, "params": 2000, "latency_ms_median": 20.0}))
+            {"macs_full": 10**9, "macs_transformer": 10**9 // 2, "params": 2000}))
+        pd.DataFrame({"model": ["dense", "variable/selected", "fixed/selected"],
+                      "latency_ms": [20.0, 10.0, 12.0], "latency_spread_ms": [0.5, 0.4, 0.3]}).to_csv(
+            folder / "latency.csv", index=False)
         pd.DataFrame({"case": ["a", "b"], "dice": [0.9, 0.9]}).to_csv(folder / "dense" / "metrics.csv",
                                                                       index=False)
         for method, knee in zip(methods, (0.62 + 0.05 * index, 0.5), strict=True):
@@ -66,6 +68,8 @@ def test_the_guarded_report_lists_every_seed_and_the_spread(tmp_path):
     variable = table[table.method == "variable"]
     assert sorted(variable.target.round(4)) == [0.6125, 0.6625]  # each seed's own knee, to min_step
     assert table.macs_removed.to_numpy() == pytest.approx(table.target.to_numpy())
+    reductions = table.groupby("method").latency_reduction.mean().to_dict()
+    assert reductions == pytest.approx({"variable": 0.5, "fixed": 0.4})
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "seeds: 61.3 %, 66.2 %" in html  # the per-seed selections, not just their mean
     assert (out / "guarded.png").stat().st_size > 10_000

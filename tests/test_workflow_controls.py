@@ -108,7 +108,7 @@ def test_a_study_with_three_seeds_expands_to_every_replicate_job(done_run, tmp_p
     models = 3 + len(METHODS) * len(TARGETS)  # dense, dense_long, transformer_off and every cycle
     expected = {"train": 3, "dense_long": 3, "transformer_off": 3, "oneshot": 3,
                 "prune_cycle": 3 * len(METHODS) * len(TARGETS), "evaluate": 3 * models, "cost": 3 * models,
-                "export": len(METHODS), "report": 1}
+                "latency": 3, "export": len(METHODS), "report": 1}
     assert expected == model_jobs(config)  # the helper's count agrees with this one written out
     assert scheduled(done_run, config=config) == expected
 

@@ -58,7 +58,8 @@ def test_tiny_run_trains_evaluates_and_costs_the_dense_model(done_run):
     cost = json.loads((dense / "cost.json").read_text())
     assert cost["params"] == sum(p.numel() for p in model.parameters())
     assert cost["input_shape"] == [1, 1, 32, 32]
-    assert cost["macs_full"] > 0 and cost["macs_thop"] > 0 and cost["latency_ms_median"] > 0
+    assert cost["macs_full"] > 0 and cost["macs_thop"] > 0
+    assert not any(key.startswith("latency") for key in cost)  # the run's latency job times it
 
 
 def test_editing_training_reruns_training_evaluation_and_cost(done_run, tmp_path):

@@ -45,14 +45,15 @@ def test_appending_a_target_adds_one_cycle_per_method(done_run, tmp_path):
     n = len(METHODS)
     assert scheduled(done_run, config=config) == {
         "prune_cycle": n, "dense_long": 1, "transformer_off": 1, "evaluate": n + 2, "cost": n + 2,
-        "export": model_jobs()["export"], "report": 1}
+        "latency": 1, "export": model_jobs()["export"], "report": 1}
 
 
 def test_editing_the_second_target_reruns_the_second_cycles(done_run, tmp_path):
     config = edited_config(tmp_path, **{"pruning.cycle_targets": [0.04, 0.08]})
     n = len(METHODS)
     assert scheduled(done_run, config=config) == {
-        "prune_cycle": n, "evaluate": n, "cost": n, "export": model_jobs()["export"], "report": 1}
+        "prune_cycle": n, "evaluate": n, "cost": n, "latency": 1, "export": model_jobs()["export"],
+        "report": 1}
 
 
 def test_changing_the_finetuning_budget_reruns_cycles_not_data_or_dense(done_run, tmp_path):

@@ -137,14 +137,15 @@ def merged_config(config: Path | None = TINY_CONFIG) -> dict:
 def model_jobs(config: Path | None = TINY_CONFIG) -> dict:
     """The jobs from dense training on that a whole run of `config` has, counted from the config:
     per replicate the dense model, its controls and every (method, cycle) are trained, evaluated
-    and costed; each method's last cycle is exported once per format; one report."""
+    and costed; one latency job per replicate times them all; each method's last cycle is
+    exported once per format; one report."""
     cfg = merged_config(config)
     methods, cycles = len(cfg["pruning"]["methods"]), len(cfg["pruning"]["cycle_targets"])
     seeds = len(cfg["replicates"]["seeds"] or [None])
     models = 3 + methods * cycles
     return {"train": seeds, "dense_long": seeds, "transformer_off": seeds, "oneshot": seeds,
             "prune_cycle": seeds * methods * cycles, "evaluate": seeds * models, "cost": seeds * models,
-            "export": methods * len(cfg["export"]["formats"]), "report": 1}
+            "latency": seeds, "export": methods * len(cfg["export"]["formats"]), "report": 1}
 
 
 def budget_met(reduction: float, target: float, dense_macs: float) -> bool:

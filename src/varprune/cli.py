@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from varprune import __version__
 
@@ -124,6 +125,14 @@ def _inspect(args: argparse.Namespace) -> None:
     print(describe(args.model, with_macs=not args.no_macs))
 
 
+def _results_page(args: argparse.Namespace) -> None:
+    from varprune.report.results_page import write_results_page
+
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    write_results_page(args.report, args.output, title=args.title, notes=notes)
+    print(f"wrote {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varprune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"varprune {__version__}")
@@ -203,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("results-page", help="a dated Markdown page of a run's results (docs/results/)")
+    p.add_argument("report", help="a run's report folder, e.g. results/default/report")
+    p.add_argument("-o", "--output", required=True, help="the Markdown file to write")
+    p.add_argument("--title", help="the page's title (default: Results of run RUN)")
+    p.add_argument("--notes", help="a Markdown file whose text goes under the stamp (how the run was made)")
+    p.set_defaults(func=_results_page)
     return parser
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from varprune.layout import Model, RunFiles, run_models
 from varprune.methods import PRUNING_METHODS
 from varprune.methods import comparison_pairs as method_pairs
+from varprune.replicates import pairing_label
 from varprune.stats import PairedComparison, comparison_rows, paired_comparison
 
 METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
@@ -26,6 +27,10 @@ COMPARED_METRICS = ["dice", "hd95_mm"]
 # Below this headroom (dense_long − transformer_off, in Dice) no ranking of transformer pruning
 # methods means anything on this data.
 HEADROOM_WARNING = 0.02
+# The latency job's columns (varprune.latency) that summary.csv carries, per model.
+LATENCY_COLUMNS = ["latency_ms", "latency_spread_ms", "latency_encoder_ms", "latency_embedding_ms",
+                   "latency_transformer_ms", "latency_decoder_ms", "latency_onnx_ms",
+                   "latency_onnx_spread_ms"]
 
 
 def _mean(records: list[dict], key: str) -> float:
@@ -33,16 +38,15 @@ def _mean(records: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def beyond_spread(median: pd.Series, iqr: pd.Series, reference: float, reference_iqr: float,
+def beyond_spread(median: pd.Series, spread: pd.Series, reference: float, reference_spread: float,
                   floor: float = 0.0) -> pd.Series:
-    """Whether a latency differs from the reference's by more than the timings' spread: their
-    inter-quartile ranges around the medians do not overlap, and the gap exceeds `floor`, the
-    difference measured between two jobs timing the same network (dense and dense_long: the
-    IQR of one job does not see how much a job's timing moves from one process to the next,
-    measured at up to 25 % on a 2-core machine). A difference inside the spread is noise of the
-    timing, not a speed-up; so is every difference when the spread is unknown."""
+    """Whether a latency differs from the reference's by more than the timings' spread: the gap
+    exceeds both latencies' spreads (the range of their medians over the latency job's
+    interleaved rounds) and `floor`, the difference between dense and dense_long, the same
+    network timed twice. A difference inside the spread is noise of the timing, not a speed-up;
+    so is every difference when the spread is unknown."""
     gap = (median - reference).abs()
-    return ((gap > (iqr + reference_iqr) / 2) & (gap > floor)).fillna(False)
+    return ((gap > np.maximum(spread, reference_spread)) & (gap > floor)).fillna(False)
 
 
 def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
@@ -51,6 +55,7 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
     dense_long, and validation Dice before and after fine-tuning."""
     rows = []
     replicates = range(files.replicates)
+    timings = [pd.read_csv(files.latency_table(r)).set_index("model") for r in replicates]
     for model in run_models(methods, len(targets)):
         method, cycle = model.method, model.cycle
         costs = [json.loads(files.path(r, model, "cost").read_text()) for r in replicates]
@@ -62,12 +67,8 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
                "replicates": files.replicates}
         for key in ("params", "macs_thop", "macs_full", "macs_transformer"):
             row[key] = int(round(_mean(costs, key)))  # equal over replicates but for rounding of widths
-        row["latency_ms"] = _mean(costs, "latency_ms_median")
-        row["latency_ms_iqr"] = _mean(costs, "latency_ms_iqr")
-        row["latency_encoder_ms"] = _mean(costs, "latency_encoder_ms_median")
-        for part in ("embedding", "transformer", "decoder"):
-            row[f"latency_{part}_ms"] = float(np.mean([c["latency_parts_ms"][part] for c in costs])) \
-                if all("latency_parts_ms" in c for c in costs) else math.nan
+        for column in LATENCY_COLUMNS:  # mean over replicates of each replicate's side-by-side timing
+            row[column] = float(np.mean([timing.loc[model.folder, column] for timing in timings]))
         row["val_dice_before_finetune"] = _mean(oneshots, "val_dice_before")
         row["val_dice_after_finetune"] = _mean(oneshots, "val_dice_after")
         for metric in METRICS:
@@ -76,21 +77,27 @@ def summary_table(files: RunFiles, methods: list[str], targets: list[float]) -> 
         rows.append(row)
     table = pd.DataFrame(rows)
     dense = table[table.method == "dense"].iloc[0]
-    for key in ("params", "macs_thop", "macs_full", "macs_transformer", "latency_ms", "latency_encoder_ms"):
+    for key in ("params", "macs_thop", "macs_full", "macs_transformer", "latency_ms", "latency_encoder_ms",
+                "latency_onnx_ms"):
         table[f"{key}_reduction"] = 1 - table[key] / dense[key]
     long = table[table.method == "dense_long"].iloc[0]
     # dense and dense_long are the same network: their latencies differ by timing noise only.
     noise = abs(long["latency_ms"] - dense["latency_ms"])
     table["latency_noise_ms"] = noise
-    table["latency_beyond_spread"] = beyond_spread(table.latency_ms, table.latency_ms_iqr,
-                                                   dense["latency_ms"], dense["latency_ms_iqr"], noise)
+    table["latency_beyond_spread"] = beyond_spread(table.latency_ms, table.latency_spread_ms,
+                                                   dense["latency_ms"], dense["latency_spread_ms"], noise)
+    onnx_noise = abs(long["latency_onnx_ms"] - dense["latency_onnx_ms"])
+    table["latency_onnx_beyond_spread"] = beyond_spread(
+        table.latency_onnx_ms, table.latency_onnx_spread_ms, dense["latency_onnx_ms"],
+        dense["latency_onnx_spread_ms"], onnx_noise)
     table["dice_vs_dense_long"] = table["dice_mean"] - long["dice_mean"]
     order = ["method", "cycle", "target", "replicates", "params", "params_reduction", "macs_thop",
              "macs_thop_reduction", "macs_full", "macs_full_reduction", "macs_transformer",
-             "macs_transformer_reduction", "latency_ms", "latency_ms_iqr", "latency_ms_reduction",
+             "macs_transformer_reduction", "latency_ms", "latency_spread_ms", "latency_ms_reduction",
              "latency_noise_ms", "latency_beyond_spread", "latency_encoder_ms",
              "latency_encoder_ms_reduction", "latency_embedding_ms", "latency_transformer_ms",
-             "latency_decoder_ms"]
+             "latency_decoder_ms", "latency_onnx_ms", "latency_onnx_spread_ms", "latency_onnx_ms_reduction",
+             "latency_onnx_beyond_spread"]
     order += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     order += ["dice_vs_dense_long", "val_dice_before_finetune", "val_dice_after_finetune"]
     return table[order]
@@ -138,14 +145,17 @@ def int8_table(files: RunFiles, table: pd.DataFrame) -> pd.DataFrame:
 
 def metrics_long(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
     """Per-case metrics of every model of every replicate in long form (method, budget,
-    replicate, case, metrics); the references carry no budget (compared at every budget)."""
+    replicate, case, metrics); the references carry no budget (compared at every budget).
+    `replicate` is the pairing label of the replicate's folder (varprune.replicates): its seed, so
+    that with folds a patient tested in one fold pairs its seeds, and the folds add patients."""
     frames = []
     for index in range(files.replicates):
+        label = pairing_label(files.run_folder(index))
         for model in run_models(methods, len(targets)):
             frame = pd.read_csv(files.path(index, model, "metrics"))
             frame["method"] = model.method
             frame["budget"] = targets[model.cycle - 1] if model.cycle else math.nan
-            frame["replicate"] = index
+            frame["replicate"] = label
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

@@ -1,4 +1,4 @@
-"""What a model costs: parameters, MACs by two counters, and CPU latency.
+"""What a model costs: parameters and MACs by two counters, and how latency is timed.
 
 Which counter counts what:
 - `params`: every parameter tensor of the model, exactly (`count_parameters`). thop's own
@@ -10,11 +10,9 @@ Which counter counts what:
   convolution at the ATen level, attention included; it reports FLOPs (2 per MAC) and we
   divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
   it counts `scaled_dot_product_attention` as 0 (MONAI's SABlock does not use that path by default).
-- Latency: batch 1 on the CPU, fixed threads, warm-up, then the median and inter-quartile
-  range of at least 20 timed runs; the encoder and the patch embedding alone are timed too
-  (`latency_parts_ms`: embedding, transformer, decoder), because the embedding and the
-  decoder's (UNETR) or head's (SETR) convolutions are not pruned and set a floor under the
-  whole model's latency.
+- Latency: the timing functions (`time_ms`, `time_interleaved`, `latency_parts`). A run's
+  latency job (varprune.latency) times every model of the run side by side with them; `cost.json`
+  keeps only what is deterministic.
 """
 
 from __future__ import annotations
@@ -86,48 +84,27 @@ def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, f
             "decoder": round(whole - encoder, 3)}
 
 
-def measure_cost(model: nn.Module, spec: ModelSpec, threads: int = 1, runs: int = 20,
-                 warmup: int = 5) -> dict:
-    """The `cost.json` record of a model."""
-    if runs < 20:
-        raise ValueError(f"latency needs at least 20 timed runs, got {runs}")
+def measure_cost(model: nn.Module, spec: ModelSpec) -> dict:
+    """The `cost.json` record of a model: what is deterministic (parameters, MACs). Latency
+    depends on what else the machine does; the run's latency job times every model side by
+    side (varprune.latency)."""
     model = model.eval().cpu()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
-        latency, iqr = time_ms(lambda: model(x), warmup, runs)
-        enc_latency, enc_iqr = time_ms(lambda: model.vit(x), warmup, runs)
-        emb_latency, emb_iqr = time_ms(lambda: model.vit.patch_embedding(x), warmup, runs)
-        return {
-            "params": count_parameters(model),
-            "params_encoder": count_parameters(model.vit),
-            "macs_thop": macs_thop(model, x),
-            "macs_full": macs_full(model, x),
-            "macs_full_encoder": macs_full(model.vit, x),
-            # The MSA and FFN matmuls (closed form, equal to the counter): what pruning can remove.
-            "macs_transformer": transformer_macs(spec),
-            "params_transformer": transformer_parameters(model),
-            "input_shape": list(x.shape),
-            "latency_ms_median": round(latency, 3),
-            "latency_ms_iqr": round(iqr, 3),
-            "latency_encoder_ms_median": round(enc_latency, 3),
-            "latency_encoder_ms_iqr": round(enc_iqr, 3),
-            "latency_embedding_ms_median": round(emb_latency, 3),
-            "latency_embedding_ms_iqr": round(emb_iqr, 3),
-            # Per part, from the medians: the floor that transformer pruning cannot lower.
-            "latency_parts_ms": latency_parts(latency, enc_latency, emb_latency),
-            "latency_runs": runs,
-            "latency_warmup": warmup,
-            "threads": threads,
-            "device": "cpu",
-            "torch": torch.__version__,
-        }
-    finally:
-        torch.set_num_threads(previous_threads)
+    x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
+    return {
+        "params": count_parameters(model),
+        "params_encoder": count_parameters(model.vit),
+        "macs_thop": macs_thop(model, x),
+        "macs_full": macs_full(model, x),
+        "macs_full_encoder": macs_full(model.vit, x),
+        # The MSA and FFN matmuls (closed form, equal to the counter): what pruning can remove.
+        "macs_transformer": transformer_macs(spec),
+        "params_transformer": transformer_parameters(model),
+        "input_shape": list(x.shape),
+        "torch": torch.__version__,
+    }
 
 
-def write_cost(model_path: str, out_json: str, threads: int = 1, runs: int = 20, warmup: int = 5) -> dict:
+def write_cost(model_path: str, out_json: str) -> dict:
     """Measure a checkpoint and write its `cost.json` atomically."""
     import logging
 
@@ -135,12 +112,11 @@ def write_cost(model_path: str, out_json: str, threads: int = 1, runs: int = 20,
     from varprune.model import load_model
 
     model, spec, _ = load_model(model_path)
-    record = measure_cost(model, spec, threads=threads, runs=runs, warmup=warmup)
+    record = measure_cost(model, spec)
     write_json(out_json, record)
     logging.getLogger(__name__).info(
-        "%s: %d params, %.3f GMACs (thop) / %.3f GMACs (full), %.1f ms at batch 1 (%d threads); "
-        "MSA and FFN carry %.1f %% of the MACs and %.1f %% of the params",
-        model_path, record["params"], record["macs_thop"] / 1e9, record["macs_full"] / 1e9,
-        record["latency_ms_median"], threads, 100 * record["macs_transformer"] / record["macs_full"],
+        "%s: %d params, %.3f GMACs (thop) / %.3f GMACs (full); MSA and FFN carry %.1f %% of the MACs "
+        "and %.1f %% of the params", model_path, record["params"], record["macs_thop"] / 1e9,
+        record["macs_full"] / 1e9, 100 * record["macs_transformer"] / record["macs_full"],
         100 * record["params_transformer"] / record["params"])
     return record

@@ -30,6 +30,7 @@ FILE_NAMES = {
     "oneshot": "oneshot.json",
 }
 ONESHOT_TABLE = "oneshot.csv"  # per run (replicate), next to the model folders
+LATENCY_TABLE = "latency.csv"  # per run (replicate): every model timed side by side (varprune.latency)
 REFERENCES = ("dense", *CONTROLS)
 
 
@@ -81,6 +82,18 @@ def oneshot_key(replicate: int) -> str:
     return f"r{replicate}__oneshot_table"
 
 
+def latency_key(replicate: int) -> str:
+    return f"r{replicate}__latency_table"
+
+
+def latency_models(methods: Sequence[str], cycles: int, guarded: bool = False) -> list[str]:
+    """The folders of the models a run's latency job times: every model of the run, or, on the
+    guarded schedule, dense and each method's selected model."""
+    if guarded:
+        return ["dense", *(f"{method}/{SELECTED}" for method in methods)]
+    return [model.folder for model in run_models(methods, cycles)]
+
+
 def export_key(method: str, fmt: str) -> str:
     return f"export__{method}__{fmt}"
 
@@ -112,6 +125,7 @@ def report_files(run_folders: Sequence[str | os.PathLike], methods: Sequence[str
         for model, kind in report_reads(methods, cycles, index):
             files[file_key(index, model, kind)] = str(model.path(folder, kind))
         files[oneshot_key(index)] = str(Path(folder) / ONESHOT_TABLE)
+        files[latency_key(index)] = str(Path(folder) / LATENCY_TABLE)
     for method in methods:
         for fmt in formats:
             files[export_key(method, fmt)] = str(Path(run_folders[0]) / Model(method, cycles).folder
@@ -141,6 +155,13 @@ class RunFiles:
 
     def oneshot_table(self, replicate: int) -> Path:
         return self.files[oneshot_key(replicate)]
+
+    def run_folder(self, replicate: int) -> Path:
+        """The folder of a replicate (results/{run}/ or results/{run}/{replicate folder}/)."""
+        return self.files[oneshot_key(replicate)].parent
+
+    def latency_table(self, replicate: int) -> Path:
+        return self.files[latency_key(replicate)]
 
     def int8(self, model: Model, kind: str) -> Path | None:
         """An INT8 file of the first replicate (`INT8_FILES` kinds); None when the run has no
@@ -197,6 +218,7 @@ def guarded_report_files(run_folders: Sequence[str | os.PathLike], methods: Sequ
         dense = Model("dense")
         files[file_key(index, dense, "metrics")] = str(dense.path(folder, "metrics"))
         files[file_key(index, dense, "cost")] = str(dense.path(folder, "cost"))
+        files[latency_key(index)] = str(Path(folder) / LATENCY_TABLE)
         for method in methods:
             tried, reference = searches[(index, method)]
             selected = Path(folder) / method / SELECTED

@@ -36,7 +36,8 @@ TRAINING_RULES = {"train": "train", "prune_cycle": "finetune", "reference_round"
 # Rules whose work is small and does not grow with the model: a fixed request.
 FIXED = {
     "synthesize": (2000, 30), "convert": (None, 15), "preprocess": (None, 15), "split": (1000, 5),
-    "cost": (3000, 15), "export": (4000, 15), "report": (3000, 15), "report_guarded": (3000, 15),
+    "cost": (3000, 15), "latency": (4000, 60), "export": (4000, 15), "report": (3000, 15),
+    "report_guarded": (3000, 15),
     "guard": (2000, 5), "select": (2000, 5),
 }
 # Peak memory of converting or preprocessing one case, in int16 volumes of that case, on top of

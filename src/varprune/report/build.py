@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from varprune.atomic import atomic_path, write_text
+from varprune.atomic import atomic_path, write_json, write_text
 from varprune.compare import (
     comparison_table,
     headroom,
@@ -61,7 +62,8 @@ def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config: dict, settings: dict,
                  out_summary: str | os.PathLike, out_html: str | os.PathLike, out_figures: dict[str, str],
                  out_comparison: str | os.PathLike | None = None,
-                 repo: str | os.PathLike | None = None) -> pd.DataFrame:
+                 repo: str | os.PathLike | None = None,
+                 out_provenance: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write summary.csv, comparison.csv, the figures and report.html for one run.
 
     `files`: the rule's inputs by name (`varprune.layout.report_files` plus the example cases'
@@ -99,9 +101,13 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
     plot_cases(case_images(files[CASE_CT], files[CASE_LIVER]), preds, tuple(config["preprocess"]["window"]),
                opts, figures["cases"])
 
-    page = render_html(table, figures, provenance(config, Path(repo) if repo else None), config,
-                       config["run"], export_sizes(run, cycles), comparison, headroom(long), int8)
+    prov = provenance(config, Path(repo) if repo else None)
+    page = render_html(table, figures, prov, config, config["run"], export_sizes(run, cycles), comparison,
+                       headroom(long), int8)
     write_text(out_html, page)
+    if out_provenance is not None:  # what `varprune results-page` stamps a docs page with
+        write_json(out_provenance, {**prov, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                                    "config": config})
     log.info("report for run %s: %d models, %d paired comparisons -> %s", config["run"], len(table),
              len(comparison), out_html)
     return table

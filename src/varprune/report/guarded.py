@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from varprune.atomic import atomic_path, write_text  # noqa: E402
-from varprune.layout import Model, file_key, guarded_key  # noqa: E402
+from varprune.layout import SELECTED, Model, file_key, guarded_key, latency_key  # noqa: E402
 from varprune.methods import colour  # noqa: E402
 from varprune.pruning.guard import Decision, GuardSettings  # noqa: E402
 from varprune.report.figures import save_figure  # noqa: E402
@@ -38,9 +38,11 @@ def guarded_table(files: Mapping[str, str | Sequence[str]], methods: Sequence[st
     for r in range(_replicates(files)):
         dense_cost = json.loads(Path(files[file_key(r, Model("dense"), "cost")]).read_text())
         dense_dice = pd.read_csv(files[file_key(r, Model("dense"), "metrics")]).dice.mean()
+        latency = pd.read_csv(files[latency_key(r)]).set_index("model")
         for method in methods:
             record = json.loads(Path(files[guarded_key(r, method, "record")]).read_text())
             cost = json.loads(Path(files[guarded_key(r, method, "cost")]).read_text())
+            timed = latency.loc[f"{method}/{SELECTED}"]
             dice = pd.read_csv(files[guarded_key(r, method, "metrics")]).dice.mean()
             reference = pd.read_csv(files[guarded_key(r, method, "reference_metrics")]).dice.mean()
             rows.append({
@@ -49,8 +51,8 @@ def guarded_table(files: Mapping[str, str | Sequence[str]], methods: Sequence[st
                 "macs_removed": 1 - cost["macs_full"] / dense_cost["macs_full"],
                 "transformer_macs_removed": 1 - cost["macs_transformer"] / dense_cost["macs_transformer"],
                 "params_removed": 1 - cost["params"] / dense_cost["params"],
-                "latency_ms": cost["latency_ms_median"],
-                "latency_reduction": 1 - cost["latency_ms_median"] / dense_cost["latency_ms_median"],
+                "latency_ms": timed.latency_ms, "latency_spread_ms": timed.latency_spread_ms,
+                "latency_reduction": 1 - timed.latency_ms / latency.latency_ms["dense"],
                 "val_dice": record["val_dice"], "val_reference": record["reference"],
                 "test_dice": dice, "test_reference": reference, "test_vs_reference": dice - reference,
                 "test_dense": dense_dice, "stopped_because": record["stopped_because"],

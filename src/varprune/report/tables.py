@@ -74,6 +74,11 @@ def human_summary(table: pd.DataFrame) -> pd.DataFrame:
         "Latency reduction": [percent(r) if beyond or not r else f"{percent(r)} (within the timing spread)"
                               for r, beyond in zip(table.latency_ms_reduction, table.latency_beyond_spread,
                                                    strict=True)],
+        "Latency onnxruntime (ms)": [
+            fmt(v, ".1f") + ("" if beyond or pd.isna(v) or not r else " (reduction within the timing spread)")
+            for v, r, beyond in zip(table.get("latency_onnx_ms", nan),
+                                    table.get("latency_onnx_ms_reduction", nan),
+                                    table.get("latency_onnx_beyond_spread", nan), strict=True)],
         "Latency per part (ms: embedding / transformer / decoder)": [
             "" if pd.isna(e) else f"{e:.1f} / {t:.1f} / {d:.1f}"
             for e, t, d in zip(*(table.get(f"latency_{part}_ms", nan)

@@ -1,0 +1,108 @@
+"""Latency of every model of a run, timed side by side in one process.
+
+Timed in a job of its own, a model's latency moves 10-25 % between jobs on a 2-core machine
+(dense and dense_long, the same network, read 65.1 and 58.6 ms), more than the differences
+between methods at one budget. Here every model of a run is timed in the same rounds
+(`varprune.cost.time_interleaved`): each round times every model once, eager PyTorch and
+onnxruntime, so a slow spell of the machine hits every model alike. A model's latency is the
+median of its round medians, its spread the range of those medians; the report claims a latency
+difference only beyond that spread (`varprune.compare.beyond_spread`).
+
+Batch 1 on the CPU at `cost.threads`. Eager: the whole model, its encoder (patch embedding and
+transformer layers) and the patch embedding alone, from which `latency_parts` gives the time of
+embedding, transformer and decoder. onnxruntime: the whole model, exported in memory the way
+`varprune.export` writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from varprune.atomic import write_text
+from varprune.cost import latency_parts, time_interleaved
+from varprune.deployed import onnx_session
+from varprune.export import onnx_bytes
+from varprune.model import load_model
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("eager", "onnx")
+COLUMNS = ["model", "latency_ms", "latency_spread_ms", "latency_encoder_ms", "latency_embedding_ms",
+           "latency_transformer_ms", "latency_decoder_ms", "latency_onnx_ms", "latency_onnx_spread_ms",
+           "rounds", "runs", "threads"]
+
+
+def timers(checkpoint: str | os.PathLike, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, object]:
+    """part -> a function running it once at batch 1: whole, encoder and embedding (eager), onnx."""
+    model, spec, _ = load_model(checkpoint)
+    model = model.eval().cpu()
+    x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
+    fns: dict[str, object] = {}
+    if "eager" in runtimes:
+        fns["whole"] = lambda: model(x)
+        fns["encoder"] = lambda: model.vit(x)
+        fns["embedding"] = lambda: model.vit.patch_embedding(x)
+    if "onnx" in runtimes:
+        with torch.no_grad():
+            session = onnx_session(onnx_bytes(model, x), threads=torch.get_num_threads())
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        fns["onnx"] = lambda: session.run(None, feed)
+    return fns
+
+
+def time_models(models: Mapping[str, str | os.PathLike], threads: int = 1, rounds: int = 3, runs: int = 30,
+                warmup: int = 5, runtimes: tuple[str, ...] = RUNTIMES) -> pd.DataFrame:
+    """One row per model (`models`: name -> checkpoint), every model and part timed in the same
+    interleaved rounds; columns `COLUMNS` (NaN for a runtime not timed)."""
+    if rounds < 2:
+        raise ValueError(f"cost.rounds must be at least 2 to measure a spread, got {rounds}")
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fns = {}
+        for name, checkpoint in models.items():
+            for part, fn in timers(checkpoint, runtimes).items():
+                fns[(name, part)] = fn
+        log.info("timing %d models (%d functions) in %d interleaved rounds of %d runs, %d threads",
+                 len(models), len(fns), rounds, runs, threads)
+        timing = time_interleaved(fns, rounds=rounds, runs=runs, warmup=warmup)
+    finally:
+        torch.set_num_threads(previous)
+    def timed(name: str, part: str, key: str = "median_ms") -> float:
+        return timing[(name, part)][key] if (name, part) in timing else np.nan
+
+    rows = []
+    for name in models:
+        row = {"model": name, "latency_ms": timed(name, "whole"),
+               "latency_spread_ms": timed(name, "whole", "spread_ms"),
+               "latency_encoder_ms": timed(name, "encoder"), "latency_embedding_ms": timed(name, "embedding"),
+               "latency_onnx_ms": timed(name, "onnx"),
+               "latency_onnx_spread_ms": timed(name, "onnx", "spread_ms"),
+               "rounds": rounds, "runs": runs, "threads": threads}
+        if "eager" in runtimes:
+            parts = latency_parts(row["latency_ms"], row["latency_encoder_ms"], row["latency_embedding_ms"])
+            row["latency_transformer_ms"] = parts["transformer"]
+            row["latency_decoder_ms"] = parts["decoder"]
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def write_latency(models: Mapping[str, str | os.PathLike], out_csv: str | os.PathLike,
+                  settings: Mapping) -> pd.DataFrame:
+    """Time the run's models (`settings`: the `cost` config slice) and write latency.csv atomically."""
+    table = time_models(models, threads=settings["threads"], rounds=settings["rounds"], runs=settings["runs"],
+                        warmup=settings["warmup"], runtimes=tuple(settings["runtimes"]))
+    write_text(out_csv, table.to_csv(index=False))
+    for row in table.itertuples():
+        log.info("%s: %.2f ms eager (spread %.2f), %.2f ms onnxruntime (spread %.2f)", row.model,
+                 row.latency_ms, row.latency_spread_ms, row.latency_onnx_ms, row.latency_onnx_spread_ms)
+    return table
