@@ -3,8 +3,11 @@ statistics label them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import yaml
 
 from varprune.data.splits import make_splits
 from varprune.replicates import Replicate, fold_list, pairing_label, replicate_of, replicates_of
@@ -41,9 +44,13 @@ def test_impossible_fold_replicates_are_refused_naming_the_key(folds, split, mes
     assert fold_list(None, 3) is None
 
 
-def test_every_patient_is_tested_exactly_once_over_the_folds():
+def test_the_ircadb_study_tests_every_patient_once_per_seed():
+    """config/ircadb.yaml: 5 folds × 3 seeds over the 20 patients, 4 validation cases per fold."""
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "ircadb.yaml").read_text())
+    reps = replicates_of(preset["replicates"], preset["split"])
+    assert len(reps) == 15 and {r.seed for r in reps} == {0, 1, 2} and {r.fold for r in reps} == set(range(5))
     cases = [f"ircad{p:02d}" for p in range(1, 21)]
-    splits = [make_splits(cases, {**KFOLD, "folds": 5, "fold": f}) for f in range(5)]
+    splits = [make_splits(cases, {**preset["split"], "fold": f}) for f in range(5)]
     tested = [case for split in splits for case in split["test"]]
     assert sorted(tested) == cases  # once each
     for split in splits:

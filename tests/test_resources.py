@@ -101,16 +101,17 @@ def test_a_slurm_dry_run_of_the_paper_preset_shows_the_requests(tmp_path):
 
 @pytest.mark.workflow
 def test_latency_is_timed_with_no_other_job_running_locally(tmp_path):
-    """With cost.alone (the default) a local cost job reserves every core, so Snakemake starts
-    nothing beside it; its torch still times with cost.threads. Off, it reserves cost.threads."""
-    def cost_threads(config):
+    """With cost.alone (the default) the local latency job reserves every core, so Snakemake starts
+    nothing beside it; its torch still times with cost.threads. Off, it reserves cost.threads.
+    The cost jobs (params, MACs) time nothing and take one thread."""
+    def cost_threads(config, rule="latency"):
         out = snakemake(tmp_path, "-n", "--cores", "2", config=config).stdout
-        jobs = re.findall(r"^rule cost:\n((?:    .*\n)+)", out, re.M)
+        jobs = re.findall(rf"^rule {rule}:\n((?:    .*\n)+)", out, re.M)
         assert jobs
         # Snakemake's job table shows threads only when there are more than one.
         return {int(m.group(1)) if (m := re.search(r"threads: (\d+)", job)) else 1 for job in jobs}
 
-    assert cost_threads(None) == {2}
+    assert cost_threads(None) == {2} and cost_threads(None, "cost") == {1}
     shared = tmp_path / "shared.yaml"
     shared.write_text("cost: {alone: false}\n")
     assert cost_threads(shared) == {1}
