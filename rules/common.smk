@@ -233,6 +233,7 @@ def cases(subset, pattern="data/preprocessed/{case}.npz"):
 wildcard_constraints:
     method=method_pattern(),
     k=r"[1-9]\d*",
+    fold=r"\d+",
     case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     run=RUN_PATTERN,
     model="|".join(

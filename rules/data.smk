@@ -142,35 +142,34 @@ rule preprocess:
 
 
 # The split depends on the case names only (patients(), known at parse time), not on their data.
-if FOLDS:
+# (Rules stay at the top level: Snakemake records a script rule's source line with its indentation,
+# and a rule moved into a block reruns everything downstream of it.)
+rule split:
+    output:
+        "data/splits.json",
+    log:
+        "logs/data/split.log",
+    conda:
+        "../envs/varprune.yaml"
+    params:
+        split=cfg("split"),
+        cases=CASES,
+        code=code_version("split.py"),
+    script:
+        "../scripts/split.py"
 
-    # replicates.folds: one split per fold, its test cases the fold (varprune.replicates).
-    rule split:
-        output:
-            "data/splits/fold{fold}.json",
-        log:
-            "logs/data/split_fold{fold}.log",
-        conda:
-            "../envs/varprune.yaml"
-        params:
-            split=lambda wildcards: canonical(split_config(int(wildcards.fold))),
-            cases=CASES,
-            code=code_version("split.py"),
-        script:
-            "../scripts/split.py"
 
-else:
-
-    rule split:
-        output:
-            "data/splits.json",
-        log:
-            "logs/data/split.log",
-        conda:
-            "../envs/varprune.yaml"
-        params:
-            split=cfg("split"),
-            cases=CASES,
-            code=code_version("split.py"),
-        script:
-            "../scripts/split.py"
+# replicates.folds: one split per fold, its test cases the fold (varprune.replicates).
+rule split_fold:
+    output:
+        "data/splits/fold{fold}.json",
+    log:
+        "logs/data/split_fold{fold}.log",
+    conda:
+        "../envs/varprune.yaml"
+    params:
+        split=lambda wildcards: canonical(split_config(int(wildcards.fold))),
+        cases=CASES,
+        code=code_version("split.py"),
+    script:
+        "../scripts/split.py"
