@@ -27,8 +27,9 @@ def test_folds_and_seeds_make_one_folder_each_and_read_back():
     assert replicate_of("default") == Replicate() and Replicate().run("default") == "default"
     assert Replicate(fold=1).splits == "data/splits/fold1.json"
     assert Replicate(seed=3).splits == "data/splits.json"
-    assert [pairing_label(f"results/s/{f}") for f in ("fold1-seed2", "fold0", "seed4")] == [2, 0, 4]
-    assert pairing_label("results/default") == 0
+    labels = [pairing_label(f"results/s/{f}", i) for i, f in enumerate(("fold1-seed2", "fold0", "seed4"))]
+    assert labels == [2, 0, 2]  # folds: their seed; any other folder: its position
+    assert pairing_label("results/default", 0) == 0 and pairing_label("/tmp/given/x", 5) == 5
 
 
 @pytest.mark.parametrize("folds, split, message", [
@@ -64,7 +65,7 @@ def test_pooled_folds_pair_each_patient_over_its_seeds():
     rows = []
     for fold, fold_cases in ((0, ["a", "b", "c"]), (1, ["d", "e", "f"])):
         for seed in (0, 1):
-            label = pairing_label(f"results/s/fold{fold}-seed{seed}")
+            label = pairing_label(f"results/s/fold{fold}-seed{seed}", 2 * fold + seed)
             for i, case in enumerate(fold_cases):
                 for method, shift in (("variable", 0.01), ("fixed", 0.0)):
                     rows.append({"method": method, "budget": 0.5, "replicate": label, "case": case,

@@ -146,11 +146,11 @@ def int8_table(files: RunFiles, table: pd.DataFrame) -> pd.DataFrame:
 def metrics_long(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
     """Per-case metrics of every model of every replicate in long form (method, budget,
     replicate, case, metrics); the references carry no budget (compared at every budget).
-    `replicate` is the pairing label of the replicate's folder (varprune.replicates): its seed, so
-    that with folds a patient tested in one fold pairs its seeds, and the folds add patients."""
+    `replicate` is the pairing label of the replicate (varprune.replicates): with folds its seed, so
+    that a patient tested in one fold pairs its seeds and the folds add patients; else its index."""
     frames = []
     for index in range(files.replicates):
-        label = pairing_label(files.run_folder(index))
+        label = pairing_label(files.run_folder(index), index)
         for model in run_models(methods, len(targets)):
             frame = pd.read_csv(files.path(index, model, "metrics"))
             frame["method"] = model.method

@@ -91,8 +91,11 @@ def replicate_of(run: str) -> Replicate:
     return Replicate(int(seed) if seed is not None else None, int(fold) if fold is not None else None)
 
 
-def pairing_label(run_folder: str) -> int:
-    """The replicate label the paired statistics use for a replicate's folder: its seed (0 when it
-    has none). Folds are not labels: their test cases differ, so pooling them adds cases."""
-    seed = replicate_of(str(run_folder).rstrip("/")).seed
-    return 0 if seed is None else seed
+def pairing_label(run_folder: str, index: int) -> int:
+    """The replicate label the paired statistics use for the `index`-th replicate folder given: for
+    a fold's folder its seed (0 when it has none), so that a patient tested in one fold pairs its
+    seeds and the folds add patients (their test cases differ); for any other folder its index."""
+    replicate = replicate_of(str(run_folder).rstrip("/"))
+    if replicate.fold is None:
+        return index
+    return 0 if replicate.seed is None else replicate.seed
