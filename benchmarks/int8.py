@@ -54,10 +54,11 @@ def main() -> None:
     args = parser.parse_args()
     runs = args.run or ["default"]
 
-    from varprune.cost import macs_full, time_interleaved
+    from varprune.cost import macs_full
     from varprune.deployed import load_any
     from varprune.evaluate import evaluate_checkpoint
     from varprune.export import export_bytes
+    from varprune.latency import time_interleaved
     from varprune.model import load_model
     from varprune.quantize import QuantizeSettings, quantize_and_guard
     from varprune.train import validation_dice

@@ -1,4 +1,4 @@
-"""What a model costs: parameters and MACs by two counters, and how latency is timed.
+"""What a model costs: parameters and MACs by two counters.
 
 Which counter counts what:
 - `params`: every parameter tensor of the model, exactly (`count_parameters`). thop's own
@@ -10,20 +10,17 @@ Which counter counts what:
   convolution at the ATen level, attention included; it reports FLOPs (2 per MAC) and we
   divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
   it counts `scaled_dot_product_attention` as 0 (MONAI's SABlock does not use that path by default).
-- Latency: the timing functions (`time_ms`, `time_interleaved`, `latency_parts`). A run's
-  latency job (varprune.latency) times every model of the run side by side with them; `cost.json`
-  keeps only what is deterministic.
+- Latency is not here: a run's latency job (varprune.latency) times every model of the run side
+  by side; `cost.json` keeps only what is deterministic.
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
 
 import thop
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from varprune.model import ModelSpec, count_parameters, transformer_parameters
@@ -44,44 +41,6 @@ def macs_full(module: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), counter:
         module(x)
     return int(counter.get_total_flops() // 2)
-
-
-def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
-    """Median and inter-quartile range of `fn()` in milliseconds, by torch.utils.benchmark's
-    Timer at the current thread count: one call per sample, because a deployment sees the
-    latency of one call, not the mean of a block of them."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    with torch.inference_mode():
-        timer.timeit(warmup)
-        samples = [timer.timeit(1) for _ in range(runs)]
-    measurement = benchmark.Measurement.merge(samples)[0]
-    return measurement.median * 1000.0, measurement.iqr * 1000.0
-
-
-def time_interleaved(fns: dict, rounds: int = 3, runs: int = 20, warmup: int = 5) -> dict[object, dict]:
-    """Median latency of each of `fns` timed side by side: `rounds` rounds, each timing every
-    function once (`runs` calls, after a warm-up), in order. A function's latency is the median
-    of its round medians and `spread_ms` the range of those medians, so a slow spell of the
-    machine hits every function alike (one job per model moved 10-25 % between jobs; interleaved
-    the same network agreed within 0.5-2 %)."""
-    for fn in fns.values():  # a throwaway pass: the first calls timed in a process read slow
-        time_ms(fn, warmup, runs)
-    medians: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            medians[name].append(time_ms(fn, warmup, runs)[0])
-    return {name: {"median_ms": round(statistics.median(values), 3),
-                   "spread_ms": round(max(values) - min(values), 3), "rounds": rounds, "runs": runs}
-            for name, values in medians.items()}
-
-
-def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, float]:
-    """Latency per part from the medians of the whole model, the encoder (patch embedding and
-    transformer layers) and the patch embedding alone: the transformer is encoder - embedding,
-    the decoder (UNETR) or head (SETR) whole - encoder. Differences of medians: a part shorter
-    than the timings' spread can come out slightly negative, which says it is below resolution."""
-    return {"embedding": round(embedding, 3), "transformer": round(encoder - embedding, 3),
-            "decoder": round(whole - encoder, 3)}
 
 
 def measure_cost(model: nn.Module, spec: ModelSpec) -> dict:

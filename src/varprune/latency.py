@@ -3,7 +3,7 @@
 Timed in a job of its own, a model's latency moves 10-25 % between jobs on a 2-core machine
 (dense and dense_long, the same network, read 65.1 and 58.6 ms), more than the differences
 between methods at one budget. Here every model of a run is timed in the same rounds
-(`varprune.cost.time_interleaved`): each round times every model once, eager PyTorch and
+(`time_interleaved`): each round times every model once, eager PyTorch and
 onnxruntime, so a slow spell of the machine hits every model alike. A model's latency is the
 median of its round medians, its spread the range of those medians; the report claims a latency
 difference only beyond that spread (`varprune.compare.beyond_spread`).
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
+import timeit
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,7 +27,6 @@ import pandas as pd
 import torch
 
 from varprune.atomic import write_text
-from varprune.cost import latency_parts, time_interleaved
 from varprune.deployed import onnx_session
 from varprune.export import onnx_bytes
 from varprune.model import load_model
@@ -36,6 +37,46 @@ RUNTIMES = ("eager", "onnx")
 COLUMNS = ["model", "latency_ms", "latency_spread_ms", "latency_encoder_ms", "latency_embedding_ms",
            "latency_transformer_ms", "latency_decoder_ms", "latency_onnx_ms", "latency_onnx_spread_ms",
            "rounds", "runs", "threads"]
+
+
+def time_ms(fn, warmup: int = 5, runs: int = 20) -> tuple[float, float]:
+    """Median and inter-quartile range of `fn()` in milliseconds at the current thread count: one
+    call per sample (a deployment sees the latency of one call, not the mean of a block), after
+    `warmup` untimed calls. Timed by the standard library's `timeit` (garbage collection off
+    while timing); torch.utils.benchmark's Timer.timeit(1) runs two untimed calls before each
+    timed one, which tripled the time a latency job took."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples = timeit.Timer(fn).repeat(repeat=runs, number=1)
+    low, median, high = np.percentile(np.array(samples) * 1000.0, [25, 50, 75])
+    return float(median), float(high - low)
+
+
+def time_interleaved(fns: dict, rounds: int = 3, runs: int = 20, warmup: int = 5) -> dict[object, dict]:
+    """Median latency of each of `fns` timed side by side: `rounds` rounds, each timing every
+    function once (`runs` calls, after a warm-up), in order. A function's latency is the median
+    of its round medians and `spread_ms` the range of those medians, so a slow spell of the
+    machine hits every function alike (one job per model moved 10-25 % between jobs; interleaved
+    the same network agreed within 0.5-2 %)."""
+    for fn in fns.values():  # a throwaway pass: the first calls timed in a process read slow
+        time_ms(fn, warmup, runs)
+    medians: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            medians[name].append(time_ms(fn, warmup, runs)[0])
+    return {name: {"median_ms": round(statistics.median(values), 3),
+                   "spread_ms": round(max(values) - min(values), 3), "rounds": rounds, "runs": runs}
+            for name, values in medians.items()}
+
+
+def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, float]:
+    """Latency per part from the medians of the whole model, the encoder (patch embedding and
+    transformer layers) and the patch embedding alone: the transformer is encoder - embedding,
+    the decoder (UNETR) or head (SETR) whole - encoder. Differences of medians: a part shorter
+    than the timings' spread can come out slightly negative, which says it is below resolution."""
+    return {"embedding": round(embedding, 3), "transformer": round(encoder - embedding, 3),
+            "decoder": round(whole - encoder, 3)}
 
 
 def timers(checkpoint: str | os.PathLike, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, object]:

@@ -285,7 +285,8 @@ def _side_by_side(models: dict[str, tuple], cost: dict) -> dict[str, dict]:
     each MAC cheaper and removes none)."""
     import torch
 
-    from varprune.cost import macs_full, time_interleaved
+    from varprune.cost import macs_full
+    from varprune.latency import time_interleaved
     from varprune.model import count_parameters, load_model
 
     threads = cost["threads"]
