@@ -33,6 +33,10 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _count(n, word: str) -> str:
+    return f"{int(n)} {word}{'' if int(n) == 1 else 's'}"
+
+
 def _model_name(method: str, cycle: int) -> str:
     return method if cycle == 0 else f"{method} cycle {cycle}"
 
@@ -120,12 +124,12 @@ def results_page(report_folder: str | os.PathLike, title: str | None = None, not
         "rerun the command after a new run.",
         "",
         f"- Data: {prov.get('data source', '?')}; "
-        + (f"{int(first.n_cases)} test cases × {int(first.n_replicates)} replicates per comparison"
+        + (f"{_count(first.n_cases, 'test case')} × {_count(first.n_replicates, 'replicate')} per comparison"
            if first is not None else "no comparisons")
         + f"; equivalence margin ±{100 * margin:.2f} Dice points.",
         f"- Outcomes of the {len(dice)} Dice comparisons: {counts.a_better + counts.b_better} one better, "
         f"{counts.equivalent} equivalent, {counts.inconclusive} inconclusive.",
-        f"- Latency timed side by side (batch 1, {threads} thread(s)): dense "
+        f"- Latency timed side by side (batch 1, {_count(threads, 'thread')}): dense "
         f"{dense.latency_ms:.2f} ms and dense_long {long.latency_ms:.2f} ms (the same network: "
         f"{100 * abs(dense.latency_ms - long.latency_ms) / dense.latency_ms:.1f} % apart); onnxruntime "
         f"{dense.latency_onnx_ms:.2f} and {long.latency_onnx_ms:.2f} ms.",
