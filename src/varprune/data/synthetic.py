@@ -58,7 +58,7 @@ CC BY-NC-ND 4.0 (Soler et al., IRCAD technical report, 2010).
 class SyntheticSpec:
     """How many patients to draw, and how large."""
 
-    patients: int = 14
+    patients: int = 20
     size: int = 256
     slices_min: int = 24
     slices_max: int = 40
