@@ -443,3 +443,7 @@ def test_the_report_words_the_four_outcomes():
     assert words[:3] == ["variable better", "variable better", "equivalent within ±0.50 points"]
     assert words[3].startswith("inconclusive: differences below ")
     assert words[3].endswith(" points cannot be seen")
+    # a test that rejects while the interval still reaches 0: the words say the two disagree
+    split = out.iloc[[3]].assign(outcome="inconclusive", p_adjusted=0.01, ci_low=-0.0001, ci_high=0.0069)
+    assert verdict_table(split)["50.0 % of MACs removed"].tolist() == [
+        "inconclusive: the test (adjusted p 0.01) and the interval [-0.01, +0.69] points disagree"]

@@ -108,6 +108,12 @@ def outcome_words(r) -> str:
         mde = getattr(r, "mde", math.nan)
         if pd.isna(mde) or math.isinf(mde):
             return "inconclusive: no difference can be seen with this few cases"
+        p_adjusted = getattr(r, "p_adjusted", math.nan)
+        if not pd.isna(p_adjusted) and p_adjusted <= 0.05:
+            # the permutation test rejects a tie, but the bootstrap interval still reaches 0 and
+            # equivalence is not shown: a small difference that this many cases cannot pin down
+            return (f"inconclusive: the test (adjusted p {p_adjusted:.2g}) and the interval "
+                    f"[{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}] {unit} disagree")
         return f"inconclusive: differences below {scale * mde:.2f} {unit} cannot be seen"
     return ""
 
