@@ -1,7 +1,7 @@
 """Latency of every model of a run, timed side by side in one process.
 
-Timed in a job of its own, a model's latency moves 10-25 % between jobs on a 2-core machine
-(dense and dense_long, the same network, read 65.1 and 58.6 ms), more than the differences
+Timed in a job of its own, a model's latency moved 10-25 % between jobs on a 2-core machine
+(2026-12-03: dense and dense_long, the same network, read 65.1 and 58.6 ms), more than the differences
 between methods at one budget. Here every model of a run is timed in the same rounds
 (`time_interleaved`): each round times every model once, eager PyTorch and
 onnxruntime, so a slow spell of the machine hits every model alike. A model's latency is the
@@ -57,8 +57,10 @@ def time_interleaved(fns: dict, rounds: int = 3, runs: int = 20, warmup: int = 5
     """Median latency of each of `fns` timed side by side: `rounds` rounds, each timing every
     function once (`runs` calls, after a warm-up), in order. A function's latency is the median
     of its round medians and `spread_ms` the range of those medians, so a slow spell of the
-    machine hits every function alike (one job per model moved 10-25 % between jobs; interleaved
-    the same network agreed within 0.5-2 %)."""
+    machine hits every function alike. Measured for dense and dense_long (one network): one job per
+    model read them 10-25 % apart (2026-12-03); interleaved on 2026-12-04 (commit d84e0e2), 0.1 %
+    apart in onnxruntime and 8.7 % in eager PyTorch, whose round medians on this 2-core VM move
+    about 10 %: the spread says so."""
     for fn in fns.values():  # a throwaway pass: the first calls timed in a process read slow
         time_ms(fn, warmup, runs)
     medians: dict[str, list[float]] = {name: [] for name in fns}
@@ -97,7 +99,7 @@ def timers(checkpoint: str | os.PathLike, runtimes: tuple[str, ...] = RUNTIMES) 
     return fns
 
 
-def time_models(models: Mapping[str, str | os.PathLike], threads: int = 1, rounds: int = 3, runs: int = 30,
+def time_models(models: Mapping[str, str | os.PathLike], threads: int = 1, rounds: int = 3, runs: int = 20,
                 warmup: int = 5, runtimes: tuple[str, ...] = RUNTIMES) -> pd.DataFrame:
     """One row per model (`models`: name -> checkpoint), every model and part timed in the same
     interleaved rounds; columns `COLUMNS` (NaN for a runtime not timed)."""
@@ -118,6 +120,7 @@ def time_models(models: Mapping[str, str | os.PathLike], threads: int = 1, round
         timing = time_interleaved(fns, rounds=rounds, runs=runs, warmup=warmup)
     finally:
         torch.set_num_threads(previous)
+
     def timed(name: str, part: str, key: str = "median_ms") -> float:
         return timing[(name, part)][key] if (name, part) in timing else np.nan
 
