@@ -50,10 +50,11 @@ def across_replicates(table: pd.DataFrame) -> pd.DataFrame:
     ranks = table.groupby("replicate").macs_removed.rank(ascending=False, method="min").astype(int)
     rows = []
     for method, part in table.assign(rank=ranks).groupby("method", sort=False):
+        removed = part.macs_removed
         rows.append({
             "method": method, "replicates": len(part),
-            "MACs removed, mean [lowest, highest]": f"{part.macs_removed.mean():.1%} "
-                                                  f"[{part.macs_removed.min():.1%}, {part.macs_removed.max():.1%}]",
+            "MACs removed, mean [lowest, highest]":
+                f"{removed.mean():.1%} [{removed.min():.1%}, {removed.max():.1%}]",
             "test Δ vs reference, mean (points)": f"{100 * part.test_vs_reference.mean():+.2f}",
             "rank per replicate": ", ".join(str(r) for r in part.sort_values("replicate")["rank"]),
         })

@@ -232,7 +232,7 @@ def default_spec(*presets: str) -> ModelSpec:
 
 def test_the_default_segmenters_keep_their_cheapest_decoder_groups_whole():
     """SETR's head (about 0.1 % of the MACs per stage) stays whole at the default share; of
-    UNETR's 23 groups the four below 0.5 % do (the names README, What is pruned, gives)."""
+    UNETR's 23 groups the four below 0.5 % do (the names docs/scopes.md, gives)."""
     settings = SequenceSettings(scope="all")
     setr_spec = default_spec()
     assert whole_groups(setr_spec, settings) == set(range(len(setr_spec.stages)))

@@ -3,7 +3,7 @@
 Machine dependence: set VARPRUNE_TEST_THREADS=N to run every torch computation of the suite
 with N threads (the tests' own, and the workflow jobs' through the tiny config's `threads`),
 which changes reduction orders and so the last bits of every float. The suite must pass with
-1 and with 2 (README, Development).
+1 and with 2 (docs/development.md).
 """
 
 from __future__ import annotations

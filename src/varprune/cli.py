@@ -133,6 +133,13 @@ def _results_page(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _config_docs(args: argparse.Namespace) -> None:
+    from varprune.configdocs import update_page
+
+    changed = update_page(args.page, args.schema)
+    print(f"{'rewrote' if changed else 'unchanged:'} {args.page}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varprune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"varprune {__version__}")
@@ -219,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="the page's title (default: Results of run RUN)")
     p.add_argument("--notes", help="a Markdown file whose text goes under the stamp (how the run was made)")
     p.set_defaults(func=_results_page)
+
+    p = sub.add_parser("config-docs", help="rewrite a docs page's configuration reference from the schema")
+    p.add_argument("page", nargs="?", default="docs/configuration.md", help="default: docs/configuration.md")
+    p.add_argument("--schema", default="config/schema.yaml", help="default: config/schema.yaml")
+    p.set_defaults(func=_config_docs)
     return parser
 
 

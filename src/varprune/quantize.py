@@ -53,7 +53,7 @@ class QuantizationRefused(Exception):
 class QuantizeSettings:
     """How to quantize and how much accuracy the INT8 model may lose (the `export` config slice)."""
 
-    # Measured (benchmarks/int8.py, README: Deployment): dynamic MatMul/Gemm was the fastest of
+    # Measured (benchmarks/int8.py, docs/deployment.md): dynamic MatMul/Gemm was the fastest of
     # four variants on all three models and lost no Dice; static QDQ stays available.
     mode: str = "dynamic"
     ops: tuple[str, ...] = ("MatMul", "Gemm")

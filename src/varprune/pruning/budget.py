@@ -150,7 +150,7 @@ _SHARES: dict[str, list[float]] = {}
 def whole_groups(spec: ModelSpec, settings: SequenceSettings) -> frozenset[int]:
     """Decoder groups every method leaves whole: those whose channels carry less than
     `min_group_share` of the dense MACs. Cutting them cannot move a MAC budget, and on SETR's
-    head (0.1 % per stage) it cost 10 to 85 Dice points (README, What is pruned)."""
+    head (0.1 % per stage) it cost 10 to 85 Dice points (docs/scopes.md)."""
     if settings.min_group_share <= 0:
         return frozenset()
     key = json.dumps(spec.dense().to_dict(), sort_keys=True)
@@ -172,7 +172,7 @@ def whole_groups_notice(spec: ModelSpec, settings: SequenceSettings) -> str | No
     names = ", ".join(spec.stage_names[g] for g in whole)
     return (f"pruning.scope {settings.scope}: the {spec.arch} decoder groups {names}{every} each carry "
             f"less than pruning.min_group_share ({settings.min_group_share:.2%}) of the dense MACs and "
-            "stay whole (README, What is pruned)")
+            "stay whole (docs/scopes.md)")
 
 
 def full_rates(spec: ModelSpec, settings: SequenceSettings) -> tuple:

@@ -3,7 +3,7 @@
 Scores per channel cannot see that channels back each other up. On the default UNETR the
 output convolution reads 8 channels of which only 2 vote for the liver; every criterion ranks
 those 2 lowest (each alone costs ≤ 0.01 Dice), and removing both takes validation Dice from
-0.90 to 0, which fine-tuning does not repair (README, What is pruned). The output convolution
+0.90 to 0, which fine-tuning does not repair (docs/scopes.md). The output convolution
 is linear per voxel (1x1, with a bias), so after the surgery its weights over the kept channels
 are refitted to reproduce, on the calibration batches, the logits the model gave before the
 cycle: ordinary least squares, the reconstruction step of ThiNet and of He et al. (2017,
