@@ -18,11 +18,6 @@ validate(config, schema="../config/schema.yaml")
 SRC = Path(workflow.basedir) / "src" / "varprune"
 
 
-def config_error(key, problem):
-    """Stop before any job with a message that names the config key."""
-    raise ValueError(f"Invalid config: {key}: {problem}")
-
-
 from varprune.codeversion import code_fingerprint
 from varprune.layout import (
     ONESHOT_TABLE,
@@ -34,123 +29,13 @@ from varprune.layout import (
     report_files,
     run_models,
 )
-from varprune.resources import cohort, rule_resources, unknown_rules
-from varprune.methods import CONTROLS, PRUNING_METHODS, method_pattern, unknown_methods
+from varprune.resources import cohort, rule_resources
+from varprune.methods import CONTROLS, method_pattern
+from varprune.workflow.checks import check_config, config_error, dense_spec
 
-
-def check_config(cfg):
-    """Checks that a JSON schema cannot express (relations between keys)."""
-    low, high = cfg["preprocess"]["window"]
-    if low >= high:
-        config_error("preprocess.window", f"low ({low}) must be below high ({high})")
-    syn = cfg["synthetic"]
-    if syn["slices_min"] > syn["slices_max"]:
-        config_error(
-            "synthetic.slices_min",
-            f"{syn['slices_min']} > synthetic.slices_max {syn['slices_max']}",
-        )
-    data = cfg["data"]
-    if data["source"] == "synthetic" and data["archive"]:
-        config_error(
-            "data.archive",
-            f"{data['archive']} is set but data.source is synthetic; "
-            "set data.source: ircadb to use your archive, or remove data.archive",
-        )
-    # Jobs on cluster nodes parse the workflow again; the archive need only exist where it is linked.
-    if (
-        data["archive"]
-        and workflow.is_main_process
-        and not Path(data["archive"]).is_file()
-    ):
-        config_error("data.archive", f"{data['archive']}: no such file")
-    if data["source"] == "nifti":
-        for key in ("archive", "patients"):
-            if data[key]:
-                config_error(
-                    f"data.{key}",
-                    f"{data[key]} is set but data.source is nifti "
-                    "(choose NIfTI cases with data.nifti.cases)",
-                )
-        if not data["nifti"]["root"]:
-            config_error(
-                "data.nifti.root", "data.source nifti needs the dataset folder"
-            )
-    if data["source"] == "synthetic" and data["patients"]:
-        too_big = [p for p in data["patients"] if p > syn["patients"]]
-        if too_big:
-            config_error(
-                "data.patients",
-                f"{too_big} exceed synthetic.patients ({syn['patients']})",
-            )
-    if data["source"] == "ircadb" and data["patients"]:
-        too_big = [p for p in data["patients"] if p > 20]
-        if too_big:
-            config_error(
-                "data.patients", f"3D-IRCADb-01 has patients 1-20, not {too_big}"
-            )
-    unknown = unknown_methods(cfg["pruning"]["methods"])
-    if unknown:
-        config_error(
-            "pruning.methods",
-            f"unknown {unknown}; choose from {', '.join(PRUNING_METHODS)}",
-        )
-    typos = unknown_rules(cfg)
-    if typos:
-        config_error("resources.rules", f"no rule named {', '.join(typos)}")
-    dense_spec(cfg)
-    check_pruning(cfg)
-
-
-def check_pruning(cfg):
-    """Targets increasing and reachable: the solvers' own budget arithmetic (no torch); on
-    the guarded schedule, a search that can start."""
-    from varprune.pruning.budget import (
-        SequenceSettings,
-        check_cycle_targets,
-        reachable_per_cycle,
-        whole_groups_notice,
-    )
-    from varprune.pruning.guard import GuardSettings
-
-    pruning = cfg["pruning"]
-    if pruning["schedule"] == "guarded":
-        guard = GuardSettings.from_config(pruning["guard"])
-        try:
-            guard.check()
-        except ValueError as err:
-            config_error("pruning.guard", err)
-        reach = reachable_per_cycle(
-            dense_spec(cfg), 1, SequenceSettings.from_config(pruning)
-        )[0]
-        if guard.start > reach:
-            config_error(
-                "pruning.guard.start",
-                f"{guard.start} is more than one cycle can remove ({reach:.4f})",
-            )
-    try:
-        check_cycle_targets(
-            dense_spec(cfg),
-            pruning["cycle_targets"],
-            SequenceSettings.from_config(pruning),
-        )
-    except ValueError as err:
-        config_error("pruning", err)
-    notice = whole_groups_notice(dense_spec(cfg), SequenceSettings.from_config(pruning))
-    if notice:
-        print(notice, file=sys.stderr)
-
-
-def dense_spec(cfg):
-    """The dense model's spec, with the checks every job applies (patch, head stages, sizes)."""
-    from varprune.spec import ModelSpec
-
-    try:
-        return ModelSpec.from_config(cfg["model"], cfg["preprocess"]["input_size"])
-    except ValueError as err:
-        config_error("model", err)
-
-
-check_config(config)
+# Relations between keys that the schema cannot express (varprune.workflow.checks). Jobs on
+# cluster nodes parse the workflow again; the archive need only exist where it is linked.
+check_config(config, archive_must_exist=workflow.is_main_process)
 
 
 def patients():

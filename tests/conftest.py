@@ -36,6 +36,19 @@ def pytest_report_header(config):
     return f"torch threads: {torch.get_num_threads()} ({source})"
 
 
+SLOWER_TIERS = ("workflow", "slurm", "slow")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Tiers: a test with none of the slower tiers' markers is also `quick`, so that
+    `pytest -m quick` (README's quick start) runs the unit tests plus the end-to-end tests marked
+    quick by hand, and plain `pytest` runs every tier."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in SLOWER_TIERS):
+            item.add_marker(pytest.mark.quick)
+
+
 @pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory) -> Path:
     """Three 64x64 patients with 11-13 slices each (so image_10 ordering is exercised)."""

@@ -22,7 +22,7 @@ import pytest
 
 from .workflow_helpers import REPO, SNAKEMAKE_TIMEOUT_S, edited_config
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
 

@@ -32,6 +32,7 @@ from .workflow_helpers import (
 pytestmark = pytest.mark.workflow
 
 
+@pytest.mark.quick  # the quick tier's end-to-end run: the tiny pipeline from the archive to the report
 def test_tiny_run_trains_evaluates_and_costs_the_dense_model(done_run):
     dense = done_run / "results" / "tiny" / "dense"
     model, spec, provenance = load_model(dense / "model.pt")

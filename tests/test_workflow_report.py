@@ -12,6 +12,7 @@ from .workflow_helpers import budget_met, edited_config, scheduled, snakemake
 pytestmark = pytest.mark.workflow
 
 
+@pytest.mark.quick  # the same tiny run as the quick tier's end-to-end test: no extra time
 def test_summary_has_one_row_per_model_with_reductions_and_metrics(done_run):
     table = pd.read_csv(done_run / "results" / "tiny" / "report" / "summary.csv")
     assert list(zip(table.method, table.cycle, strict=True)) == [
