@@ -21,6 +21,8 @@ SRC = Path(workflow.basedir) / "src" / "varprune"
 from varprune.codeversion import code_fingerprint
 from varprune.layout import (
     ONESHOT_TABLE,
+    cycle_model,
+    reference_folder,
     guarded_report_files,
     latency_models,
     INT8,
@@ -227,43 +229,20 @@ if GUARDED and config["export"]["quantize"]:
 SCHEDULE_KEYS = ("methods", "cycle_targets", "schedule", "guard")
 
 
-def model_path(run, method, cycle):
-    """The checkpoint of a method's cycle (0: the dense model)."""
-    folder = "dense" if cycle == 0 else f"{method}/cycle{cycle}"
-    return f"results/{run}/{folder}/model.pt"
+def guard_search(run, method):
+    """A method's guarded search (varprune.pruning.guard_search), its decisions read through
+    the `guard` checkpoint: what is missing, Snakemake schedules first."""
+    from varprune.pruning.guard import GuardSettings
+    from varprune.pruning.guard_search import GuardSearch
 
-
-def decision_path(run, method, k):
-    return f"results/{run}/{method}/guard/cycle{k}.json"
-
-
-def guard_decisions(run, method, until=None):
-    """The guard's decisions for cycles 1, 2, ... (up to `until` - 1, else to the one that ended
-    the search), read through the checkpoint: what is missing, Snakemake schedules first.
-    """
-    from varprune.pruning.guard import Decision
-
-    chain, k = [], 1
-    while until is None or k < until:
-        done = checkpoints.guard.get(run=run, method=method, k=k).output[0]
-        chain.append(Decision.read(done))
-        if chain[-1].stopped_because is not None:
-            if until is not None:
-                raise ValueError(
-                    f"{done}: the search of {method} ended at cycle {k}; "
-                    f"cycle {until} is not part of it"
-                )
-            break
-        k += 1
-    return chain
-
-
-def guarded_plan(wildcards):
-    """(target, parent, depth) of guarded cycle k of a method."""
-    from varprune.pruning.guard import GuardSettings, plan
-
-    chain = guard_decisions(wildcards.run, wildcards.method, until=int(wildcards.k))
-    return plan(chain, GuardSettings.from_config(config["pruning"]["guard"]))
+    guard = config["pruning"]["guard"]
+    return GuardSearch(
+        run_folder=f"results/{run}",
+        method=method,
+        settings=GuardSettings.from_config(guard),
+        read=lambda k: checkpoints.guard.get(run=run, method=method, k=k).output[0],
+        reference=guard["reference"],
+    )
 
 
 def distill_teacher(wildcards):
@@ -284,69 +263,48 @@ def previous_model(wildcards):
     target (a param), which does."""
     k = int(wildcards.k)
     if GUARDED:
-        return model_path(wildcards.run, wildcards.method, guarded_plan(wildcards)[1])
-    if k == 1:
-        return f"results/{wildcards.run}/dense/model.pt"
-    return f"results/{wildcards.run}/{wildcards.method}/cycle{k - 1}/model.pt"
+        return guard_search(wildcards.run, wildcards.method).parent_model(k)
+    return cycle_model(f"results/{wildcards.run}", wildcards.method, k - 1)
 
 
 def earlier_decisions(wildcards):
     """Input function of `guard`: the decisions before cycle k."""
-    run, method = wildcards.run, wildcards.method
-    return [decision_path(run, method, j) for j in range(1, int(wildcards.k))]
+    search = guard_search(wildcards.run, wildcards.method)
+    return search.earlier_decision_files(int(wildcards.k))
 
 
 def guard_reference(wildcards):
     """Input function: the model cycle k is judged against: dense_long fine-tuned as often as
     the cycle's lineage (round = its depth), or dense (pruning.guard.reference)."""
-    if config["pruning"]["guard"]["reference"] == "dense":
-        return f"results/{wildcards.run}/dense/model.pt"
-    return (
-        f"results/{wildcards.run}/dense_long/round{guarded_plan(wildcards)[2]}/model.pt"
+    return guard_search(wildcards.run, wildcards.method).reference_model(
+        int(wildcards.k)
     )
 
 
 def guard_fallback(wildcards):
     """Input function: where the search goes back to if cycle k fails (the last cycle within
     tolerance before it, or dense)."""
-    chain = guard_decisions(wildcards.run, wildcards.method, until=int(wildcards.k))
-    return model_path(
-        wildcards.run, wildcards.method, chain[-1].selected if chain else 0
+    return guard_search(wildcards.run, wildcards.method).fallback_model(
+        int(wildcards.k)
     )
 
 
 def reference_parent(wildcards):
     """Input function: reference round k starts from round k-1, round 1 from dense."""
     k = int(wildcards.k)
-    if k == 1:
-        return f"results/{wildcards.run}/dense/model.pt"
-    return f"results/{wildcards.run}/dense_long/round{k - 1}/model.pt"
+    return f"results/{wildcards.run}/{reference_folder(k - 1)}/model.pt"
 
 
 def selection_inputs(wildcards):
     """Input function of `select`: every decision of the search and the selected checkpoint."""
-    chain = guard_decisions(wildcards.run, wildcards.method)
-    run, method = wildcards.run, wildcards.method
-    return {
-        "decisions": [decision_path(run, method, d.cycle) for d in chain],
-        "model": model_path(run, method, chain[-1].selected),
-    }
-
-
-def selected_reference(run, method):
-    """The folder of the reference matched to a method's selected cycle (dense when none passed)."""
-    chain = guard_decisions(run, method)
-    depth = next((d.depth for d in chain if d.cycle == chain[-1].selected), 0)
-    if config["pruning"]["guard"]["reference"] == "dense" or depth == 0:
-        return len(chain), "dense"
-    return len(chain), f"dense_long/round{depth}"
+    return guard_search(wildcards.run, wildcards.method).selection_inputs()
 
 
 def guarded_report_inputs(wildcards):
     """Every file the guarded report reads (varprune.layout.guarded_report_files names them)."""
     runs = replicate_runs(wildcards.run)
     searches = {
-        (index, method): selected_reference(run, method)
+        (index, method): guard_search(run, method).selected_reference()
         for index, run in enumerate(runs)
         for method in METHODS
     }
@@ -365,12 +323,8 @@ def cycle_pruning(wildcards):
     slice_ = seeded("pruning")(wildcards)
     slice_ = {key: value for key, value in slice_.items() if key not in SCHEDULE_KEYS}
     if GUARDED:
-        target, parent, _ = guarded_plan(wildcards)
-        chain = guard_decisions(wildcards.run, wildcards.method, until=k)
-        slice_["target"] = target
-        slice_["previous_target"] = next(
-            (d.target for d in chain if d.cycle == parent), 0.0
-        )
+        search = guard_search(wildcards.run, wildcards.method)
+        slice_["target"], slice_["previous_target"] = search.targets(k)
         return canonical(slice_)
     if k > len(TARGETS):
         raise ValueError(

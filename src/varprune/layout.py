@@ -196,9 +196,25 @@ def int8_path(int8_folder: str | os.PathLike, model: Model, kind: str) -> Path:
     return Path(int8_folder) / model.folder / INT8_FILES[kind]
 
 
-# --- the guarded schedule's report ----------------------------------------------------------
+# --- the guarded schedule -------------------------------------------------------------------
 
 SELECTED = "selected"  # {method}/selected/: model.pt, selected.json, metrics.csv, cost.json
+
+
+def cycle_model(run_folder: str | os.PathLike, method: str, cycle: int) -> str:
+    """The checkpoint of a method's cycle; cycle 0 is the dense model."""
+    return str(Model("dense" if cycle == 0 else method, cycle).path(run_folder, "model"))
+
+
+def decision_file(run_folder: str | os.PathLike, method: str, cycle: int) -> str:
+    """The guard's decision after a method's cycle."""
+    return str(Path(run_folder) / method / "guard" / f"cycle{cycle}.json")
+
+
+def reference_folder(depth: int, reference: str = "dense_long") -> str:
+    """The folder (inside a run) of the model a guarded cycle of lineage depth `depth` is judged
+    against: dense_long fine-tuned `depth` times, or dense (reference "dense" or depth 0)."""
+    return "dense" if reference == "dense" or depth == 0 else f"dense_long/round{depth}"
 
 
 def guarded_key(replicate: int, method: str, kind: str) -> str:
@@ -228,7 +244,7 @@ def guarded_report_files(run_folders: Sequence[str | os.PathLike], methods: Sequ
             files[guarded_key(index, method, "reference_metrics")] = str(Path(folder) / reference
                                                                          / FILE_NAMES["metrics"])
             files[guarded_key(index, method, "decisions")] = [
-                str(Path(folder) / method / "guard" / f"cycle{k}.json") for k in range(1, tried + 1)]
+                decision_file(folder, method, k) for k in range(1, tried + 1)]
     for method in methods:
         for fmt in formats:
             files[export_key(method, fmt)] = str(Path(run_folders[0]) / method / SELECTED / f"model.{fmt}")
