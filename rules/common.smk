@@ -34,6 +34,15 @@ from varprune.layout import (
 from varprune.resources import cohort, rule_resources
 from varprune.methods import CONTROLS, method_pattern
 from varprune.workflow.checks import check_config, config_error, dense_spec
+from varprune.workflow.params import (
+    canonical,
+    config_slice,
+    cycle_slice,
+    oneshot_slice,
+    scheduled_targets,
+    seeded_slice,
+    shown_config,
+)
 
 # Relations between keys that the schema cannot express (varprune.workflow.checks). Jobs on
 # cluster nodes parse the workflow again; the archive need only exist where it is linked.
@@ -127,42 +136,12 @@ wildcard_constraints:
         [
             "dense",
             *CONTROLS,
-            r"[a-z]+/cycle\d+",
-            r"[a-z]+/selected",
+            rf"(?:{method_pattern()})/cycle\d+",  # any registered method name
+            rf"(?:{method_pattern()})/selected",
             r"dense_long/round\d+",
         ]
     ),
     fmt=r"onnx|torchscript",
-
-
-def canonical(value):
-    """`value` with dict keys sorted at every level.
-
-    Snakemake compares params by their text: without this, reordering keys in a config file
-    (or a YAML tool sorting them) would rerun jobs whose values did not change.
-    """
-    if isinstance(value, dict):
-        return {key: canonical(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    return value
-
-
-def shown_config():
-    """The config as the report shows it: everything that defines the run (train.keep_state
-    only decides what is left on disk, `resources` what jobs ask a scheduler for: toggling them
-    must not rebuild the report)."""
-    shown = {k: v for k, v in canonical(config).items() if k != "resources"}
-    shown["train"] = {k: v for k, v in shown["train"].items() if k != "keep_state"}
-    return shown
-
-
-def cfg(dotted):
-    """A narrow, canonical slice of the config for a rule's params: cfg("data.download")."""
-    node = config
-    for key in dotted.split("."):
-        node = node[key]
-    return canonical(node)
 
 
 def replicate_runs(run):
@@ -170,28 +149,17 @@ def replicate_runs(run):
     return [replicate.run(run) for replicate in REPLICATES]
 
 
+def cfg(dotted):
+    """A narrow, canonical slice of the config for a rule's params: cfg("data.download")."""
+    return config_slice(config, dotted)
+
+
 def seeded(section):
-    """Params function: the config slice `section` with its seed set to the replicate's."""
-
-    def params(wildcards):
-        # keep_state decides what is left on disk, not what is computed: not a param; nor is
-        # distillation while it is off (weight 0), so that adding the key reran nothing.
-        value = {k: v for k, v in cfg(section).items() if k != "keep_state"}
-        if "distill" in value and not value["distill"]["weight"]:
-            del value["distill"]
-        # the output refit acts only where the decoder is pruned: with the transformer scope it
-        # is not a param, so that adding the key reran nothing; nor is how the outer widths are
-        # chosen (there are none), nor the share below which a decoder group stays whole, where no
-        # decoder group is pruned
-        if value.get("scope") == "transformer":
-            value.pop("refit_output", None)
-            value.pop("outer_width", None)
-        if value.get("scope") in ("transformer", "embedding"):
-            value.pop("min_group_share", None)
-        seed = replicate_of(wildcards.run).seed
-        return value if seed is None else canonical({**value, "seed": seed})
-
-    return params
+    """Params function: the config slice `section` as its jobs see it, with the replicate's seed
+    (varprune.workflow.params: what counts as a param)."""
+    return lambda wildcards: seeded_slice(
+        config[section], replicate_of(wildcards.run).seed
+    )
 
 
 def code_version(script):
@@ -225,8 +193,6 @@ if GUARDED and config["export"]["quantize"]:
         "INT8 is built for pruning.schedule targets only (the guarded report does not read it "
         "yet); quantize a selected model with `varprune export --quantize int8`",
     )
-# Keys of the pruning slice that choose cycles rather than shape one: not passed to a cycle.
-SCHEDULE_KEYS = ("methods", "cycle_targets", "schedule", "guard")
 
 
 def guard_search(run, method):
@@ -320,27 +286,16 @@ def cycle_pruning(wildcards):
     """Params function: the pruning slice a cycle needs, with only its own target and its
     predecessor's, so appending a target leaves earlier cycles untouched."""
     k = int(wildcards.k)
-    slice_ = seeded("pruning")(wildcards)
-    slice_ = {key: value for key, value in slice_.items() if key not in SCHEDULE_KEYS}
     if GUARDED:
-        search = guard_search(wildcards.run, wildcards.method)
-        slice_["target"], slice_["previous_target"] = search.targets(k)
-        return canonical(slice_)
-    if k > len(TARGETS):
-        raise ValueError(
-            f"cycle {k} asked for, but pruning.cycle_targets has {len(TARGETS)} targets"
-        )
-    slice_["target"] = TARGETS[k - 1]
-    slice_["previous_target"] = TARGETS[k - 2] if k > 1 else 0.0
-    return canonical(slice_)
+        targets = guard_search(wildcards.run, wildcards.method).targets(k)
+    else:
+        targets = scheduled_targets(TARGETS, k)
+    return cycle_slice(seeded("pruning")(wildcards), *targets)
 
 
 def oneshot_pruning(wildcards):
-    """Params function: the pruning slice the one-shot curves need, everything but the cycle
-    targets (and the method list, passed on its own), so appending a cycle does not redo them.
-    """
-    slice_ = seeded("pruning")(wildcards)
-    return canonical({k: v for k, v in slice_.items() if k not in SCHEDULE_KEYS})
+    """Params function: the pruning slice of the one-shot curves (no cycle targets)."""
+    return oneshot_slice(seeded("pruning")(wildcards))
 
 
 # GPUs the profile offers a job: Snakemake's global resource `gpu` (`resources: [gpu=4]` in a
