@@ -20,7 +20,7 @@ SRC = Path(workflow.basedir) / "src" / "varprune"
 
 from varprune.codeversion import code_fingerprint
 from varprune.layout import (
-    ONESHOT_TABLE,
+    final_outputs as layout_final_outputs,
     cycle_model,
     reference_folder,
     guarded_report_files,
@@ -29,10 +29,17 @@ from varprune.layout import (
     INT8_KEY,
     int8_models,
     report_files,
-    run_models,
 )
 from varprune.resources import cohort, rule_resources
 from varprune.methods import CONTROLS, method_pattern
+from varprune.replicates import RUN_PATTERN, replicate_of
+from varprune.workflow.cases import (
+    case_ids,
+    checked_replicates,
+    checked_splits,
+    fold_split_config,
+    nifti_case_files,
+)
 from varprune.workflow.checks import check_config, config_error, dense_spec
 from varprune.workflow.params import (
     canonical,
@@ -49,61 +56,19 @@ from varprune.workflow.params import (
 check_config(config, archive_must_exist=workflow.is_main_process)
 
 
-def patients():
-    """Patient numbers of this run: the configured list, else every patient of the source."""
-    if config["data"]["patients"]:
-        return sorted(config["data"]["patients"])
-    if config["data"]["source"] == "synthetic":
-        return list(range(1, config["synthetic"]["patients"] + 1))
-    return list(range(1, 21))
-
-
-def nifti_cases():
-    """case id -> (image, label) of a NIfTI source (file names only: nothing is read)."""
-    from varprune.data.nifti import NiftiError, NiftiSource, discover_cases
-
-    try:
-        return discover_cases(NiftiSource.from_config(config["data"]))
-    except (NiftiError, ValueError) as err:
-        config_error("data.nifti", err)
-
-
-NIFTI_CASES = nifti_cases() if config["data"]["source"] == "nifti" else {}
-CASES = list(NIFTI_CASES) or [f"ircad{p:02d}" for p in patients()]
-
-# Replicates (varprune.replicates): seeds and, with replicates.folds, the folds of a k-fold split,
-# each a folder results/{run}/{replicate}/ with its own split, checked now so that an impossible
-# one stops the run before any job.
-from varprune.data.splits import (
-    SplitError,
-    make_splits,
-)  # numpy only: parse stays light
-from varprune.replicates import RUN_PATTERN, replicate_of, replicates_of
-
-try:
-    REPLICATES = replicates_of(config["replicates"], config["split"])
-except ValueError as err:
-    config_error("replicates.folds", err)
+# Cases, replicates (seeds and, with replicates.folds, the folds of a k-fold split, each a
+# folder results/{run}/{replicate}/) and their splits, checked now so that an impossible one
+# stops the run before any job (varprune.workflow.cases).
+NIFTI_CASES = nifti_case_files(config) if config["data"]["source"] == "nifti" else {}
+CASES = case_ids(config, NIFTI_CASES)
+REPLICATES = checked_replicates(config)
 FOLDS = sorted({r.fold for r in REPLICATES if r.fold is not None})
+SPLITS = checked_splits(CASES, config, FOLDS)
 
 
 def split_config(fold):
     """The split slice of one fold (None: the configured split)."""
-    return config["split"] if fold is None else {**config["split"], "fold": fold}
-
-
-try:
-    SPLITS = {
-        fold: make_splits(CASES, split_config(fold)) for fold in (FOLDS or [None])
-    }
-except SplitError as err:
-    config_error("split", str(err))
-for fold, split in SPLITS.items():
-    if not split["test"]:
-        where = "" if fold is None else f" of fold {fold}"
-        config_error(
-            "split", f"the test split{where} is empty: every model is evaluated on it"
-        )
+    return fold_split_config(config, fold)
 
 
 def split_of(run):
@@ -386,27 +351,12 @@ def int8_inputs(run):
 
 
 def final_outputs():
-    """What `rule all` builds (every model of every replicate, and the run's report)."""
-    outputs = sorted({replicate.splits for replicate in REPLICATES})
-    if GUARDED:
-        for run in replicate_runs(config["run"]):
-            outputs += [
-                f"results/{run}/dense/{name}"
-                for name in ("model.pt", "metrics.csv", "cost.json")
-            ]
-            outputs += [
-                f"results/{run}/{method}/selected/{name}"
-                for method in METHODS
-                for name in ("model.pt", "selected.json", "metrics.csv", "cost.json")
-            ]
-        return outputs + [f"results/{config['run']}/report/report.html"]
-    for run in replicate_runs(config["run"]):
-        folder = f"results/{run}"
-        outputs += [
-            str(model.path(folder, kind))
-            for model in run_models(METHODS, len(TARGETS))
-            for kind in ("model", "metrics", "cost")
-        ]
-        outputs.append(f"{folder}/{ONESHOT_TABLE}")
-    outputs.append(f"results/{config['run']}/report/report.html")
-    return outputs
+    """What `rule all` builds (varprune.layout.final_outputs)."""
+    return layout_final_outputs(
+        config["run"],
+        [f"results/{run}" for run in replicate_runs(config["run"])],
+        [replicate.splits for replicate in REPLICATES],
+        METHODS,
+        len(TARGETS),
+        GUARDED,
+    )

@@ -141,7 +141,7 @@ rule preprocess:
         "../scripts/preprocess.py"
 
 
-# The split depends on the case names only (patients(), known at parse time), not on their data.
+# The split depends on the case names only (CASES, known at parse time), not on their data.
 # (Rules stay at the top level: Snakemake records a script rule's source line with its indentation,
 # and a rule moved into a block reruns everything downstream of it.)
 rule split:

@@ -249,3 +249,25 @@ def guarded_report_files(run_folders: Sequence[str | os.PathLike], methods: Sequ
         for fmt in formats:
             files[export_key(method, fmt)] = str(Path(run_folders[0]) / method / SELECTED / f"model.{fmt}")
     return files
+
+
+# --- what a whole run builds --------------------------------------------------------------------
+
+
+def final_outputs(run: str, replicate_folders: Sequence[str], split_files: Sequence[str],
+                  methods: Sequence[str], cycles: int, guarded: bool) -> list[str]:
+    """What `rule all` builds: the split files, every model of every replicate (its checkpoint,
+    test metrics and cost; guarded: dense and each method's selected model), the one-shot table
+    (target schedule) and the run's report."""
+    outputs = sorted(set(split_files))
+    for folder in replicate_folders:
+        if guarded:
+            dense = Model("dense")
+            outputs += [str(dense.path(folder, kind)) for kind in ("model", "metrics", "cost")]
+            outputs += [str(Path(folder) / method / SELECTED / name) for method in methods
+                        for name in ("model.pt", "selected.json", "metrics.csv", "cost.json")]
+        else:
+            outputs += [str(model.path(folder, kind)) for model in run_models(methods, cycles)
+                        for kind in ("model", "metrics", "cost")]
+            outputs.append(str(Path(folder) / ONESHOT_TABLE))
+    return outputs + [f"results/{run}/report/report.html"]
