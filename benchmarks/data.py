@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
+from varprune.baseline import Case, evaluate_baseline
 from varprune.data.archive import case_id, list_patients, open_zip
-from varprune.data.baseline import Case, evaluate_baseline
 from varprune.data.convert import convert_case
 from varprune.data.preprocess import PreprocessSpec, preprocess_case
 from varprune.data.splits import make_splits

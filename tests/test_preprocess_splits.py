@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from varprune.data.baseline import Case, evaluate_baseline
+from varprune.baseline import Case, evaluate_baseline
 from varprune.data.convert import convert_case
 from varprune.data.preprocess import (
     PreprocessError,
