@@ -1,6 +1,5 @@
 """Config validation, wildcard constraints and input functions shared by the rules."""
 
-import re
 import sys
 from pathlib import Path
 
@@ -18,57 +17,33 @@ validate(config, schema="../config/schema.yaml")
 SRC = Path(workflow.basedir) / "src" / "varprune"
 
 
+from varprune import layout
 from varprune.codeversion import code_fingerprint
-from varprune.layout import (
-    final_outputs as layout_final_outputs,
-    cycle_model,
-    reference_folder,
-    guarded_report_files,
-    latency_models,
-    INT8,
-    INT8_KEY,
-    int8_models,
-    report_files,
-)
-from varprune.resources import cohort, rule_resources
 from varprune.methods import CONTROLS, method_pattern
 from varprune.replicates import RUN_PATTERN, replicate_of
-from varprune.workflow.cases import (
-    case_ids,
-    checked_replicates,
-    checked_splits,
-    fold_split_config,
-    nifti_case_files,
-)
-from varprune.workflow.checks import check_config, config_error, dense_spec
-from varprune.workflow.params import (
-    canonical,
-    config_slice,
-    cycle_slice,
-    oneshot_slice,
-    scheduled_targets,
-    seeded_slice,
-    shown_config,
-)
+from varprune.resources import cohort, rule_resources
+from varprune.workflow import cases, checks, params as policy
 
 # Relations between keys that the schema cannot express (varprune.workflow.checks). Jobs on
 # cluster nodes parse the workflow again; the archive need only exist where it is linked.
-check_config(config, archive_must_exist=workflow.is_main_process)
+checks.check_config(config, archive_must_exist=workflow.is_main_process)
 
 
 # Cases, replicates (seeds and, with replicates.folds, the folds of a k-fold split, each a
 # folder results/{run}/{replicate}/) and their splits, checked now so that an impossible one
 # stops the run before any job (varprune.workflow.cases).
-NIFTI_CASES = nifti_case_files(config) if config["data"]["source"] == "nifti" else {}
-CASES = case_ids(config, NIFTI_CASES)
-REPLICATES = checked_replicates(config)
+NIFTI_CASES = (
+    cases.nifti_case_files(config) if config["data"]["source"] == "nifti" else {}
+)
+CASES = cases.case_ids(config, NIFTI_CASES)
+REPLICATES = cases.checked_replicates(config)
 FOLDS = sorted({r.fold for r in REPLICATES if r.fold is not None})
-SPLITS = checked_splits(CASES, config, FOLDS)
+SPLITS = cases.checked_splits(CASES, config, FOLDS)
 
 
 def split_config(fold):
     """The split slice of one fold (None: the configured split)."""
-    return fold_split_config(config, fold)
+    return cases.fold_split_config(config, fold)
 
 
 def split_of(run):
@@ -116,13 +91,13 @@ def replicate_runs(run):
 
 def cfg(dotted):
     """A narrow, canonical slice of the config for a rule's params: cfg("data.download")."""
-    return config_slice(config, dotted)
+    return policy.config_slice(config, dotted)
 
 
 def seeded(section):
     """Params function: the config slice `section` as its jobs see it, with the replicate's seed
     (varprune.workflow.params: what counts as a param)."""
-    return lambda wildcards: seeded_slice(
+    return lambda wildcards: policy.seeded_slice(
         config[section], replicate_of(wildcards.run).seed
     )
 
@@ -152,12 +127,6 @@ TARGETS = config["pruning"]["cycle_targets"]
 # Guarded schedule (pruning.schedule: guarded): a method's cycles follow the `guard` checkpoint's
 # decisions (varprune.pruning.guard) instead of pruning.cycle_targets.
 GUARDED = config["pruning"]["schedule"] == "guarded"
-if GUARDED and config["export"]["quantize"]:
-    config_error(
-        "export.quantize",
-        "INT8 is built for pruning.schedule targets only (the guarded report does not read it "
-        "yet); quantize a selected model with `varprune export --quantize int8`",
-    )
 
 
 def guard_search(run, method):
@@ -195,7 +164,7 @@ def previous_model(wildcards):
     k = int(wildcards.k)
     if GUARDED:
         return guard_search(wildcards.run, wildcards.method).parent_model(k)
-    return cycle_model(f"results/{wildcards.run}", wildcards.method, k - 1)
+    return layout.cycle_model(f"results/{wildcards.run}", wildcards.method, k - 1)
 
 
 def earlier_decisions(wildcards):
@@ -223,7 +192,7 @@ def guard_fallback(wildcards):
 def reference_parent(wildcards):
     """Input function: reference round k starts from round k-1, round 1 from dense."""
     k = int(wildcards.k)
-    return f"results/{wildcards.run}/{reference_folder(k - 1)}/model.pt"
+    return f"results/{wildcards.run}/{layout.reference_folder(k - 1)}/model.pt"
 
 
 def selection_inputs(wildcards):
@@ -239,7 +208,7 @@ def guarded_report_inputs(wildcards):
         for index, run in enumerate(runs)
         for method in METHODS
     }
-    return guarded_report_files(
+    return layout.guarded_report_files(
         [f"results/{run}" for run in runs],
         METHODS,
         searches,
@@ -254,13 +223,13 @@ def cycle_pruning(wildcards):
     if GUARDED:
         targets = guard_search(wildcards.run, wildcards.method).targets(k)
     else:
-        targets = scheduled_targets(TARGETS, k)
-    return cycle_slice(seeded("pruning")(wildcards), *targets)
+        targets = policy.scheduled_targets(TARGETS, k)
+    return policy.cycle_slice(seeded("pruning")(wildcards), *targets)
 
 
 def oneshot_pruning(wildcards):
     """Params function: the pruning slice of the one-shot curves (no cycle targets)."""
-    return oneshot_slice(seeded("pruning")(wildcards))
+    return policy.oneshot_slice(seeded("pruning")(wildcards))
 
 
 # GPUs the profile offers a job: Snakemake's global resource `gpu` (`resources: [gpu=4]` in a
@@ -275,7 +244,7 @@ COHORT = cohort(
 )
 
 
-LATENCY_MODELS = latency_models(METHODS, len(TARGETS), GUARDED)
+LATENCY_MODELS = layout.latency_models(METHODS, len(TARGETS), GUARDED)
 
 
 def latency_inputs(wildcards):
@@ -302,7 +271,7 @@ def job_resources(rule, rounds=1):
     try:
         return rule_resources(config, rule, COHORT, rounds, OFFERED_GPUS)
     except (KeyError, TypeError) as err:
-        config_error(f"resources.rules.{rule}", err)
+        checks.config_error(f"resources.rules.{rule}", err)
 
 
 def report_inputs(wildcards):
@@ -313,7 +282,7 @@ def report_inputs(wildcards):
         : config["report"]["cases"]
     ]
     return {
-        **report_files(
+        **layout.report_files(
             [f"results/{run}" for run in replicate_runs(wildcards.run)],
             METHODS,
             len(TARGETS),
@@ -330,14 +299,14 @@ QUANTIZE_KEYS = ("quantize_mode", "quantize_ops", "calibration_slices", "max_dic
 
 def quantize_settings():
     """Params of the INT8 jobs: the export keys that change an INT8 model or its verdict."""
-    return canonical({key: config["export"][key] for key in QUANTIZE_KEYS})
+    return policy.canonical({key: config["export"][key] for key in QUANTIZE_KEYS})
 
 
 def int8_sources(name):
     """Input function of `int8`: `name` (model.pt or model.onnx) of every deployed model."""
 
     def files(wildcards):
-        models = int8_models(METHODS, len(TARGETS))
+        models = layout.int8_models(METHODS, len(TARGETS))
         return [f"results/{wildcards.run}/{model.folder}/{name}" for model in models]
 
     return files
@@ -347,12 +316,12 @@ def int8_inputs(run):
     """With export.quantize int8: the first replicate's INT8 folder, for the report."""
     if config["export"]["quantize"] != "int8":
         return {}
-    return {INT8_KEY: f"results/{replicate_runs(run)[0]}/{INT8}"}
+    return {layout.INT8_KEY: f"results/{replicate_runs(run)[0]}/{layout.INT8}"}
 
 
 def final_outputs():
     """What `rule all` builds (varprune.layout.final_outputs)."""
-    return layout_final_outputs(
+    return layout.final_outputs(
         config["run"],
         [f"results/{run}" for run in replicate_runs(config["run"])],
         [replicate.splits for replicate in REPLICATES],

@@ -168,7 +168,7 @@ rule split_fold:
     conda:
         "../envs/varprune.yaml"
     params:
-        split=lambda wildcards: canonical(split_config(int(wildcards.fold))),
+        split=lambda wildcards: policy.canonical(split_config(int(wildcards.fold))),
         cases=CASES,
         code=code_version("split.py"),
     script:

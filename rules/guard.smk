@@ -96,7 +96,7 @@ rule report_guarded:
         **job_resources("report_guarded"),
     params:
         report=cfg("report"),
-        config=shown_config(config),
+        config=policy.shown_config(config),
         code=code_version("report_guarded.py"),
     script:
         "../scripts/report_guarded.py"

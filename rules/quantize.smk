@@ -24,7 +24,7 @@ rule int8:
     resources:
         **job_resources("export"),
     params:
-        models=[model.folder for model in int8_models(METHODS, len(TARGETS))],
+        models=[model.folder for model in layout.int8_models(METHODS, len(TARGETS))],
         quantize=quantize_settings(),
         evaluate=cfg("evaluate"),
         cost=cfg("cost"),

@@ -47,7 +47,7 @@ rule report:
         **job_resources("report"),
     params:
         report=cfg("report"),
-        config=shown_config(config),
+        config=policy.shown_config(config),
         code=code_version("report.py"),
     script:
         "../scripts/report.py"

@@ -94,6 +94,8 @@ def test_the_schema_refuses_a_wrong_type_or_value_naming_the_key(change, key):
          "pruning.guard: pruning.guard.min_step"),
         ({"pruning.schedule": "guarded", "pruning.guard": {"start": 0.99}},
          "pruning.guard.start: 0.99 is more than one cycle can remove"),
+        ({"pruning.schedule": "guarded", "export.quantize": "int8"},
+         "export.quantize: INT8 is built for pruning.schedule targets only"),
     ],
 )
 def test_a_relation_the_schema_cannot_express_is_refused_naming_the_key(change, message):

@@ -114,3 +114,7 @@ def check_config(cfg: dict, *, archive_must_exist: bool = True) -> None:
         config_error("resources.rules", f"no rule named {', '.join(typos)}")
     dense_spec(cfg)
     check_pruning(cfg)
+    if cfg["pruning"]["schedule"] == "guarded" and cfg["export"]["quantize"]:
+        config_error("export.quantize", "INT8 is built for pruning.schedule targets only (the guarded "
+                     "report does not read it yet); quantize a selected model with "
+                     "`varprune export --quantize int8`")
