@@ -23,25 +23,18 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from varprune.compare import headroom, metrics_long, oneshot_long
 from varprune.layout import RunFiles
 from varprune.stats import verdict
+from varprune.workflow.configfiles import merged_config as load_merged
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def merged_config(files: list[Path]) -> dict:
-    """The run's config: the defaults, then each --configfile (shallow per top-level section)."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for path in files:
-        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = {**config[key], **value}
-            else:
-                config[key] = value
-    return config
+    """The run's config: the defaults, then each --configfile, merged as Snakemake merges them."""
+    return load_merged(*files, defaults=REPO / "config" / "config.yaml")
 
 
 def controls_table(summary: pd.DataFrame) -> pd.DataFrame:

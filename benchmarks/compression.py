@@ -57,6 +57,7 @@ from varprune.cost import macs_full
 from varprune.export import max_difference, onnx_bytes, runner
 from varprune.latency import latency_parts
 from varprune.model import load_model
+from varprune.workflow.configfiles import merged_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCOPES = ("transformer", "decoder", "embedding", "all")
@@ -66,20 +67,10 @@ SWEEP_SEEDS = [0, 1]
 GOAL_LATENCY, GOAL_MACS, GOAL_DICE = 0.70, 0.85, -0.5
 
 
-def deep_update(base: dict, changes: dict) -> dict:
-    """`base` with `changes` merged in recursively (how snakemake merges --configfile files)."""
-    merged = dict(base)
-    for key, value in changes.items():
-        merged[key] = (deep_update(merged[key], value) if isinstance(value, dict)
-                       and isinstance(merged.get(key), dict) else value)
-    return merged
-
-
 def load_config(root: Path, preset: Path | None = None) -> dict:
-    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    if preset is not None:
-        config = deep_update(config, yaml.safe_load((root / preset).read_text()) or {})
-    return config
+    """config/config.yaml of `root` with the preset merged in, as Snakemake merges --configfile."""
+    return merged_config(*([root / preset] if preset is not None else []),
+                         defaults=root / "config" / "config.yaml")
 
 
 def run_pipeline(root: Path, config_files: list[Path], run: str, names: list[str]) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from varprune.workflow.configfiles import merged_config as load_merged
+
 REPO = Path(__file__).resolve().parents[1]
 CORES = 2
 # One Snakemake call of the tiny pipeline takes about 3 minutes on a 2-core machine of this
@@ -126,12 +128,8 @@ def edited_config(tmp: Path, base: Path = TINY_CONFIG, **changes) -> Path:
 
 
 def merged_config(config: Path | None = TINY_CONFIG) -> dict:
-    """config/config.yaml with `config` laid over it (per top-level section), as Snakemake reads them."""
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    for key, value in (yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}).items():
-        nested = isinstance(value, dict) and isinstance(cfg.get(key), dict)
-        cfg[key] = {**cfg[key], **value} if nested else value
-    return cfg
+    """config/config.yaml with `config` laid over it, merged as Snakemake merges --configfile."""
+    return load_merged(*([config] if config else []), defaults=REPO / "config" / "config.yaml")
 
 
 def model_jobs(config: Path | None = TINY_CONFIG) -> dict:
