@@ -102,6 +102,7 @@ def _pixels_by_member(archive) -> dict[str, bytes]:
     return found
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_the_archive_is_the_same_for_any_worker_count(tmp_path):
     spec = replace(TINY, patients=2, size=32)
     write_synthetic_archive(tmp_path / "one.zip", spec, workers=1)

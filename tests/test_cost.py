@@ -19,6 +19,7 @@ def analytic_block_macs(tokens: int, hidden: int, heads: int, head_dim: int, ffn
             + 2 * tokens * hidden * ffn)  # linear1 and linear2
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_macs_full_matches_the_analytic_count_of_a_transformer_layer():
     spec = pruned_spec()
     model = build_model(spec)
@@ -41,6 +42,7 @@ def test_thop_misses_exactly_the_attention_matmuls_of_a_layer():
     assert linear_only <= macs_thop(block, x) < linear_only + attention
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_cost_record_of_a_pruned_model_is_smaller_complete_and_deterministic():
     dense, pruned = tiny_spec(), pruned_spec()
     records = [measure_cost(build_model(s), s) for s in (dense, pruned)]
@@ -91,6 +93,7 @@ def test_a_latency_difference_counts_only_beyond_the_timing_spread():
     assert beyond_spread(median, spread, 50.0, 4.0, floor=6.0).tolist() == [False, False, True, False]
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_the_latency_job_times_every_model_side_by_side_with_a_spread(tmp_path):
     """Every model, eager and onnxruntime, one row each: medians, the spread over rounds, and the
     parts (embedding + transformer + decoder = whole)."""

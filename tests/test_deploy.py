@@ -158,6 +158,7 @@ def test_bad_inputs_fail_with_their_message_and_no_output(tiny, tmp_path, capsys
     _expect_error(capsys, tmp_path, bare, tiny["nifti"], "does not record its preprocessing")
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip_dense_and_pruned(tmp_path, fmt, arch, capsys):

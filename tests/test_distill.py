@@ -60,6 +60,7 @@ def _fine_tune(tmp_path, name, settings, teacher=None):
         return [float(r["loss"]) for r in csv.DictReader(fh)], read_checkpoint(out / "model.pt")["state_dict"]
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_a_teacher_changes_training_only_when_the_weight_is_set(tmp_path):
     torch.manual_seed(7)
     teacher = build_model(tiny_spec())  # a different network: its outputs pull the student away

@@ -90,6 +90,7 @@ def test_a_job_killed_at_a_random_point_is_rerun_to_the_same_model(done_run, tmp
     assert _leftovers(target.parent) == []  # a killed writer's temp file is removed by the rerun
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_a_writer_killed_in_the_middle_of_a_checkpoint_leaves_no_final_file(tmp_path):
     final = tmp_path / "model.pt"
     script = textwrap.dedent(f"""

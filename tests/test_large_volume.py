@@ -142,6 +142,7 @@ def signed_permutations():
             yield matrix
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_reorienting_by_a_flip_is_dicom_orient_bit_for_bit():
     rng = np.random.default_rng(6)
     tilted = np.array([[1.0, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
@@ -260,6 +261,7 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_metrics_in_the_box_are_the_whole_volume_metrics():

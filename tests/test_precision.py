@@ -62,6 +62,7 @@ def test_bf16_inference_runs_in_bf16_and_agrees_with_fp32():
     assert not np.array_equal(low, reference)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_a_bf16_training_step_learns_and_saves_fp32_weights(tmp_path):
     spec = tiny_spec("setr")
     torch.manual_seed(0)

@@ -53,6 +53,7 @@ def _export(root, tmp_path, *extra):
     return code, out, int8_path(out)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_int8_is_written_next_to_the_export_and_predicts_like_it(trained, tmp_path, capsys):
     code, fp32, int8 = _export(trained, tmp_path, "--data", str(trained / "data"), "--max-dice-drop", "0.05",
                                "--quantize-mode", "static", "--quantize-ops", "MatMul", "Gemm", "Conv")
@@ -73,6 +74,7 @@ def test_int8_is_written_next_to_the_export_and_predicts_like_it(trained, tmp_pa
     assert dice == pytest.approx(record["val_dice_int8"], abs=1e-6)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_int8_is_refused_with_nothing_written_when_the_guard_fails(trained, tmp_path, capsys):
     """Calibrated on slices a thousand times too bright, INT8 loses the liver; with a margin of 0
     it is refused, says by how much, and leaves no file (the fp32 export stays)."""
@@ -96,6 +98,7 @@ def test_int8_options_are_checked_before_anything_is_written(trained, tmp_path, 
         QuantizeSettings(mode="fp8")
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_dynamic_int8_needs_no_calibration(trained, tmp_path, capsys):
     """The default (dynamic MatMul/Gemm, the fastest measured): no calibration slices."""
     from varprune.deployed import load_any

@@ -238,6 +238,7 @@ def test_itk_reasons_replace_source_locations(nifti_ct, tmp_path):
 
 # ---- plausibility ----
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_the_default_synthetic_cases_pass_every_plausibility_check():
     spec = SyntheticSpec()
     for patient in range(1, 5):

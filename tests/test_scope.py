@@ -260,6 +260,7 @@ def test_transformer_scope_plans_nothing_outside_the_blocks():
         assert removed_macs(spec, counts) >= budget
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("scope", ["decoder", "embedding", "all"])
 def test_a_pruned_checkpoint_of_each_scope_round_trips_through_save_load_and_export(tmp_path, arch, scope):

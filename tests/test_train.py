@@ -38,6 +38,7 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_training_lowers_the_loss_and_logs_every_epoch(tmp_path):
     result, _, rows = run(tmp_path, "a", TrainSettings(epochs=10, batch_size=4, lr=3e-3, seed=0))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
@@ -46,6 +47,7 @@ def test_training_lowers_the_loss_and_logs_every_epoch(tmp_path):
     assert result.best_val_dice == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-6)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_two_runs_of_one_config_agree(tmp_path):
     _, first, rows1 = run(tmp_path, "a")
     _, second, rows2 = run(tmp_path, "b")
@@ -71,6 +73,7 @@ def killed_in_epoch_3(tmp_path, name, monkeypatch, settings=SETTINGS) -> None:
     monkeypatch.setattr(train_module, "validation_dice", real_validation)
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
     _, uninterrupted, rows = run(tmp_path, "straight")
     killed_in_epoch_3(tmp_path, "resumed", monkeypatch)
@@ -80,6 +83,7 @@ def test_resume_continues_from_last_epoch_and_ends_like_an_uninterrupted_run(tmp
     assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_changed_settings_do_not_reuse_a_resume_state(tmp_path):
     state = tmp_path / "shared_state"
     run(tmp_path, "a", state=state)
@@ -103,6 +107,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_an_exponential_moving_average_is_validated_saved_and_resumed(tmp_path, monkeypatch):
     # decay 0: the average is the raw weights, so the run equals one without it.
     _, raw, raw_rows = run(tmp_path, "raw")
