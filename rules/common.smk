@@ -22,7 +22,7 @@ from varprune.codeversion import code_fingerprint
 from varprune.methods import CONTROLS, method_pattern
 from varprune.replicates import RUN_PATTERN, replicate_of
 from varprune.resources import cohort, rule_resources
-from varprune.workflow import cases, checks, params as policy
+from varprune.workflow import cases as case_plan, checks, params as policy
 
 # Relations between keys that the schema cannot express (varprune.workflow.checks). Jobs on
 # cluster nodes parse the workflow again; the archive need only exist where it is linked.
@@ -33,17 +33,17 @@ checks.check_config(config, archive_must_exist=workflow.is_main_process)
 # folder results/{run}/{replicate}/) and their splits, checked now so that an impossible one
 # stops the run before any job (varprune.workflow.cases).
 NIFTI_CASES = (
-    cases.nifti_case_files(config) if config["data"]["source"] == "nifti" else {}
+    case_plan.nifti_case_files(config) if config["data"]["source"] == "nifti" else {}
 )
-CASES = cases.case_ids(config, NIFTI_CASES)
-REPLICATES = cases.checked_replicates(config)
+CASES = case_plan.case_ids(config, NIFTI_CASES)
+REPLICATES = case_plan.checked_replicates(config)
 FOLDS = sorted({r.fold for r in REPLICATES if r.fold is not None})
-SPLITS = cases.checked_splits(CASES, config, FOLDS)
+SPLITS = case_plan.checked_splits(CASES, config, FOLDS)
 
 
 def split_config(fold):
     """The split slice of one fold (None: the configured split)."""
-    return cases.fold_split_config(config, fold)
+    return case_plan.fold_split_config(config, fold)
 
 
 def split_of(run):
