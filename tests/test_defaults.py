@@ -69,3 +69,8 @@ def test_schema_defaults_are_the_config_values():
 def test_the_synthesize_command_defaults_to_the_default_cohort():
     args = build_parser().parse_args(["synthesize", "out.zip"])
     assert {k: getattr(args, k) for k in CONFIG["synthetic"]} == CONFIG["synthetic"]
+
+
+def test_the_download_command_defaults_to_the_configured_url():
+    args = build_parser().parse_args(["download", "out.zip"])
+    assert args.url == CONFIG["data"]["url"] == SCHEMA["properties"]["data"]["properties"]["url"]["default"]
