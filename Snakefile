@@ -33,4 +33,4 @@ else:
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        inputs.final_outputs(),

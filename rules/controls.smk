@@ -4,9 +4,9 @@
 rule dense_long:
     input:
         model="results/{run}/dense/model.pt",
-        splits=split_file,
-        train=cases("train"),
-        val=cases("val"),
+        splits=inputs.split_file,
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
     output:
         model="results/{run}/dense_long/model.pt",
         log="results/{run}/dense_long/train_log.csv",
@@ -18,12 +18,12 @@ rule dense_long:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        **job_resources("dense_long", rounds=len(TARGETS)),
+        **jobs.resources("dense_long", rounds=len(TARGETS)),
     params:
-        finetune=seeded("finetune"),
+        finetune=inputs.seeded("finetune"),
         # One fine-tuning per pruning cycle: the extra training the last cycle of a method had.
         rounds=len(TARGETS),
-        state_dir=state_dir("dense_long"),
+        state_dir=inputs.state_dir("dense_long"),
         code=code_version("control.py"),
     script:
         "../scripts/control.py"
@@ -32,9 +32,9 @@ rule dense_long:
 rule transformer_off:
     input:
         model="results/{run}/dense/model.pt",
-        splits=split_file,
-        train=cases("train"),
-        val=cases("val"),
+        splits=inputs.split_file,
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
     output:
         model="results/{run}/transformer_off/model.pt",
         log="results/{run}/transformer_off/train_log.csv",
@@ -46,12 +46,12 @@ rule transformer_off:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        **job_resources("transformer_off", rounds=len(TARGETS)),
+        **jobs.resources("transformer_off", rounds=len(TARGETS)),
     params:
-        finetune=seeded("finetune"),
+        finetune=inputs.seeded("finetune"),
         # The same fine-tuning as dense_long: the headroom compares equal training.
         rounds=len(TARGETS),
-        state_dir=state_dir("transformer_off"),
+        state_dir=inputs.state_dir("transformer_off"),
         code=code_version("control.py"),
     script:
         "../scripts/control.py"
@@ -60,9 +60,9 @@ rule transformer_off:
 rule oneshot:
     input:
         model="results/{run}/dense/model.pt",
-        train=cases("train"),
-        val=cases("val"),
-        test=cases("test"),
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
+        test=inputs.cases("test"),
     output:
         "results/{run}/oneshot.csv",
     log:
@@ -73,10 +73,10 @@ rule oneshot:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        **job_resources("oneshot"),
+        **jobs.resources("oneshot"),
     params:
         methods=METHODS,
-        pruning=oneshot_pruning,
+        pruning=inputs.oneshot_pruning,
         oneshot=cfg("oneshot"),
         device=config["finetune"]["device"],
         code=code_version("oneshot.py"),

@@ -17,7 +17,7 @@ if config["data"]["source"] == "synthetic":
             "../envs/varprune.yaml"
         threads: 2  # patients drawn in parallel; a cluster node must have this many CPUs
         resources:
-            **job_resources("synthesize"),
+            **jobs.resources("synthesize"),
         params:
             synthetic=cfg("synthetic"),
             code=code_version("synthesize.py"),
@@ -42,7 +42,7 @@ elif config["data"]["source"] == "nifti":
         conda:
             "../envs/varprune.yaml"
         resources:
-            **job_resources("convert"),
+            **jobs.resources("convert"),
         params:
             label=lambda wildcards: str(NIFTI_CASES[wildcards.case][1]),
             liver_labels=cfg("data.nifti.liver_labels"),
@@ -110,7 +110,7 @@ if config["data"]["source"] != "nifti":
         conda:
             "../envs/varprune.yaml"
         resources:
-            **job_resources("convert"),
+            **jobs.resources("convert"),
         params:
             assume_hu=cfg("data.assume_hu"),
             extract=cfg("data.extract"),
@@ -132,7 +132,7 @@ rule preprocess:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("preprocess"),
+        **jobs.resources("preprocess"),
     params:
         preprocess=cfg("preprocess"),
         assume_hu=cfg("data.assume_hu"),
@@ -168,7 +168,9 @@ rule split_fold:
     conda:
         "../envs/varprune.yaml"
     params:
-        split=lambda wildcards: policy.canonical(split_config(int(wildcards.fold))),
+        split=lambda wildcards: policy.canonical(
+            case_plan.fold_split_config(config, int(wildcards.fold))
+        ),
         cases=CASES,
         code=code_version("split.py"),
     script:

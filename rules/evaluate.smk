@@ -5,8 +5,8 @@ run's latency job."""
 rule evaluate:
     input:
         model="results/{run}/{model}/model.pt",
-        data=cases("test"),
-        truth=cases("test", "data/nifti/{case}/liver.nii.gz"),
+        data=inputs.cases("test"),
+        truth=inputs.cases("test", "data/nifti/{case}/liver.nii.gz"),
     output:
         metrics="results/{run}/{model}/metrics.csv",
         pred=directory("results/{run}/{model}/pred"),
@@ -18,7 +18,7 @@ rule evaluate:
         "../envs/varprune.yaml"
     threads: config["evaluate"]["threads"]
     resources:
-        **job_resources("evaluate"),
+        **jobs.resources("evaluate"),
     params:
         evaluate=cfg("evaluate"),
         code=code_version("evaluate.py"),
@@ -38,7 +38,7 @@ rule cost:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("cost"),
+        **jobs.resources("cost"),
     params:
         code=code_version("cost.py"),
     script:
@@ -50,7 +50,7 @@ rule cost:
 # cost.alone the job reserves every core of a local run, so that no other job runs meanwhile.
 rule latency:
     input:
-        models=latency_inputs,
+        models=inputs.latency_inputs,
     output:
         "results/{run}/latency.csv",
     log:
@@ -59,11 +59,11 @@ rule latency:
         "logs/{run}/latency.benchmark.tsv"
     conda:
         "../envs/varprune.yaml"
-    threads: timing_threads()
+    threads: jobs.timing_threads()
     resources:
-        **job_resources("latency"),
+        **jobs.resources("latency"),
     params:
-        models=LATENCY_MODELS,
+        models=inputs.latency_models(),
         cost=cfg("cost"),
         code=code_version("latency.py"),
     script:

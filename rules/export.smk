@@ -12,7 +12,7 @@ rule export:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("export"),
+        **jobs.resources("export"),
     params:
         code=code_version("export.py"),
     script:

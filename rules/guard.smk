@@ -6,11 +6,11 @@ tolerance; the guarded report reads the selected models only."""
 
 rule reference_round:
     input:
-        model=reference_parent,
-        teacher=distill_teacher,
-        splits=split_file,
-        train=cases("train"),
-        val=cases("val"),
+        model=inputs.reference_parent,
+        teacher=inputs.distill_teacher,
+        splits=inputs.split_file,
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
     output:
         model="results/{run}/dense_long/round{k}/model.pt",
         log="results/{run}/dense_long/round{k}/train_log.csv",
@@ -22,13 +22,13 @@ rule reference_round:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        **job_resources("reference_round"),
+        **jobs.resources("reference_round"),
     params:
         kind="dense_long",
-        finetune=seeded("finetune"),
+        finetune=inputs.seeded("finetune"),
         # Round k: round k-1 fine-tuned once more, exactly as a pruning cycle is.
         rounds=1,
-        state_dir=state_dir("dense_long/round{k}"),
+        state_dir=inputs.state_dir("dense_long/round{k}"),
         code=code_version("control.py"),
     script:
         "../scripts/control.py"
@@ -38,9 +38,9 @@ checkpoint guard:
     input:
         oneshot="results/{run}/{method}/cycle{k}/oneshot.json",
         cycle="results/{run}/{method}/cycle{k}/model.pt",
-        reference=guard_reference,
-        previous=earlier_decisions,
-        fallback=guard_fallback,
+        reference=inputs.guard_reference,
+        previous=inputs.earlier_decisions,
+        fallback=inputs.guard_fallback,
         dense="results/{run}/dense/model.pt",
     output:
         "results/{run}/{method}/guard/cycle{k}.json",
@@ -49,10 +49,10 @@ checkpoint guard:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("guard"),
+        **jobs.resources("guard"),
     params:
         guard=cfg("pruning.guard"),
-        pruning=oneshot_pruning,
+        pruning=inputs.oneshot_pruning,
         code=code_version("guard.py"),
     script:
         "../scripts/guard.py"
@@ -60,7 +60,7 @@ checkpoint guard:
 
 rule select:
     input:
-        unpack(selection_inputs),
+        unpack(inputs.selection_inputs),
         dense="results/{run}/dense/model.pt",
     output:
         model="results/{run}/{method}/selected/model.pt",
@@ -70,7 +70,7 @@ rule select:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("select"),
+        **jobs.resources("select"),
     params:
         code=code_version("select.py"),
     script:
@@ -79,7 +79,7 @@ rule select:
 
 rule report_guarded:
     input:
-        unpack(guarded_report_inputs),
+        unpack(inputs.guarded_report_inputs),
     output:
         table="results/{run}/report/guarded.csv",
         html="results/{run}/report/report.html",
@@ -93,7 +93,7 @@ rule report_guarded:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("report_guarded"),
+        **jobs.resources("report_guarded"),
     params:
         report=cfg("report"),
         config=policy.shown_config(config),

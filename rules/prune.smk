@@ -3,11 +3,11 @@
 
 rule prune_cycle:
     input:
-        model=previous_model,
-        teacher=distill_teacher,
-        splits=split_file,
-        train=cases("train"),
-        val=cases("val"),
+        model=inputs.previous_model,
+        teacher=inputs.distill_teacher,
+        splits=inputs.split_file,
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
     output:
         model="results/{run}/{method}/cycle{k}/model.pt",
         sequence="results/{run}/{method}/cycle{k}/sequence.csv",
@@ -21,11 +21,11 @@ rule prune_cycle:
         "../envs/varprune.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        **job_resources("prune_cycle"),
+        **jobs.resources("prune_cycle"),
     params:
-        pruning=cycle_pruning,
-        finetune=seeded("finetune"),
-        state_dir=state_dir("{method}/cycle{k}"),
+        pruning=inputs.cycle_pruning,
+        finetune=inputs.seeded("finetune"),
+        state_dir=inputs.state_dir("{method}/cycle{k}"),
         code=code_version("prune_cycle.py"),
     script:
         "../scripts/prune_cycle.py"

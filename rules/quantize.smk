@@ -7,12 +7,12 @@ folder (results/{run}/int8/{model}/); a refused model leaves only its decision t
 
 rule int8:
     input:
-        checkpoints=int8_sources("model.pt"),
-        exports=int8_sources("model.onnx"),
-        train=cases("train"),
-        val=cases("val"),
-        test=cases("test"),
-        truth=cases("test", "data/nifti/{case}/liver.nii.gz"),
+        checkpoints=inputs.int8_sources("model.pt"),
+        exports=inputs.int8_sources("model.onnx"),
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
+        test=inputs.cases("test"),
+        truth=inputs.cases("test", "data/nifti/{case}/liver.nii.gz"),
     output:
         directory("results/{run}/int8"),
     log:
@@ -20,12 +20,12 @@ rule int8:
     conda:
         "../envs/varprune.yaml"
     # It times latency, like `cost`: with cost.alone no other job runs meanwhile.
-    threads: timing_threads()
+    threads: jobs.timing_threads()
     resources:
-        **job_resources("export"),
+        **jobs.resources("export"),
     params:
-        models=[model.folder for model in layout.int8_models(METHODS, len(TARGETS))],
-        quantize=quantize_settings(),
+        models=inputs.int8_models(),
+        quantize=inputs.quantize_settings(),
         evaluate=cfg("evaluate"),
         cost=cfg("cost"),
         code=code_version("int8.py"),

@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        unpack(report_inputs),
+        unpack(inputs.report_inputs),
     output:
         summary="results/{run}/report/summary.csv",
         html="results/{run}/report/report.html",
@@ -44,7 +44,7 @@ rule report:
     conda:
         "../envs/varprune.yaml"
     resources:
-        **job_resources("report"),
+        **jobs.resources("report"),
     params:
         report=cfg("report"),
         config=policy.shown_config(config),

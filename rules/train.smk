@@ -3,9 +3,9 @@
 
 rule train:
     input:
-        splits=split_file,
-        train=cases("train"),
-        val=cases("val"),
+        splits=inputs.split_file,
+        train=inputs.cases("train"),
+        val=inputs.cases("val"),
     output:
         model="results/{run}/dense/model.pt",
         log="results/{run}/dense/train_log.csv",
@@ -17,13 +17,13 @@ rule train:
         "../envs/varprune.yaml"
     threads: config["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **jobs.resources("train"),
     params:
         model=cfg("model"),
-        train=seeded("train"),
+        train=inputs.seeded("train"),
         preprocess=cfg("preprocess"),
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
-        state_dir=state_dir("dense"),
+        state_dir=inputs.state_dir("dense"),
         code=code_version("train.py"),
     script:
         "../scripts/train.py"
