@@ -16,6 +16,7 @@ from varprune.pruning.guard import GuardSettings
 from varprune.pruning.sequence import SequenceSettings
 from varprune.report.settings import ReportSettings
 from varprune.resources import Calibration
+from varprune.spec import ModelSpec
 from varprune.train import TrainSettings
 
 from .workflow_helpers import REPO
@@ -38,8 +39,9 @@ def _plain(value):
     (SyntheticSpec(), CONFIG["synthetic"]),
     (PreprocessSpec(), CONFIG["preprocess"]),
     (Calibration(), CONFIG["resources"]),
+    (ModelSpec(), {**CONFIG["model"], "input_size": CONFIG["preprocess"]["input_size"]}),
 ], ids=["train", "augment", "pruning-sequence", "pruning-cycle", "pruning-guard", "report", "synthetic",
-        "preprocess", "resources"])
+        "preprocess", "resources", "model"])
 def test_dataclass_defaults_are_the_config_defaults(instance, section):
     compared = 0
     for field in dataclasses.fields(instance):
@@ -74,3 +76,11 @@ def test_the_synthesize_command_defaults_to_the_default_cohort():
 def test_the_download_command_defaults_to_the_configured_url():
     args = build_parser().parse_args(["download", "out.zip"])
     assert args.url == CONFIG["data"]["url"] == SCHEMA["properties"]["data"]["properties"]["url"]["default"]
+
+
+def test_a_checkpoint_spec_written_before_a_key_existed_reads_it_as_it_was_written():
+    from varprune.spec import LEGACY_SPEC
+
+    old = ModelSpec.from_dict({"hidden": 384, "ffn": 1536, "heads": 6, "layers": []})
+    assert old.arch == LEGACY_SPEC["arch"] == "unetr" and old.patch == 16
+    assert ModelSpec.from_dict(ModelSpec().to_dict()) == ModelSpec()

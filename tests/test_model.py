@@ -84,7 +84,9 @@ def test_setr_head_reads_the_chosen_layers_concatenated():
 
 def test_spec_rejects_sizes_that_do_not_fit_the_patch():
     with pytest.raises(ValueError, match="preprocess.input_size 40 .* must be a multiple of model.patch 16"):
-        ModelSpec(input_size=40)
+        ModelSpec(arch="unetr", patch=16, input_size=40)
+    with pytest.raises(ValueError, match="preprocess.input_size 36 .* must be a multiple of model.patch 8"):
+        ModelSpec(input_size=36)
     with pytest.raises(ValueError, match="divisible by model.heads"):
         ModelSpec(hidden=100, heads=6)
 

@@ -23,7 +23,7 @@ from varprune.pruning.sequence import (
     variable_counts,
 )
 
-SPEC = ModelSpec(input_size=128, hidden=384, ffn=1536, heads=6)  # the default model's layers
+SPEC = ModelSpec(arch="unetr", patch=16, input_size=128, hidden=384, ffn=1536, heads=6)  # a ViT-S UNETR
 
 
 def random_scores(seed: int, spec: ModelSpec = SPEC):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from varprune.spec import UNETR_GROUPS
+from varprune.spec import LEGACY_SPEC, UNETR_GROUPS
 
 
 def img_size(model: Mapping) -> tuple[int, ...]:
@@ -32,7 +32,7 @@ def head_widths(model: Mapping) -> list[int]:
     else dense (SETR's `head_channels`, UNETR's `UNETR_GROUPS` times `feature_size`)."""
     if model.get("head_widths"):
         return list(model["head_widths"])
-    if model.get("arch", "unetr") == "setr":
+    if model.get("arch", LEGACY_SPEC["arch"]) == "setr":
         return list(model["head_channels"])
     return [factor * model["feature_size"] for _, factor in UNETR_GROUPS]
 
@@ -128,7 +128,7 @@ def rest_macs(model: Mapping) -> int:
     """MACs outside the transformer layers of the model `model` describes."""
     size = img_size(model)
     in_ch, out_ch = model.get("in_channels", 1), model.get("out_channels", 2)
-    if model.get("arch", "unetr") == "unetr":
+    if model.get("arch", LEGACY_SPEC["arch"]) == "unetr":
         return unetr_rest_macs(size, in_ch, out_ch, width(model), head_widths(model))
     return setr_rest_macs(size, model["patch"], in_ch, out_ch, width(model),
                           head_widths(model), model["head_kernel"],

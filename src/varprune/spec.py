@@ -8,6 +8,7 @@ checkpoint carries its spec, so a pruned model rebuilds without the code that pr
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, replace
 
 ARCHS = ("unetr", "setr")
@@ -47,29 +48,39 @@ class LayerSpec:
         return self.heads * self.head_dim
 
 
+# What a checkpoint written before a key existed meant by it: the first checkpoints were UNETRs
+# with these widths and had no `arch`, `patch` or SETR head keys. Read only when a saved spec lacks
+# the key (ModelSpec.from_dict), so that old checkpoints load as they were written.
+LEGACY_SPEC: dict = {
+    "arch": "unetr", "spatial_dims": 2, "input_size": 128, "depth": 16, "in_channels": 1, "out_channels": 2,
+    "hidden": 384, "ffn": 1536, "heads": 6, "feature_size": 8, "qkv_bias": False, "patch": 16,
+    "num_layers": 12, "head_channels": [64, 32, 16, 16], "head_kernel": 3, "head_layers": [-1],
+}
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to build the network, dense or pruned.
 
-    The defaults describe checkpoints written before `arch` existed (a UNETR); configs set every
-    key (config/config.yaml), so a new model never depends on them.
+    The defaults are the schema's (config/schema.yaml `model`, with preprocess.input_size;
+    tests/test_defaults.py checks it); a saved spec missing a key reads it from LEGACY_SPEC.
     """
 
-    arch: str = "unetr"
+    arch: str = "setr"
     spatial_dims: int = 2
     input_size: int = 128
     depth: int = 16  # input depth (slices) of a 3D model; unused in 2D
     in_channels: int = 1
     out_channels: int = 2
-    hidden: int = 384
-    ffn: int = 1536
+    hidden: int = 192
+    ffn: int = 768
     heads: int = 6
     feature_size: int = 8  # unetr: decoder feature size
     qkv_bias: bool = False
-    patch: int = 16  # side of a patch token (unetr: 16 only)
+    patch: int = 8  # side of a patch token (unetr: 16 only)
     num_layers: int = 12  # transformer layers (unetr: 12 only)
-    head_channels: list[int] = field(default_factory=lambda: [64, 32, 16, 16])  # setr: per x2 stage
-    head_kernel: int = 3  # setr: convolution kernel of the head's stages (1 or 3)
+    head_channels: list[int] = field(default_factory=lambda: [32, 16, 16])  # setr: per x2 stage
+    head_kernel: int = 1  # setr: convolution kernel of the head's stages (1 or 3)
     head_layers: list[int] = field(default_factory=lambda: [-1])  # setr: layers whose tokens it reads
     layers: list[LayerSpec] = field(default_factory=list)
     # Pruned widths outside the transformer blocks (pruning.scope decoder, embedding, all); None = dense.
@@ -174,7 +185,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
-        return cls(**data)
+        """A saved spec (checkpoint, JSON); keys it predates read as LEGACY_SPEC."""
+        return cls(**{**copy.deepcopy(LEGACY_SPEC), **data})
 
     @classmethod
     def from_config(cls, model_cfg: dict, input_size: int) -> ModelSpec:

@@ -18,6 +18,7 @@ import yaml
 
 from varprune.compare import HEADROOM_WARNING
 from varprune.report.tables import human_comparison, human_int8, human_summary, percent, verdict_table
+from varprune.spec import LEGACY_SPEC
 from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -93,7 +94,7 @@ def scope_phrase(pruning: dict) -> str:
 
 def arch_phrase(model: dict) -> str:
     """The segmenter in a few words, from the `model` config slice."""
-    if model.get("arch", "unetr") == "setr":
+    if model.get("arch", LEGACY_SPEC["arch"]) == "setr":
         return (f"SETR-PUP (MONAI ViT, patch {model.get('patch')}, {model.get('num_layers')} layers, "
                 f"hidden {model.get('hidden')}, upsampling head {model.get('head_channels')} of "
                 f"{model.get('head_kernel')}x{model.get('head_kernel')} convolutions)")
