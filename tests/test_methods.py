@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from varprune.methods import (
     PRUNING_METHODS,
     Method,
     colour,
+    load_plugins,
     method_pattern,
     register,
     unknown_methods,
@@ -27,6 +30,7 @@ from varprune.pruning.sequence import (
     solve_level,
 )
 
+from .method_plugin import write_plugin
 from .test_sequence import SPEC, layers_total, random_scores
 
 
@@ -99,3 +103,29 @@ def test_rate_planned_and_realised_are_both_recorded():
     assert {r["rate_planned"] for r in ffn} == {"0.3"}
     assert {float(r["rate_realised"]) for r in ffn} == {counts[0].ffn / 32}
     assert counts[0].ffn / 32 != 0.3
+
+
+def test_a_method_installed_by_another_package_registers_through_its_entry_point(tmp_path, monkeypatch):
+    root = write_plugin(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(root))
+    try:
+        assert load_plugins() == ["uniform_random"]
+        assert "uniform_random" in method_pattern().split("|")
+        assert load_plugins() == []  # already registered: skipped, not refused
+        counts, _ = plan_counts("uniform_random", SPEC, random_scores(0), int(0.4 * layers_total(SPEC)),
+                                SequenceSettings(), seed=3)
+        assert removed_macs(SPEC, counts) >= int(0.4 * layers_total(SPEC))
+    finally:
+        unregister("uniform_random")
+        sys.modules.pop("toy_methods", None)
+
+
+def test_a_broken_plugin_is_named_in_the_error(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(write_plugin(tmp_path / "missing", "toy_methods:NO_SUCH_NAME")))
+    with pytest.raises(ImportError, match="plugin 'uniform_random' \\(toy_methods:NO_SUCH_NAME\\)"):
+        load_plugins()
+    sys.modules.pop("toy_methods", None)
+    monkeypatch.syspath_prepend(str(write_plugin(tmp_path / "wrong", "toy_methods:np")))
+    with pytest.raises(TypeError, match="names a module, not a varprune.methods.Method"):
+        load_plugins()
+    sys.modules.pop("toy_methods", None)

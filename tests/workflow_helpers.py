@@ -73,8 +73,10 @@ LOCAL_ENV = _without_slurm_controller()
 
 
 def snakemake(
-    workdir: Path, *args: str, config: Path | None = TINY_CONFIG, check: bool = True, repo: Path = REPO
+    workdir: Path, *args: str, config: Path | None = TINY_CONFIG, check: bool = True, repo: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
+    """Run Snakemake on `workdir`; `env`: variables set on top of the local-run environment."""
     cmd = [
         sys.executable,
         "-m",
@@ -89,7 +91,8 @@ def snakemake(
     ]
     if config is not None:
         cmd += ["--configfile", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S, env=LOCAL_ENV)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S,
+                            env={**LOCAL_ENV, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -98,15 +101,17 @@ def snakemake(
 DAG_NODE = re.compile(r'^\s*\d+\[label = "(\w+)[^"]*", color = "[^"]*", style="([^"]*)"\];$', re.M)
 
 
-def scheduled(workdir: Path, config: Path | None = TINY_CONFIG, repo: Path = REPO) -> Counter:
-    """Rule -> number of jobs a run would execute now (empty when there is nothing to do);
-    `repo`: the workflow (Snakefile, rules, scripts, src) to run, by default this repository.
+def scheduled(workdir: Path, config: Path | None = TINY_CONFIG, repo: Path = REPO,
+              targets: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Counter:
+    """Rule -> number of jobs a run (of `targets`, else the default) would execute now (empty
+    when there is nothing to do); `repo`: the workflow (Snakefile, rules, scripts, src) to run,
+    by default this repository; `env` as for snakemake().
 
     Read from the job graph Snakemake writes for Graphviz (`--dag`, a node per job, labelled by
     its rule; jobs that need not run are drawn dashed), not from its printed job table. The
     default target `all` is a rule that does no work, so it is left out.
     """
-    out = snakemake(workdir, "--dag", config=config, repo=repo)
+    out = snakemake(workdir, *targets, "--dag", config=config, repo=repo, env=env)
     nodes = DAG_NODE.findall(out.stdout)
     if not nodes:
         raise AssertionError(f"no job graph from snakemake --dag:\n{out.stdout}\n{out.stderr}")

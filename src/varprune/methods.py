@@ -5,11 +5,20 @@ Snakemake wildcard, its solver plans every cycle, its role decides which pairs t
 (proposed vs baseline, each informed method vs each control), and its colour draws it. Pure
 Python: the workflow imports this at parse time, before any job and without torch; solvers are
 named as "module:function" and imported only when a cycle plans.
+
+A method from another package reaches the workflow through the entry-point group
+`varprune.methods` (a `Method`, or a list of them), as pytest finds its plugins: every job is a
+fresh process, so a registration made in a notebook or a test would not reach it. In that
+package's pyproject.toml:
+
+    [project.entry-points."varprune.methods"]
+    uniform_random = "my_methods:UNIFORM_RANDOM"
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +92,33 @@ register(Method("global", "one ranking of layer-normalised group scores across l
                 f"{_SEQUENCE}:global_counts", "baseline", "tab:green"))
 register(Method("random", "per-layer rates with variable's spread, assigned at random (seeded): the control "
                 "any informed allocation must beat", f"{_SEQUENCE}:random_counts", "control", "tab:purple"))
+
+PLUGIN_GROUP = "varprune.methods"
+
+
+def load_plugins() -> list[str]:
+    """Register the methods installed packages declare under the entry-point group
+    `varprune.methods`; returns the names registered now (one already registered is skipped).
+    A plugin that cannot be loaded, or names something that is not a Method, stops with an
+    error naming the entry point."""
+    added = []
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as err:  # any failure inside the plugin's import
+            raise ImportError(f"pruning-method plugin {entry.name!r} ({entry.value}) cannot be loaded: "
+                              f"{type(err).__name__}: {err}") from err
+        for method in loaded if isinstance(loaded, list | tuple) else [loaded]:
+            if not isinstance(method, Method):
+                raise TypeError(f"pruning-method plugin {entry.name!r} ({entry.value}) names a "
+                                f"{type(method).__name__}, not a varprune.methods.Method")
+            if PRUNING_METHODS.get(method.name) is not method:
+                register(method)
+                added.append(method.name)
+    return added
+
+
+load_plugins()
 
 _REFERENCE_COLOURS = {"dense": "black", "dense_long": "dimgray", "transformer_off": "darkgray"}
 
