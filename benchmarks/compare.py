@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from varprune.compare import headroom, metrics_long, oneshot_long
-from varprune.layout import RunFiles
-from varprune.stats import verdict
+from varprune.core.layout import RunFiles
+from varprune.study.compare import headroom, metrics_long, oneshot_long
+from varprune.study.stats import verdict
 from varprune.workflow.configfiles import merged_config as load_merged
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ MACs (thop and FlopCounterMode) from each model's cost.json and the test Dice fr
 and measures batch-1 CPU latency itself, in interleaved rounds (every model once per round; the
 median of the round medians), in PyTorch eager and in onnxruntime, for the whole model and per
 part (embedding, transformer, decoder: the patch embedding and the encoder timed alone,
-varprune.latency.latency_parts). It prints:
+varprune.engine.latency.latency_parts). It prints:
 1. per model: params, MACs thop and full, eager latency whole and per part, onnxruntime latency
    whole, test Dice; Δ vs dense, Δ Dice in points vs dense_long;
 2. per model: MACs (full) and onnxruntime latency per part;
@@ -53,10 +53,10 @@ import yaml
 from deploy import median_ms  # benchmarks/deploy.py, next to this file
 from torch import nn
 
-from varprune.cost import macs_full
-from varprune.export import max_difference, onnx_bytes, runner
-from varprune.latency import latency_parts
-from varprune.model import load_model
+from varprune.engine.cost import macs_full
+from varprune.engine.export import max_difference, onnx_bytes, runner
+from varprune.engine.latency import latency_parts
+from varprune.model.network import load_model
 from varprune.workflow.configfiles import merged_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,12 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from varprune.baseline import Case, evaluate_baseline
 from varprune.data.archive import case_id, list_patients, open_zip
 from varprune.data.convert import convert_case
 from varprune.data.preprocess import PreprocessSpec, preprocess_case
 from varprune.data.splits import make_splits
 from varprune.data.synthetic import SyntheticSpec, write_synthetic_archive
+from varprune.engine.baseline import Case, evaluate_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ Run from the repository root: python benchmarks/dense.py [--run default] [--no-r
 It first runs the pipeline up to the dense model's outputs (`snakemake --cores all`, which does
 nothing when they are up to date), then reads what the pipeline wrote:
 results/{run}/dense/{metrics.csv,cost.json,train_log.csv} and the train rule's benchmark file,
-times the dense model (varprune.latency) and prints one table. The goals of the dense-model issue:
+times the dense model (varprune.engine.latency) and prints one table. The goals of the dense-model issue:
 test Dice >= 0.90, training <= 6 min on a 2-core CPU. The transformer layers' shares of MACs and
 parameters are measured on the model.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from varprune.cost import macs_full
-from varprune.latency import time_models
-from varprune.model import count_parameters, load_model, transformer_layers
+from varprune.engine.cost import macs_full
+from varprune.engine.latency import time_models
+from varprune.model.network import count_parameters, load_model, transformer_layers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ For dense and the last cycle of every method it exports ONNX and TorchScript (ea
 against PyTorch within 1e-4) into a temp folder and times PyTorch eager, TorchScript and
 onnxruntime at batch 1 and batch 16: fixed threads, warm-up, median of at least 20 runs.
 Reductions are against dense in the same runtime. A second table splits the eager batch-1
-latency into patch embedding, transformer and decoder (varprune.latency.latency_parts: the
+latency into patch embedding, transformer and decoder (varprune.engine.latency.latency_parts: the
 embedding and the encoder timed alone), with each part's reduction and the whole model's
 latency reduction per MAC reduction: the parts transformer pruning cannot shrink set the floor.
 """
@@ -20,16 +20,16 @@ import numpy as np
 import torch
 import yaml
 
-from varprune.export import export_model, runner
-from varprune.latency import latency_parts, time_ms
-from varprune.model import load_model
+from varprune.engine.export import export_model, runner
+from varprune.engine.latency import latency_parts, time_ms
+from varprune.model.network import load_model
 from varprune.pruning.budget import spec_macs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, runs: int) -> float:
-    """Median milliseconds of `fn()` after warm-up (varprune.latency.time_ms)."""
+    """Median milliseconds of `fn()` after warm-up (varprune.engine.latency.time_ms)."""
     return time_ms(fn, warmup=3, runs=runs)[0]
 
 

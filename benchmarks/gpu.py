@@ -6,9 +6,9 @@ Run from the repository root on a machine with a CUDA GPU (about 5 minutes on on
 It builds its own data (the synthetic cohort of config/config.yaml, converted and preprocessed
 for the default preset and for config/paper.yaml's 224² grid), then, each step timed and
 reported even when an earlier one failed:
-1. dense training with the library's own loop (`varprune.train.train_dense`), per preset and
+1. dense training with the library's own loop (`varprune.engine.train.train_dense`), per preset and
    precision (fp32, bf16, fp16): seconds per epoch, validation Dice, peak GPU memory, and the
-   throughput in GMAC/s counted as `varprune.resources` counts a training job (3 x forward MACs
+   throughput in GMAC/s counted as `varprune.workflow.resources` counts a training job (3 x forward MACs
    per trained input + the validation passes), which is what `resources.gpu_gmacs` means;
 2. the compute ceiling: forward + backward on random batches with no data loading, and
    forward only, per precision;
@@ -166,13 +166,13 @@ def markdown(rows: list[dict]) -> str:
 
 def train_dense(table: Table, name: str, config: dict, data: dict, work: Path, precision: str,
                 epochs: int, threads: int) -> Path:
-    """Dense training on cuda at `precision` for `epochs`; GMAC/s as varprune.resources counts it."""
+    """Dense training on cuda at `precision` for `epochs`; GMAC/s as varprune.workflow.resources counts it."""
     import numpy as np
 
     from varprune.data.datasets import case_paths, load_volumes
-    from varprune.resources import forward_gmacs
-    from varprune.spec import ModelSpec
-    from varprune.train import train_dense as train_job
+    from varprune.engine.train import train_dense as train_job
+    from varprune.model.spec import ModelSpec
+    from varprune.workflow.resources import forward_gmacs
 
     train_cfg = {**config["train"], "epochs": epochs, "device": DEVICE, "precision": precision}
     out = work / "models" / name / f"dense_{precision}"
@@ -207,10 +207,10 @@ def compute_ceiling(table: Table, name: str, config: dict, precision: str, batch
     import torch
     from monai.losses import DiceCELoss
 
-    from varprune.model import build_model
-    from varprune.precision import autocast
-    from varprune.resources import forward_gmacs
-    from varprune.spec import ModelSpec
+    from varprune.core.precision import autocast
+    from varprune.model.network import build_model
+    from varprune.model.spec import ModelSpec
+    from varprune.workflow.resources import forward_gmacs
 
     device = torch.device(DEVICE)
     spec = ModelSpec.from_config(config["model"], config["preprocess"]["input_size"])
@@ -256,7 +256,7 @@ def compute_ceiling(table: Table, name: str, config: dict, precision: str, batch
 def prune_cycle(table: Table, name: str, config: dict, data: dict, work: Path, parent: Path,
                 precision: str, threads: int) -> Path:
     """One variable cycle to -45 % MACs with its fine-tuning, on cuda."""
-    from varprune.model import load_model
+    from varprune.model.network import load_model
     from varprune.pruning.cycle import run_cycle
 
     out = work / "models" / name / "variable_cycle1"
@@ -284,7 +284,7 @@ def evaluate(table: Table, name: str, label: str, model: Path, data: dict, work:
     """Test-set metrics of a checkpoint with the pipeline's own evaluation."""
     import numpy as np
 
-    from varprune.evaluate import evaluate_checkpoint
+    from varprune.engine.evaluate import evaluate_checkpoint
 
     out = work / "eval" / name / f"{label}_{device}_{precision}"
     started = time.perf_counter()
@@ -303,7 +303,7 @@ def predict_both(table: Table, name: str, model: Path, data: dict, work: Path, t
     import numpy as np
     import SimpleITK as sitk
 
-    from varprune.predict import predict
+    from varprune.app.predict import predict
 
     masks = {}
     for device, precision in ((DEVICE, "auto"), (DEVICE, "fp32"), ("cpu", "fp32")):
@@ -326,9 +326,9 @@ def latency(table: Table, name: str, models: dict[str, Path], precisions: tuple[
 
     import torch
 
-    from varprune.cost import macs_full
-    from varprune.model import load_model
-    from varprune.precision import autocast
+    from varprune.core.precision import autocast
+    from varprune.engine.cost import macs_full
+    from varprune.model.network import load_model
 
     device = torch.device(DEVICE)
     loaded = {label: load_model(path)[:2] for label, path in models.items()}
@@ -386,7 +386,7 @@ def main() -> None:
     import torch
     from compression import load_config
 
-    from varprune.precision import resolve
+    from varprune.core.precision import resolve
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or args.out / "work"
@@ -451,7 +451,7 @@ def main() -> None:
         chosen = min(measured.values())
         payload = {"gpu_gmacs": chosen, "per_preset": measured, "precision": auto, "gpu": gpu,
                    "definition": "3 x forward GMACs per trained input + forward GMACs per validation input, "
-                                 "over the epochs' wall time (varprune.resources.training_work)"}
+                                 "over the epochs' wall time (varprune.workflow.resources.training_work)"}
         (args.out / "gpu_gmacs.json").write_text(json.dumps(payload, indent=1) + "\n")
         table.note(f"gpu_gmacs measured: {chosen} GMAC/s (the lower of {measured}); "
                    f"set resources.gpu_gmacs from it")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from varprune.compare import headroom
+from varprune.study.compare import headroom
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = [0.45, 0.65, 0.75]

@@ -6,14 +6,14 @@ Run from the repository root after the pipeline runs you name (their data and mo
 
 For the dense model of the first run and the last cycle of `--method` in every run, it exports
 ONNX (checked against PyTorch) and quantizes it in each `--modes` variant with
-varprune.quantize (static: QDQ calibrated on 64 training slices; dynamic: ranges per batch;
+varprune.engine.quantize (static: QDQ calibrated on 64 training slices; dynamic: ranges per batch;
 `-mm`: MatMul and Gemm only, else Conv too). For every model and runtime (PyTorch eager fp32
 and bf16 autocast, onnxruntime fp32, onnxruntime INT8 per variant) it measures:
 - latency at batch 1, 1 thread, every model and runtime timed side by side in interleaved rounds
   in this one process (median of round medians, spread over rounds), and the speed-up against
   dense eager fp32, timed in the same rounds;
 - validation Dice (the guard's measure) and test Dice with the pipeline's evaluation
-  (`varprune.evaluate`), and the test Dice against the run's dense_long (the fair reference).
+  (`varprune.engine.evaluate`), and the test Dice against the run's dense_long (the fair reference).
 The goal line: a deployable model at least 10x faster than dense eager fp32 within 0.5 Dice
 points of dense_long. Last, onnxruntime's profiler says where the fastest ONNX model spends its
 time, by kind of operator: what limits the speed-up.
@@ -54,14 +54,14 @@ def main() -> None:
     args = parser.parse_args()
     runs = args.run or ["default"]
 
-    from varprune.cost import macs_full
-    from varprune.deployed import load_any
-    from varprune.evaluate import evaluate_checkpoint
-    from varprune.export import export_bytes
-    from varprune.latency import time_interleaved
-    from varprune.model import load_model
-    from varprune.quantize import QuantizeSettings, quantize_and_guard
-    from varprune.train import validation_dice
+    from varprune.engine.cost import macs_full
+    from varprune.engine.evaluate import evaluate_checkpoint
+    from varprune.engine.export import export_bytes
+    from varprune.engine.latency import time_interleaved
+    from varprune.engine.quantize import QuantizeSettings, quantize_and_guard
+    from varprune.engine.train import validation_dice
+    from varprune.model.deployed import load_any
+    from varprune.model.network import load_model
 
     torch.set_num_threads(1)
     splits = json.loads((REPO / "data" / "splits.json").read_text())

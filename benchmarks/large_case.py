@@ -86,7 +86,7 @@ def child(step: str, folder: Path) -> dict:
     from varprune.data.preprocess import PreprocessSpec, load_npz, preprocess_case
 
     if step == "evaluate":
-        from varprune.evaluate import evaluate_case  # torch and MONAI: preprocess needs neither
+        from varprune.engine.evaluate import evaluate_case  # torch and MONAI: preprocess needs neither
     base = vm_kb("VmRSS")
     t0 = time.perf_counter()
     if step == "preprocess":

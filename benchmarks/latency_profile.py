@@ -28,8 +28,8 @@ from compression import load_config  # benchmarks/compression.py, next to this f
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from varprune.cost import macs_full
-from varprune.model import ModelSpec, build_model, load_model
+from varprune.engine.cost import macs_full
+from varprune.model.network import ModelSpec, build_model, load_model
 from varprune.pruning.cycle import CycleSettings, prune_model
 from varprune.pruning.significance import make_criterion
 

@@ -9,7 +9,7 @@ model, trained in fp32):
    spread over rounds): one optimiser step of the default SETR at batch 8 (forward, backward,
    AdamW), and inference at batch 1 and 16 (1 thread: a deployment's setting), fp32 and bf16.
 2. Accuracy: the dense model trained again with train.precision bf16 (same config, seed and
-   data: `varprune.train.train_dense`), evaluated on the test set with bf16 autocast, against
+   data: `varprune.engine.train.train_dense`), evaluated on the test set with bf16 autocast, against
    the run's fp32 dense model evaluated in fp32 and in bf16. bf16 keeps 8 bits of mantissa;
    the question is whether a segmentation notices.
 Whether the CPU has native bf16 (AVX512-BF16 or AMX) decides the speed: the table says.
@@ -58,9 +58,9 @@ def interleaved(fns: dict, rounds: int, runs: int) -> dict:
 
 
 def speed(config: dict, threads: int, rounds: int) -> list[dict]:
-    from varprune.model import build_model
-    from varprune.precision import autocast
-    from varprune.spec import ModelSpec
+    from varprune.core.precision import autocast
+    from varprune.model.network import build_model
+    from varprune.model.spec import ModelSpec
 
     spec = ModelSpec.from_config(config["model"], config["preprocess"]["input_size"])
     cpu = torch.device("cpu")
@@ -109,8 +109,8 @@ def speed(config: dict, threads: int, rounds: int) -> list[dict]:
 
 
 def accuracy(config: dict, run: str, threads: int, work: Path) -> list[dict]:
-    from varprune.evaluate import evaluate_checkpoint
-    from varprune.train import train_dense
+    from varprune.engine.evaluate import evaluate_checkpoint
+    from varprune.engine.train import train_dense
 
     data = REPO / "data"
     splits = json.loads((data / "splits.json").read_text())

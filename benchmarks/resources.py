@@ -6,7 +6,7 @@ Run from the repository root:
 
 For each preset (and each number of GPUs the profile offers, Snakemake's `--resources gpu=N`)
 it dry-runs the workflow with profiles/slurm and prints, per rule, the first job's runtime
-(minutes), mem_mb and gpu as Snakemake would submit them (varprune.resources estimates them).
+(minutes), mem_mb and gpu as Snakemake would submit them (varprune.workflow.resources estimates them).
 """
 
 from __future__ import annotations

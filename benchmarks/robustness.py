@@ -68,7 +68,7 @@ def run(argv: list[str], cwd: Path) -> tuple[int, str, float]:
 
 
 def varprune(*args: str) -> list[str]:
-    return [sys.executable, "-m", "varprune.cli", *args]
+    return [sys.executable, "-m", "varprune.app.cli", *args]
 
 
 def probe_set(model: Path, archive: Path, case: str, ct: Path) -> list[Probe]:

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # The checkout's library, for the parse-time checks below and for every job (also inside
 # `--sdm conda` envs, which hold the dependencies only).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from varprune.checkout import use_checkout_library
+from varprune.core.checkout import use_checkout_library
 
 use_checkout_library(str(Path(workflow.basedir) / "src"))
 
@@ -18,10 +18,10 @@ validate(config, schema="../config/schema.yaml")
 SRC = Path(workflow.basedir) / "src" / "varprune"
 
 
-from varprune import layout
-from varprune.codeversion import code_fingerprint
-from varprune.methods import CONTROLS, method_pattern
-from varprune.replicates import RUN_PATTERN
+from varprune.core import layout
+from varprune.core.codeversion import code_fingerprint
+from varprune.core.methods import CONTROLS, method_pattern
+from varprune.study.replicates import RUN_PATTERN
 from varprune.workflow import cases as case_plan, checks, params as policy
 from varprune.workflow.inputs import RuleInputs
 from varprune.workflow.requests import JobRequests
@@ -86,7 +86,8 @@ def cfg(dotted):
 def code_version(script):
     """Fingerprint of the src/varprune modules that scripts/`script` imports (transitively),
     passed as a param: editing library code a rule runs reruns that rule and what follows;
-    editing code it never imports does not (varprune.codeversion finds the closure)."""
+    editing code it never imports does not (varprune.core.codeversion finds the closure).
+    """
     return code_fingerprint(Path(workflow.basedir) / "scripts" / script, SRC)
 
 

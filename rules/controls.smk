@@ -1,4 +1,4 @@
-"""Reference models every comparison is read against (varprune.controls, DESIGN.md)."""
+"""Reference models every comparison is read against (varprune.engine.controls, DESIGN.md)."""
 
 
 rule dense_long:

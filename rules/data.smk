@@ -159,7 +159,7 @@ rule split:
         "../scripts/split.py"
 
 
-# replicates.folds: one split per fold, its test cases the fold (varprune.replicates).
+# replicates.folds: one split per fold, its test cases the fold (varprune.study.replicates).
 rule split_fold:
     output:
         "data/splits/fold{fold}.json",

@@ -46,7 +46,7 @@ rule cost:
 
 
 # Every model of a run (replicate) timed side by side in one job, eager and onnxruntime
-# (varprune.latency): timed in jobs of their own, latencies moved 10-25 % between jobs. With
+# (varprune.engine.latency): timed in jobs of their own, latencies moved 10-25 % between jobs. With
 # cost.alone the job reserves every core of a local run, so that no other job runs meanwhile.
 rule latency:
     input:

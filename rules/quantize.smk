@@ -1,4 +1,4 @@
-"""INT8 on top of pruning (export.quantize: int8; varprune.quantize). One job per run quantizes
+"""INT8 on top of pruning (export.quantize: int8; varprune.engine.quantize). One job per run quantizes
 the ONNX export of dense and of every method's last cycle, keeps those whose validation Dice
 stays within export.max_dice_drop, evaluates them on the test set and times each against its
 fp32 export side by side. Which files exist depends on the guard, so the job's output is a

@@ -1,9 +1,9 @@
 """Snakemake script: the dense_long and transformer_off controls (the rule's name says which).
-Logic lives in varprune.controls."""
+Logic lives in varprune.engine.controls."""
 
-from varprune.controls import train_control
-from varprune.runlog import to_log_file
-from varprune.train import split_files
+from varprune.core.runlog import to_log_file
+from varprune.engine.controls import train_control
+from varprune.engine.train import split_files
 
 with to_log_file(snakemake.log[0]):
     train_control(

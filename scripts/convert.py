@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
+from varprune.core.runlog import to_log_file
 from varprune.data.archive import ExtractionLimits
 from varprune.data.convert import convert_case
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     convert_case(snakemake.input.archive, snakemake.wildcards.case, Path(snakemake.output.meta).parent,

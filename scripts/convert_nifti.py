@@ -6,8 +6,8 @@ instead of stopping the whole workflow as a missing input would.
 
 from pathlib import Path
 
+from varprune.core.runlog import to_log_file
 from varprune.data.nifti import convert_nifti_case
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     convert_nifti_case(snakemake.input.image, snakemake.params.label, snakemake.wildcards.case,

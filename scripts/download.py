@@ -1,7 +1,7 @@
 """Snakemake script: download the IRCADb archive with resume. Logic: varprune.data.download."""
 
+from varprune.core.runlog import to_log_file
 from varprune.data.download import download_archive
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     download_archive(

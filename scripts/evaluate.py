@@ -1,7 +1,7 @@
-"""Snakemake script: test-set metrics and predictions of one model. Logic: varprune.evaluate."""
+"""Snakemake script: test-set metrics and predictions of one model. Logic: varprune.engine.evaluate."""
 
-from varprune.evaluate import evaluate_checkpoint
-from varprune.runlog import to_log_file
+from varprune.core.runlog import to_log_file
+from varprune.engine.evaluate import evaluate_checkpoint
 
 with to_log_file(snakemake.log[0]):
     settings = snakemake.params.evaluate

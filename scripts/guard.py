@@ -1,7 +1,7 @@
 """Snakemake script: judge one guarded cycle and plan the next. Logic: varprune.pruning.selection."""
 
+from varprune.core.runlog import to_log_file
 from varprune.pruning.selection import judge_cycle
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     judge_cycle(

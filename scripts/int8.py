@@ -1,7 +1,7 @@
-"""Snakemake script: a run's INT8 models, guarded, evaluated and timed. Logic: varprune.quantize."""
+"""Snakemake script: a run's INT8 models, guarded, evaluated and timed. Logic: varprune.engine.quantize."""
 
-from varprune.quantize import QuantizeSettings, int8_run
-from varprune.runlog import to_log_file
+from varprune.core.runlog import to_log_file
+from varprune.engine.quantize import QuantizeSettings, int8_run
 
 with to_log_file(snakemake.log[0]):
     models = dict(zip(snakemake.params.models,

@@ -1,7 +1,7 @@
-"""Snakemake script: every model of a run timed side by side. Logic: varprune.latency."""
+"""Snakemake script: every model of a run timed side by side. Logic: varprune.engine.latency."""
 
-from varprune.latency import write_latency
-from varprune.runlog import to_log_file
+from varprune.core.runlog import to_log_file
+from varprune.engine.latency import write_latency
 
 with to_log_file(snakemake.log[0]):
     write_latency(

@@ -1,8 +1,8 @@
 """Snakemake script: one-shot curves. Logic lives in varprune.pruning.oneshot."""
 
+from varprune.core.runlog import to_log_file
+from varprune.engine.train import split_files
 from varprune.pruning.oneshot import run_oneshot
-from varprune.runlog import to_log_file
-from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     run_oneshot(

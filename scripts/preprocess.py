@@ -1,7 +1,7 @@
 """Snakemake script: one case from NIfTI to model-ready arrays. Logic: varprune.data.preprocess."""
 
+from varprune.core.runlog import to_log_file
 from varprune.data.preprocess import PreprocessSpec, preprocess_case
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     preprocess_case(

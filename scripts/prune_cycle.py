@@ -1,8 +1,8 @@
 """Snakemake script: one pruning cycle. Logic lives in varprune.pruning.cycle."""
 
+from varprune.core.runlog import to_log_file
+from varprune.engine.train import split_files
 from varprune.pruning.cycle import run_cycle
-from varprune.runlog import to_log_file
-from varprune.train import split_files
 
 with to_log_file(snakemake.log[0]):
     run_cycle(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from varprune.core.runlog import to_log_file
 from varprune.report import FIGURES, build_report
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     build_report(

@@ -1,7 +1,7 @@
 """Snakemake script: hand over the model a guarded search selected. Logic: varprune.pruning.selection."""
 
+from varprune.core.runlog import to_log_file
 from varprune.pruning.selection import select_model
-from varprune.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
     select_model(

@@ -1,7 +1,7 @@
-"""Snakemake script: train the dense segmenter. Logic: varprune.train."""
+"""Snakemake script: train the dense segmenter. Logic: varprune.engine.train."""
 
-from varprune.runlog import to_log_file
-from varprune.train import split_files, train_dense
+from varprune.core.runlog import to_log_file
+from varprune.engine.train import split_files, train_dense
 
 with to_log_file(snakemake.log[0]):
     train_dense(

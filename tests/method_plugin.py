@@ -1,5 +1,5 @@
 """A pruning method from outside the repository, installed the way a package would install it:
-a module and a `.dist-info` folder whose entry_points.txt declares it under `varprune.methods`.
+a module and a `.dist-info` folder whose entry_points.txt declares it under `varprune.core.methods`.
 Put `root` on sys.path (or PYTHONPATH, for Snakemake and its jobs) and varprune finds it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ SOURCE = '''"""Toy pruning method for the plugin tests: per-layer rates drawn un
 
 import numpy as np
 
-from varprune.methods import Method
+from varprune.core.methods import Method
 from varprune.pruning.sequence import BLOCKS, Sequence, solve_level
 
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tests.test_sequence import random_scores
+from varprune.model.spec import ModelSpec
 from varprune.pruning.budget import (
     SequenceSettings,
     check_cycle_targets,
@@ -16,7 +17,6 @@ from varprune.pruning.budget import (
     widths_after,
 )
 from varprune.pruning.sequence import BudgetError, fixed_counts, random_counts, variable_counts
-from varprune.spec import ModelSpec
 
 from .workflow_helpers import REPO
 

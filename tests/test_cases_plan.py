@@ -48,7 +48,7 @@ def test_impossible_splits_and_replicates_name_the_key():
 
 
 def test_a_whole_run_builds_every_model_of_every_replicate_and_one_report():
-    from varprune.layout import final_outputs
+    from varprune.core.layout import final_outputs
 
     folders = ["results/r/seed0", "results/r/seed1"]
     planned = final_outputs("r", folders, ["data/splits.json"] * 2, ["variable", "fixed"], 3, guarded=False)

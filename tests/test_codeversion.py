@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from varprune.codeversion import code_fingerprint, import_closure
+from varprune.core.codeversion import code_fingerprint, import_closure
 
 from .workflow_helpers import REPO, scheduled, snakemake
 
@@ -21,12 +21,14 @@ def _names(script: str) -> set[str]:
 def test_the_closure_follows_imports_through_modules_and_functions():
     prune = _names("prune_cycle.py")
     # prune_cycle.py imports varprune.pruning.cycle, which reaches the MAC model through cost.py
-    assert {"pruning/cycle.py", "pruning/sequence.py", "macs.py", "model.py", "pruning/__init__.py"} <= prune
+    assert {"pruning/cycle.py", "pruning/sequence.py", "model/macs.py", "model/network.py",
+            "pruning/__init__.py"} <= prune
     # load_split imports varprune.data.datasets inside the function body
     assert "data/datasets.py" in _names("train.py")
     report = _names("report.py")
-    assert {"report/__init__.py", "report/build.py", "report/page.py", "stats.py", "layout.py"} <= report
-    assert not {"macs.py", "train.py", "model.py"} & report
+    assert {"report/__init__.py", "report/build.py", "report/page.py", "study/stats.py",
+            "core/layout.py"} <= report
+    assert not {"model/macs.py", "engine/train.py", "model/network.py"} & report
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
@@ -100,7 +102,7 @@ def test_editing_library_code_reruns_exactly_the_rules_that_import_it(done_run, 
         assert scheduled(workdir, repo=repo) == {"report": 1}, edited  # `all` is a target rule, no job
         report.write_text(original)
 
-    macs = repo / "src" / "varprune" / "macs.py"
+    macs = repo / "src" / "varprune" / "model" / "macs.py"
     macs.write_text(macs.read_text() + "\n# edited\n")
     jobs = scheduled(workdir, repo=repo)
     assert {"prune_cycle", "oneshot", "cost", "report"} <= set(jobs)
@@ -114,7 +116,8 @@ def test_jobs_run_the_library_of_the_checkout_they_belong_to(tmp_path):
     in a second checkout must run there."""
     repo = _workflow_copy(tmp_path / "repo")
     marker = tmp_path / "imported-from.txt"
-    runlog = repo / "src" / "varprune" / "runlog.py"  # imported by every job's script, not at parse time
+    # imported by every job's script, not at parse time
+    runlog = repo / "src" / "varprune" / "core" / "runlog.py"
     runlog.write_text(runlog.read_text() + f"\nopen({str(marker)!r}, 'w').write(__file__)\n")
     snakemake(tmp_path / "run", "data/splits.json", repo=repo)
     assert marker.read_text() == str(runlog)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.tiny_model import ARCHS, pruned_spec, tiny_spec
-from varprune.cost import macs_full, macs_thop, measure_cost
-from varprune.model import LayerSpec, build_model, count_parameters, transformer_layers
+from varprune.engine.cost import macs_full, macs_thop, measure_cost
+from varprune.model.network import LayerSpec, build_model, count_parameters, transformer_layers
 
 
 def analytic_block_macs(tokens: int, hidden: int, heads: int, head_dim: int, ffn: int) -> int:
@@ -59,7 +59,7 @@ def test_cost_record_of_a_pruned_model_is_smaller_complete_and_deterministic():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_closed_form_macs_equal_the_counter_for_dense_pruned_off_2d_and_3d(arch):
-    from varprune.macs import layer_macs, rest_macs
+    from varprune.model.macs import layer_macs, rest_macs
 
     off = tiny_spec(arch).with_layers([LayerSpec(0, 0, 0, 0.25) for _ in range(12)])  # transformer_off
     specs = [tiny_spec(arch), pruned_spec(arch), off,
@@ -79,7 +79,7 @@ def test_closed_form_macs_equal_the_counter_for_dense_pruned_off_2d_and_3d(arch)
 def test_a_latency_difference_counts_only_beyond_the_timing_spread():
     import pandas as pd
 
-    from varprune.compare import beyond_spread
+    from varprune.study.compare import beyond_spread
 
     median = pd.Series([50.0, 45.0, 30.0, 20.0])
     spread = pd.Series([4.0, 4.0, 4.0, float("nan")])
@@ -97,8 +97,8 @@ def test_a_latency_difference_counts_only_beyond_the_timing_spread():
 def test_the_latency_job_times_every_model_side_by_side_with_a_spread(tmp_path):
     """Every model, eager and onnxruntime, one row each: medians, the spread over rounds, and the
     parts (embedding + transformer + decoder = whole)."""
-    from varprune.latency import COLUMNS, time_models, write_latency
-    from varprune.model import save_checkpoint
+    from varprune.engine.latency import COLUMNS, time_models, write_latency
+    from varprune.model.network import save_checkpoint
 
     paths = {}
     for name, spec in (("dense", tiny_spec()), ("variable/cycle1", pruned_spec())):

@@ -7,17 +7,17 @@ import dataclasses
 import pytest
 import yaml
 
-from varprune.cli import build_parser
+from varprune.app.cli import build_parser
 from varprune.data.datasets import AugmentSpec
 from varprune.data.preprocess import PreprocessSpec
 from varprune.data.synthetic import SyntheticSpec
+from varprune.engine.train import TrainSettings
+from varprune.model.spec import ModelSpec
 from varprune.pruning.cycle import CycleSettings
 from varprune.pruning.guard import GuardSettings
 from varprune.pruning.sequence import SequenceSettings
 from varprune.report.settings import ReportSettings
-from varprune.resources import Calibration
-from varprune.spec import ModelSpec
-from varprune.train import TrainSettings
+from varprune.workflow.resources import Calibration
 
 from .workflow_helpers import REPO
 
@@ -79,7 +79,7 @@ def test_the_download_command_defaults_to_the_configured_url():
 
 
 def test_a_checkpoint_spec_written_before_a_key_existed_reads_it_as_it_was_written():
-    from varprune.spec import LEGACY_SPEC
+    from varprune.model.spec import LEGACY_SPEC
 
     old = ModelSpec.from_dict({"hidden": 384, "ffn": 1536, "heads": 6, "layers": []})
     assert old.arch == LEGACY_SPEC["arch"] == "unetr" and old.patch == 16

@@ -14,8 +14,8 @@ import SimpleITK as sitk
 import torch
 
 from tests.tiny_model import ARCHS, pruned_spec, tiny_spec
-from varprune.cli import main
-from varprune.model import LayerSpec, build_model, save_checkpoint
+from varprune.app.cli import main
+from varprune.model.network import LayerSpec, build_model, save_checkpoint
 
 from .workflow_helpers import threads_for_tests
 
@@ -68,7 +68,7 @@ def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path
 def test_predict_runs_a_pruned_model_onto_the_input_grid(tiny, tmp_path, arch, scope):
     """A pruned SETR or UNETR with the tiny run's preprocessing (scope all: also a narrower
     residual stream and decoder channels): predict needs nothing but the checkpoint."""
-    from varprune.model import read_checkpoint
+    from varprune.model.network import read_checkpoint
 
     torch.manual_seed(0)
     spec = pruned_spec(arch)
@@ -198,7 +198,7 @@ def test_the_export_tolerance_scales_with_the_outputs_magnitude():
     with the values). A perfect export differs by 0."""
     from torch import nn
 
-    from varprune.export import TOLERANCE, max_difference
+    from varprune.engine.export import TOLERANCE, max_difference
 
     small, large = nn.Conv2d(1, 1, 1), nn.Conv2d(1, 1, 1)
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_predict_with_an_export_equals_the_checkpoint_in_every_orientation(tiny,
 
 @pytest.mark.workflow  # uses the tiny pipeline's model and data
 def test_evaluate_runs_an_onnx_export_like_its_checkpoint(tiny, tmp_path):
-    from varprune.evaluate import evaluate_checkpoint
+    from varprune.engine.evaluate import evaluate_checkpoint
 
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--model", str(tiny["model"]), "--format", "onnx", "--output",
@@ -267,7 +267,7 @@ def test_evaluate_runs_an_onnx_export_like_its_checkpoint(tiny, tmp_path):
 
 
 def test_an_export_without_varprune_metadata_is_refused_with_the_fix(tmp_path, capsys):
-    from varprune.export import onnx_bytes
+    from varprune.engine.export import onnx_bytes
 
     spec = tiny_spec("setr")
     bare = tmp_path / "old.onnx"

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from tests.tiny_model import disc_volume, tiny_spec
-from varprune.distill import DistillSpec, distillation_loss, load_teacher
-from varprune.model import build_model, read_checkpoint, save_checkpoint
-from varprune.train import TrainingError, TrainSettings, train
+from varprune.engine.distill import DistillSpec, distillation_loss, load_teacher
+from varprune.engine.train import TrainingError, TrainSettings, train
+from varprune.model.network import build_model, read_checkpoint, save_checkpoint
 
 from .workflow_helpers import REPO, TINY_CONFIG, scheduled, snakemake
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from varprune.cli import main as cli_main
-from varprune.configdocs import BEGIN, END, load_schema, reference_table, render_page
+from varprune.app.cli import main as cli_main
+from varprune.app.configdocs import BEGIN, END, load_schema, reference_table, render_page
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"

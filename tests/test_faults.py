@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from varprune.model import read_checkpoint
+from varprune.model.network import read_checkpoint
 
 from .tiny_model import tiny_spec
 from .workflow_helpers import CORES, LOCAL_ENV, REPO, TINY_CONFIG, snakemake
@@ -95,7 +95,7 @@ def test_a_writer_killed_in_the_middle_of_a_checkpoint_leaves_no_final_file(tmp_
     final = tmp_path / "model.pt"
     script = textwrap.dedent(f"""
         import torch
-        from varprune.model import save_checkpoint, ModelSpec
+        from varprune.model.network import save_checkpoint, ModelSpec
         torch.nn.Module.state_dict = lambda self: {{"w": torch.zeros(200_000_000, dtype=torch.uint8)}}
         save_checkpoint({str(final)!r}, torch.nn.Module(), ModelSpec(arch="setr"), {{}})
     """)
@@ -112,7 +112,7 @@ def test_a_writer_killed_in_the_middle_of_a_checkpoint_leaves_no_final_file(tmp_
     writer.wait()
     assert temp, "the writer finished before it could be killed mid-write"
     assert not final.exists()  # the half-written bytes are only under the temporary name
-    from varprune.model import build_model, save_checkpoint
+    from varprune.model.network import build_model, save_checkpoint
 
     spec = tiny_spec()
     save_checkpoint(final, build_model(spec), spec, {})  # the next writer

@@ -16,7 +16,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 import varprune.data.preprocess as prep
-import varprune.evaluate as ev
+import varprune.engine.evaluate as ev
 
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 

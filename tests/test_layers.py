@@ -14,22 +14,20 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "varprune"
 
 # Lowest first. A name is a module or a package prefix (the longest match wins).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation: files, specs, names, statistics, the run's file contract",
-     ["varprune", "atomic", "runlog", "codeversion", "checkout", "precision", "spec", "widths",
-      "methods", "replicates", "stats", "layout", "resources"]),
+    ("foundation: files, run logs, code fingerprints, the method registry, the run's file contract",
+     ["varprune", "core"]),
     ("data: archives, DICOM and NIfTI, the synthetic cohort, preprocessing, splits",
      ["data"]),
-    ("model: the segmenters, their channel couplings and MACs, running them",
-     ["model", "macs", "pruning.groups", "inference", "deployed", "distill", "pruning"]),
+    ("model: the segmenters, their widths, channel couplings and MACs, running them",
+     ["model", "pruning.groups", "pruning"]),
     ("engine: training, evaluation, cost, latency, export, pruning cycles and the guard",
-     ["train", "evaluate", "baseline", "cost", "latency", "export", "quantize", "controls",
-      "pruning.budget", "pruning.sequence", "pruning.significance", "pruning.surgery",
+     ["engine", "pruning.budget", "pruning.sequence", "pruning.significance", "pruning.surgery",
       "pruning.refit", "pruning.cycle", "pruning.oneshot", "pruning.guard", "pruning.guard_search",
       "pruning.selection"]),
-    ("study: comparisons and the report",
-     ["compare", "report"]),
+    ("study: replicates, statistics, comparisons and the report",
+     ["study", "report"]),
     ("application: the command, prediction, docs and the workflow's glue",
-     ["cli", "predict", "configdocs", "workflow"]),
+     ["app", "workflow"]),
 ]
 
 
@@ -82,5 +80,5 @@ def test_no_import_runs_up_a_layer():
 
 def test_the_check_sees_an_upward_import():
     """The contract can fail: the data layer importing evaluation is caught."""
-    assert _layer_of("data.preprocess") < _layer_of("evaluate")
+    assert _layer_of("data.preprocess") < _layer_of("engine.evaluate")
     assert _layer_of("pruning.groups") < _layer_of("pruning.cycle")

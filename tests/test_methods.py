@@ -7,8 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from varprune.compare import comparison_pairs
-from varprune.methods import (
+from varprune.core.methods import (
     PRUNING_METHODS,
     Method,
     colour,
@@ -18,7 +17,7 @@ from varprune.methods import (
     unknown_methods,
     unregister,
 )
-from varprune.model import ModelSpec
+from varprune.model.network import ModelSpec
 from varprune.pruning.cycle import SEQUENCE_COLUMNS, sequence_rows
 from varprune.pruning.sequence import (
     BLOCKS,
@@ -29,6 +28,7 @@ from varprune.pruning.sequence import (
     removed_macs,
     solve_level,
 )
+from varprune.study.compare import comparison_pairs
 
 from .method_plugin import write_plugin
 from .test_sequence import SPEC, layers_total, random_scores
@@ -126,6 +126,6 @@ def test_a_broken_plugin_is_named_in_the_error(tmp_path, monkeypatch):
         load_plugins()
     sys.modules.pop("toy_methods", None)
     monkeypatch.syspath_prepend(str(write_plugin(tmp_path / "wrong", "toy_methods:np")))
-    with pytest.raises(TypeError, match="names a module, not a varprune.methods.Method"):
+    with pytest.raises(TypeError, match="names a module, not a varprune.core.methods.Method"):
         load_plugins()
     sys.modules.pop("toy_methods", None)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from varprune.evaluate import segmentation_metrics
+from varprune.engine.evaluate import segmentation_metrics
 
 SPACING = (2.5, 0.8, 0.8)  # z, y, x in mm: anisotropic, as CT is
 
@@ -69,7 +69,7 @@ def test_empty_truth_is_an_error():
 
 
 def test_largest_component_drops_a_detached_island():
-    from varprune.evaluate import keep_largest_component
+    from varprune.engine.evaluate import keep_largest_component
 
     liver = box()
     island = box(z=(3, 5), y=(34, 38), x=(34, 38))

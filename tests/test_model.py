@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny_model import ARCHS, TINY_MODEL, pruned_spec, tiny_spec
-from varprune.model import (
+from varprune.model.network import (
     CheckpointError,
     ModelSpec,
     build_model,

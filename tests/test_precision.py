@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from tests.tiny_model import disc_volume, tiny_spec
-from varprune.inference import predict_volume
-from varprune.model import build_model, load_model, read_checkpoint, save_checkpoint
-from varprune.precision import PrecisionError, from_legacy, resolve
+from varprune.core.precision import PrecisionError, from_legacy, resolve
+from varprune.engine.train import TrainSettings, train
+from varprune.model.inference import predict_volume
+from varprune.model.network import build_model, load_model, read_checkpoint, save_checkpoint
 from varprune.pruning.cycle import run_cycle
-from varprune.train import TrainSettings, train
 
 from .workflow_helpers import REPO
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from varprune.baseline import Case, evaluate_baseline
 from varprune.data.convert import convert_case
 from varprune.data.preprocess import (
     PreprocessError,
@@ -16,7 +15,8 @@ from varprune.data.preprocess import (
     to_original_grid,
 )
 from varprune.data.splits import SplitError, make_splits
-from varprune.evaluate import dice
+from varprune.engine.baseline import Case, evaluate_baseline
+from varprune.engine.evaluate import dice
 
 CASES = [f"ircad{i:02d}" for i in range(1, 11)]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.tiny_model import disc_volume, tiny_spec
-from varprune.cli import main
-from varprune.model import build_model, save_checkpoint
-from varprune.quantize import QuantizeSettings, calibration_slices, int8_path
-from varprune.train import TrainSettings, train
+from varprune.app.cli import main
+from varprune.engine.quantize import QuantizeSettings, calibration_slices, int8_path
+from varprune.engine.train import TrainSettings, train
+from varprune.model.network import build_model, save_checkpoint
 
 PREPROCESS = {"window": [-100, 400], "spacing_mm": 12.0, "input_size": 32}
 
@@ -62,8 +62,8 @@ def test_int8_is_written_next_to_the_export_and_predicts_like_it(trained, tmp_pa
     assert int8 == tmp_path / "model.int8.onnx" and int8.is_file()
     assert int8.stat().st_size < fp32.stat().st_size
     assert "INT8 (static)" in out and "on ircad04" in out  # guarded on the validation case
-    from varprune.deployed import load_any
-    from varprune.train import validation_dice
+    from varprune.engine.train import validation_dice
+    from varprune.model.deployed import load_any
 
     loaded = load_any(int8)
     record = loaded.meta["quantization"]
@@ -101,7 +101,7 @@ def test_int8_options_are_checked_before_anything_is_written(trained, tmp_path, 
 @pytest.mark.slow  # README, Tests: more than a few seconds on 2 cores
 def test_dynamic_int8_needs_no_calibration(trained, tmp_path, capsys):
     """The default (dynamic MatMul/Gemm, the fastest measured): no calibration slices."""
-    from varprune.deployed import load_any
+    from varprune.model.deployed import load_any
 
     code, _, int8 = _export(trained, tmp_path, "--data", str(trained / "data"), "--max-dice-drop", "0.05")
     assert code == 0 and "INT8 (dynamic)" in capsys.readouterr().out
@@ -122,9 +122,9 @@ def test_calibration_takes_training_slices_half_through_the_liver():
 
 
 def test_the_report_rows_say_accepted_or_refused(tmp_path):
-    from varprune.compare import int8_table
-    from varprune.layout import INT8_KEY, Model, RunFiles, file_key, int8_path
+    from varprune.core.layout import INT8_KEY, Model, RunFiles, file_key, int8_path
     from varprune.report.tables import human_int8
+    from varprune.study.compare import int8_table
 
     metrics = pd.DataFrame({"case": ["a", "b"], "dice": [0.9, 0.8], "voe": 0.1, "rvd": 0.0, "assd_mm": 1.0,
                             "msd_mm": 5.0, "hd95_mm": 3.0})

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from varprune.atomic import atomic_path
-from varprune.cli import main
+from varprune.app.cli import main
+from varprune.core.atomic import atomic_path
 from varprune.data.archive import ArchiveError
 from varprune.data.convert import convert_case
 from varprune.data.phantom import make_phantom
@@ -27,8 +27,8 @@ from varprune.data.preprocess import (
     preprocess_arrays,
     preprocess_case,
 )
-from varprune.evaluate import dice, evaluate_checkpoint
-from varprune.model import read_checkpoint
+from varprune.engine.evaluate import dice, evaluate_checkpoint
+from varprune.model.network import read_checkpoint
 
 from . import probes
 from .conftest import TINY, rewrite_inner
@@ -279,7 +279,7 @@ def test_cuda_without_a_gpu_is_refused_up_front(tmp_path, capsys):
 
 @pytest.mark.workflow
 def test_a_failed_preview_leaves_neither_file(trained, tmp_path, capsys, monkeypatch):
-    import varprune.predict as predict_module
+    import varprune.app.predict as predict_module
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -293,7 +293,7 @@ def test_a_failed_preview_leaves_neither_file(trained, tmp_path, capsys, monkeyp
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
     final = tmp_path / "mask.nii.gz"
-    from varprune.atomic import HOST
+    from varprune.core.atomic import HOST
 
     dead = tmp_path / f".mask.nii.gz.pid999999999@{HOST}.abcd.tmp.nii.gz"  # no such pid
     alive = tmp_path / f".mask.nii.gz.pid{os.getpid()}@{HOST}.efgh.tmp.nii.gz"
@@ -347,7 +347,7 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_p
     import torch
 
     from tests.tiny_model import tiny_spec
-    from varprune.model import CheckpointError, build_model, load_model, save_checkpoint
+    from varprune.model.network import CheckpointError, build_model, load_model, save_checkpoint
 
     spec = tiny_spec("setr")
     save_checkpoint(tmp_path / "ok.pt", build_model(spec), spec, {})
@@ -369,7 +369,7 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_building_it(tmp_p
 
 def test_a_3d_model_says_how_many_slices_it_needs(tmp_path, capsys):
     from tests.tiny_model import tiny_spec
-    from varprune.model import build_model, save_checkpoint
+    from varprune.model.network import build_model, save_checkpoint
 
     spec = tiny_spec(spatial_dims=3, depth=16)
     save_checkpoint(tmp_path / "m3d.pt", build_model(spec), spec,

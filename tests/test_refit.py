@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny_model import tiny_spec
-from varprune.model import build_model
+from varprune.model.network import build_model
 from varprune.pruning.budget import SequenceSettings
 from varprune.pruning.cycle import CycleSettings, prune_model
 from varprune.pruning.groups import LayerPlan, OuterPlan, Plans

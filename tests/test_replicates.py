@@ -1,4 +1,4 @@
-"""Replicates of a run (varprune.replicates): seeds and folds, their folders, and how the paired
+"""Replicates of a run (varprune.study.replicates): seeds and folds, their folders, and how the paired
 statistics label them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from varprune.data.splits import make_splits
-from varprune.replicates import Replicate, fold_list, pairing_label, replicate_of, replicates_of
-from varprune.stats import comparison_rows
+from varprune.study.replicates import Replicate, fold_list, pairing_label, replicate_of, replicates_of
+from varprune.study.stats import comparison_rows
 
 KFOLD = {"mode": "kfold", "folds": 3, "seed": 0, "val_ratio": 0.25}
 

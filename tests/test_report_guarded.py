@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from varprune.layout import guarded_report_files
+from varprune.core.layout import guarded_report_files
 from varprune.pruning.guard import GuardSettings, decide, plan
 from varprune.report.guarded import build_guarded_report
 

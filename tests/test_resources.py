@@ -1,4 +1,4 @@
-"""What jobs ask a scheduler for (varprune.resources): grows with the work, a GPU where the
+"""What jobs ask a scheduler for (varprune.workflow.resources): grows with the work, a GPU where the
 profile offers one, per-rule overrides; and a SLURM dry run of the paper preset shows it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from varprune.resources import Calibration, cohort, rule_resources, unknown_rules
+from varprune.workflow.resources import Calibration, cohort, rule_resources, unknown_rules
 
 from .workflow_helpers import REPO, snakemake
 

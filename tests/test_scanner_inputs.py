@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from varprune.cli import main
+from varprune.app.cli import main
+from varprune.app.predict import InputError, findings_path, read_ct
 from varprune.data import plausibility
 from varprune.data.archive import ArchiveError
 from varprune.data.convert import convert_case, read_case
@@ -24,7 +25,6 @@ from varprune.data.itkerror import itk_reason
 from varprune.data.nifti import NiftiError, convert_nifti_case
 from varprune.data.phantom import make_phantom
 from varprune.data.synthetic import SyntheticSpec
-from varprune.predict import InputError, findings_path, read_ct
 
 from . import probes
 from .workflow_helpers import threads_for_tests

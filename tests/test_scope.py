@@ -13,10 +13,12 @@ import torch
 import yaml
 
 from tests.tiny_model import tiny_spec
-from varprune import macs
-from varprune.cost import macs_full
-from varprune.export import export_model
-from varprune.model import build_model, count_parameters, load_model, save_checkpoint
+from varprune.engine.cost import macs_full
+from varprune.engine.export import export_model
+from varprune.model import macs
+from varprune.model.network import build_model, count_parameters, load_model, save_checkpoint
+from varprune.model.spec import ModelSpec
+from varprune.model.widths import parameters_of
 from varprune.pruning.budget import (
     SequenceSettings,
     check_cycle_targets,
@@ -32,8 +34,6 @@ from varprune.pruning.groups import LayerPlan, OuterPlan, Plans, outer_groups
 from varprune.pruning.sequence import plan_counts, removed_macs, select_groups
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan, mask_plan
-from varprune.spec import ModelSpec
-from varprune.widths import parameters_of
 
 METHODS = ["variable", "fixed", "global", "random"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from varprune.model import ModelSpec
+from varprune.model.network import ModelSpec
 from varprune.pruning.groups import layer_macs
 from varprune.pruning.sequence import (
     BudgetError,

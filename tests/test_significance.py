@@ -8,7 +8,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from tests.tiny_model import tiny_spec
-from varprune.model import build_model
+from varprune.model.network import build_model
 from varprune.pruning.significance import CRITERIA, make_criterion
 
 

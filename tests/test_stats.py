@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from varprune.stats import (
+from varprune.study.stats import (
     EQUIVALENCE_MARGINS,
     OUTCOMES,
     PairedComparison,
@@ -342,7 +342,7 @@ def test_comparison_rows_refuses_two_rows_for_the_same_method_replicate_and_case
 
 
 def test_the_power_note_appears_until_six_cases_can_reach_significance():
-    from varprune.stats import power_note
+    from varprune.study.stats import power_note
 
     assert "smallest possible p = 0.0625" in power_note(5)
     assert power_note(6) == ""  # 2 / 2**6 = 0.031

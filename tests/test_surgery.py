@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny_model import ARCHS, tiny_spec
-from varprune.model import LayerSpec, build_model, count_parameters, load_model, save_checkpoint
+from varprune.model.network import LayerSpec, build_model, count_parameters, load_model, save_checkpoint
 from varprune.pruning.groups import COUPLINGS, LayerPlan, coupled_parameters, layer_modules
 from varprune.pruning.surgery import apply_plan, mask_plan, remove_transformer_blocks
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import varprune.train as train_module
+import varprune.engine.train as train_module
 from tests.tiny_model import disc_volume, tiny_spec
-from varprune.model import build_model, read_checkpoint
-from varprune.train import TrainingError, TrainSettings, train
+from varprune.engine.train import TrainingError, TrainSettings, train
+from varprune.model.network import build_model, read_checkpoint
 
 SETTINGS = TrainSettings(epochs=3, batch_size=4, lr=2e-3, warmup=0.1, seed=3)
 
@@ -125,7 +125,7 @@ def test_an_exponential_moving_average_is_validated_saved_and_resumed(tmp_path, 
 
 
 def test_a_finished_jobs_state_goes_and_so_do_the_folders_it_empties(tmp_path):
-    from varprune.train import discard_state
+    from varprune.engine.train import discard_state
 
     state = tmp_path / "results" / "run" / ".state"
     for name in ("variable/cycle1", "variable/cycle2", "dense"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from varprune.layout import report_files
-from varprune.model import load_model
+from varprune.core.layout import report_files
+from varprune.model.network import load_model
 from varprune.report import FIGURES, build_report
-from varprune.stats import COMPARISON_COLUMNS
+from varprune.study.stats import COMPARISON_COLUMNS
 
 from .workflow_helpers import (
     budget_met,

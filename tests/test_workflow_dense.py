@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from varprune.evaluate import METRIC_COLUMNS
-from varprune.model import load_model, read_checkpoint
+from varprune.engine.evaluate import METRIC_COLUMNS
+from varprune.model.network import load_model, read_checkpoint
 
 from .workflow_helpers import (
     CORES,

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from varprune.model import load_model
+from varprune.model.network import load_model
 
 from .workflow_helpers import edited_config, snakemake
 

@@ -10,7 +10,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from varprune.layout import INT8, int8_models
+from varprune.core.layout import INT8, int8_models
 
 from .workflow_helpers import edited_config, merged_config, scheduled, snakemake
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from varprune.model import load_model
+from varprune.model.network import load_model
 from varprune.pruning.cycle import SEQUENCE_COLUMNS
 
 from .workflow_helpers import budget_met, edited_config, merged_config, model_jobs, scheduled, snakemake

@@ -69,7 +69,7 @@ def test_the_results_page_is_generated_from_the_run_and_stamped(done_run, tmp_pa
     and date the report was built at, every Dice comparison and the side-by-side latency."""
     import json
 
-    from varprune.cli import main
+    from varprune.app.cli import main
 
     report = done_run / "results" / "tiny" / "report"
     out = tmp_path / "docs" / "tiny.md"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from varprune.model import load_model
+from varprune.model.network import load_model
 
 from .workflow_helpers import edited_config, snakemake
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from varprune.data.datasets import Volume
-from varprune.model import LayerSpec, ModelSpec
+from varprune.model.network import LayerSpec, ModelSpec
 
 TINY_MODEL = dict(input_size=32, hidden=32, ffn=64, heads=2, feature_size=4)
-# Per architecture, what a tiny spec changes: setr with patch 8 (three x2 head stages) reading
+# Per architecture, what a tiny spec sets (every key the tests depend on, not ModelSpec's defaults):
+# unetr with MONAI's patch 16; setr with patch 8 (three x2 head stages of 3x3 convolutions) reading
 # an intermediate layer too, so the concatenated head input is covered.
-ARCHS = {"unetr": {}, "setr": dict(arch="setr", patch=8, head_channels=[8, 6, 4], head_layers=[5, -1])}
+ARCHS = {"unetr": dict(arch="unetr", patch=16),
+         "setr": dict(arch="setr", patch=8, head_channels=[8, 6, 4], head_kernel=3, head_layers=[5, -1])}
 
 
 def tiny_spec(arch: str = "unetr", **changes) -> ModelSpec:

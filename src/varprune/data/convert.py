@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from varprune.atomic import atomic_path, write_json
+from varprune.core.atomic import atomic_path, write_json
 from varprune.data.archive import (
     TUMOUR_FOLDER,
     ArchiveError,

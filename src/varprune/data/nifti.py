@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from varprune.atomic import write_json
+from varprune.core.atomic import write_json
 from varprune.data.archive import DEBRIS_NAMES, natural_key
 from varprune.data.convert import write_image
 from varprune.data.image_file import ImageFileError, read_image

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from varprune.atomic import atomic_path
+from varprune.core.atomic import atomic_path
 from varprune.data.itkerror import itk_reason
 
 log = logging.getLogger(__name__)

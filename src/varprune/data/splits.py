@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from varprune.atomic import write_json
+from varprune.core.atomic import write_json
 
 MODES = ("ratios", "explicit", "kfold")
 

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from varprune.atomic import atomic_path
+from varprune.core.atomic import atomic_path
 from varprune.data.phantom import Phantom, make_phantom
 
 log = logging.getLogger(__name__)

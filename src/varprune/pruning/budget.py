@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from varprune import macs
-from varprune.spec import LayerSpec, ModelSpec
+from varprune.model import macs
+from varprune.model.spec import LayerSpec, ModelSpec
 
 
 class BudgetError(ValueError):
@@ -213,7 +213,7 @@ def widths_after(spec: ModelSpec, counts: list[LayerCounts]) -> ModelSpec:
 
 
 def spec_macs(spec: ModelSpec) -> int:
-    """The whole model's MACs by the closed-form count (varprune.macs)."""
+    """The whole model's MACs by the closed-form count (varprune.model.macs)."""
     return macs.model_macs(spec.to_dict(), [(layer.inner, layer.ffn) for layer in spec.layers])
 
 

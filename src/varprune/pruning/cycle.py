@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varprune.atomic import write_csv, write_json
-from varprune.cost import macs_full
+from varprune.core.atomic import write_csv, write_json
+from varprune.core.methods import PRUNING_METHODS
+from varprune.core.precision import resolve
 from varprune.data.datasets import Volume, slab_item, slab_starts, slice_items
-from varprune.distill import load_teacher
-from varprune.inference import pick_device
-from varprune.methods import PRUNING_METHODS
-from varprune.model import ModelSpec, load_model
-from varprune.precision import resolve
+from varprune.engine.cost import macs_full
+from varprune.engine.distill import load_teacher
+from varprune.engine.train import SplitFiles, TrainSettings, discard_state, load_split, train, validation_dice
+from varprune.model.inference import pick_device
+from varprune.model.network import ModelSpec, load_model
 from varprune.pruning.budget import spec_macs, whole_groups
 from varprune.pruning.groups import BLOCKS, Scores
 from varprune.pruning.refit import output_group, output_statistics, refit_output
@@ -39,7 +40,6 @@ from varprune.pruning.sequence import (
 )
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import apply_plan
-from varprune.train import SplitFiles, TrainSettings, discard_state, load_split, train, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def sequence_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, counts: list
 
 
 def outer_rows(cycle: int, spec: ModelSpec, new_spec: ModelSpec, sequence: Sequence) -> list[dict]:
-    """Rows of the decoder groups (`layer` = group number, `varprune.spec.ModelSpec.stage_names`)
+    """Rows of the decoder groups (`layer` = group number, `varprune.model.spec.ModelSpec.stage_names`)
     and of the embedding width, when pruned."""
     widths = {"head": list(zip(spec.stages, new_spec.stages, strict=True)),
               "embed": [(spec.width, new_spec.width)]}

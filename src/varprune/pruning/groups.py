@@ -11,7 +11,7 @@ A group couples every parameter slice that must disappear at once (`COUPLINGS`):
 
 Outside the blocks (`pruning.scope` decoder / embedding / all), `outer_groups` lists the channel
 groups of the decoder (SETR's head stages, UNETR's convolutional groups) and of the embedding
-width, whose couplings live in `varprune.widths` (the model narrows itself with them when it is
+width, whose couplings live in `varprune.model.widths` (the model narrows itself with them when it is
 built from a pruned spec).
 
 Criteria fold element importances into group scores with `fold`, the surgery slices and masks
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from varprune import macs
-from varprune.model import LayerSpec, ModelSpec, transformer_layers
-from varprune.widths import Coupling, decoder_couplings, parameters_of, stream_couplings
+from varprune.model import macs
+from varprune.model.network import LayerSpec, ModelSpec, transformer_layers
+from varprune.model.widths import Coupling, decoder_couplings, parameters_of, stream_couplings
 
 BLOCKS = ("msa", "ffn")
 Scores = dict[tuple[int, str], torch.Tensor]
@@ -82,17 +82,17 @@ def channel_width(layer: LayerSpec, kind: str) -> int:
 
 
 def msa_channel_macs(spec: ModelSpec) -> int:
-    """MACs of one MSA head-dimension channel (varprune.macs)."""
+    """MACs of one MSA head-dimension channel (varprune.model.macs)."""
     return macs.msa_channel_macs(spec.img_size, spec.patch, spec.width)
 
 
 def ffn_channel_macs(spec: ModelSpec) -> int:
-    """MACs of one FFN channel (varprune.macs)."""
+    """MACs of one FFN channel (varprune.model.macs)."""
     return macs.ffn_channel_macs(spec.img_size, spec.patch, spec.width)
 
 
 def layer_macs(spec: ModelSpec, layer: LayerSpec) -> int:
-    """MACs of one transformer layer's matmuls (varprune.macs, in terms of a spec)."""
+    """MACs of one transformer layer's matmuls (varprune.model.macs, in terms of a spec)."""
     return macs.layer_macs(spec.img_size, spec.patch, spec.width, layer.inner, layer.ffn)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from varprune.atomic import write_json
+from varprune.core.atomic import write_json
 
 # Tolerance for comparing steps and targets that were halved in floating point.
 EPS = 1e-9

@@ -4,7 +4,7 @@ which reference judges it, where the search falls back to, what the selection re
 The decisions are files the `guard` checkpoint writes; `read(k)` returns decision k's path once
 it exists (in the workflow: `checkpoints.guard.get(...).output[0]`, which makes Snakemake
 schedule it first). Everything else is the pure logic of varprune.pruning.guard and the paths
-of varprune.layout, so the navigation is unit-tested without Snakemake.
+of varprune.core.layout, so the navigation is unit-tested without Snakemake.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from varprune.layout import cycle_model, decision_file, reference_folder
+from varprune.core.layout import cycle_model, decision_file, reference_folder
 from varprune.pruning.guard import Decision, GuardSettings, plan
 
 

@@ -23,16 +23,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from varprune.atomic import write_csv
-from varprune.cost import macs_full
-from varprune.inference import pick_device
-from varprune.model import ModelSpec, load_model
+from varprune.core.atomic import write_csv
+from varprune.engine.cost import macs_full
+from varprune.engine.train import SplitFiles, load_split, validation_dice
+from varprune.model.inference import pick_device
+from varprune.model.network import ModelSpec, load_model
 from varprune.pruning.budget import BudgetError, reachable_per_cycle
 from varprune.pruning.cycle import CycleSettings, calibration_batches, prune_model
 from varprune.pruning.groups import Scores
 from varprune.pruning.significance import make_criterion
 from varprune.pruning.surgery import remove_transformer_blocks
-from varprune.train import SplitFiles, load_split, validation_dice
 
 log = logging.getLogger(__name__)
 

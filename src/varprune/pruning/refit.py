@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from varprune.model import ModelSpec
+from varprune.model.network import ModelSpec
 
 
 def output_layer(model: nn.Module) -> nn.Conv2d | nn.Conv3d:

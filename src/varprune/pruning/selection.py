@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from varprune.atomic import atomic_path, write_json
+from varprune.core.atomic import atomic_path, write_json
 from varprune.pruning.budget import SequenceSettings, reachable_from, spec_macs
 from varprune.pruning.guard import Decision, GuardSettings, decide, plan, selected_record
 
@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 
 def best_val_dice(checkpoint: str | os.PathLike) -> float:
     """The validation Dice a checkpoint's training selected it by (its provenance)."""
-    from varprune.model import read_checkpoint
+    from varprune.model.network import read_checkpoint
 
     return float(read_checkpoint(checkpoint)["provenance"]["training"]["best_val_dice"])
 
 
 def _spec(checkpoint: str | os.PathLike):
-    from varprune.model import read_checkpoint
-    from varprune.spec import ModelSpec
+    from varprune.model.network import read_checkpoint
+    from varprune.model.spec import ModelSpec
 
     return ModelSpec.from_dict(read_checkpoint(checkpoint)["spec"])
 
@@ -68,7 +68,7 @@ def select_model(decisions: Sequence[str | os.PathLike], model: str | os.PathLik
                  dense_model: str | os.PathLike, out_model: str | os.PathLike,
                  out_json: str | os.PathLike) -> dict:
     """Copy the selected cycle's checkpoint (dense when none passed) and write `selected.json`."""
-    from varprune.model import count_parameters, load_model
+    from varprune.model.network import count_parameters, load_model
 
     chain = [Decision.read(p) for p in decisions]
     if not chain or chain[-1].stopped_because is None:

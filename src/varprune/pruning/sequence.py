@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
 
-from varprune.methods import PRUNING_METHODS
-from varprune.model import ModelSpec
+from varprune.core.methods import PRUNING_METHODS
+from varprune.model.network import ModelSpec
 from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' public names)
     BudgetError,
     Counts,
@@ -333,7 +333,7 @@ def random_counts(spec: ModelSpec, scores: Scores, budget: int, settings: Sequen
 def plan_counts(method: str, spec: ModelSpec, scores: Scores, budget: int,
                 settings: SequenceSettings, seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
     """Counts per layer for `method`, by the solver its registration names
-    (varprune.methods); `seed` is the cycle's seed (the random control draws with it).
+    (varprune.core.methods); `seed` is the cycle's seed (the random control draws with it).
     With `outer_width: shared` and a scope beyond the transformer, the outer widths come from
     `shared_outer_counts` and the method allocates only the rest of the budget."""
     if method not in PRUNING_METHODS:

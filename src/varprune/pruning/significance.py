@@ -18,7 +18,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from varprune.model import ModelSpec
+from varprune.model.network import ModelSpec
 from varprune.pruning.groups import (
     BLOCKS,
     Scores,

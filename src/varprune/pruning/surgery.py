@@ -10,7 +10,7 @@ dense model (a head that lost dims is not rescaled, so the remaining channels co
 what they did before).
 
 Outside the blocks (`Plans.outer`: decoder channel groups, the embedding width) the surgery
-keeps the chosen channels with `varprune.widths.narrow_widths`, which is also how a pruned spec
+keeps the chosen channels with `varprune.model.widths.narrow_widths`, which is also how a pruned spec
 is rebuilt.
 
 `mask_plan` zeroes the same groups in place without removing them; the equivalence test uses
@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from varprune.model import AbsentBlock, LayerSpec, ModelSpec, resize_attention, resize_mlp
+from varprune.model.network import AbsentBlock, LayerSpec, ModelSpec, resize_attention, resize_mlp
+from varprune.model.widths import narrow_widths, parameters_of
 from varprune.pruning.groups import (
     BLOCKS,
     LayerPlan,
@@ -36,7 +37,6 @@ from varprune.pruning.groups import (
     layer_modules,
     outer_groups,
 )
-from varprune.widths import narrow_widths, parameters_of
 
 
 def _resize_keeping(block: nn.Module, kind: str, kept: torch.Tensor, width: int, resize) -> None:

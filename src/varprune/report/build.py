@@ -1,4 +1,4 @@
-"""What the report reads and writes: the run's files as given (`varprune.layout` names them),
+"""What the report reads and writes: the run's files as given (`varprune.core.layout` names them),
 summary.csv and comparison.csv, the figures and report.html. Everything comes from the
 pipeline's files, so the report is rebuilt without rerunning any model."""
 
@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from varprune.atomic import atomic_path, write_json, write_text
-from varprune.compare import (
-    comparison_table,
-    headroom,
-    int8_table,
-    metrics_long,
-    oneshot_long,
-    summary_table,
-)
-from varprune.layout import Model, RunFiles, proposed_method
+from varprune.core.atomic import atomic_path, write_json, write_text
+from varprune.core.layout import Model, RunFiles, proposed_method
+from varprune.model.spec import ModelSpec
 from varprune.report.figures import (
     FIGURES,
     CaseImages,
@@ -36,7 +29,14 @@ from varprune.report.figures import (
 from varprune.report.page import provenance, render_html
 from varprune.report.settings import ReportSettings
 from varprune.report.tables import export_sizes, read_logs, read_sequences
-from varprune.spec import ModelSpec
+from varprune.study.compare import (
+    comparison_table,
+    headroom,
+    int8_table,
+    metrics_long,
+    oneshot_long,
+    summary_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_report(files: Mapping[str, str | os.PathLike | Sequence[str]], config:
                  out_provenance: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write summary.csv, comparison.csv, the figures and report.html for one run.
 
-    `files`: the rule's inputs by name (`varprune.layout.report_files` plus the example cases'
+    `files`: the rule's inputs by name (`varprune.core.layout.report_files` plus the example cases'
     images). The tables and statistics pool every replicate given; the illustrations
     (sequences, widths, curves, cases, deployment files) show the first.
     """

@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from varprune.atomic import atomic_path  # noqa: E402
-from varprune.methods import CONTROLS, PRUNING_METHODS, colour  # noqa: E402
+from varprune.core.atomic import atomic_path  # noqa: E402
+from varprune.core.methods import CONTROLS, PRUNING_METHODS, colour  # noqa: E402
 from varprune.report.settings import ReportSettings  # noqa: E402
 
 FIGURES = ("tradeoff", "oneshot", "sequence", "widths", "curves", "cases")

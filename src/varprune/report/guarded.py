@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from varprune.atomic import atomic_path, write_text  # noqa: E402
-from varprune.layout import SELECTED, Model, file_key, guarded_key, latency_key  # noqa: E402
-from varprune.methods import colour  # noqa: E402
+from varprune.core.atomic import atomic_path, write_text  # noqa: E402
+from varprune.core.layout import SELECTED, Model, file_key, guarded_key, latency_key  # noqa: E402
+from varprune.core.methods import colour  # noqa: E402
 from varprune.pruning.guard import Decision, GuardSettings  # noqa: E402
 from varprune.report.figures import save_figure  # noqa: E402
 from varprune.report.page import arch_phrase, embed, provenance, render  # noqa: E402

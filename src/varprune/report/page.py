@@ -16,10 +16,10 @@ import pandas as pd
 import SimpleITK as sitk
 import yaml
 
-from varprune.compare import HEADROOM_WARNING
+from varprune.model.spec import LEGACY_SPEC
 from varprune.report.tables import human_comparison, human_int8, human_summary, percent, verdict_table
-from varprune.spec import LEGACY_SPEC
-from varprune.stats import PairedComparison, comparison_from_row, power_note, verdict
+from varprune.study.compare import HEADROOM_WARNING
+from varprune.study.stats import PairedComparison, comparison_from_row, power_note, verdict
 
 TEMPLATES = Path(__file__).parent / "templates"
 

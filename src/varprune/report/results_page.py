@@ -147,7 +147,7 @@ def results_page(report_folder: str | os.PathLike, title: str | None = None, not
 def write_results_page(report_folder: str | os.PathLike, out: str | os.PathLike, title: str | None = None,
                        notes: str = "") -> str:
     """Write the page atomically and return it."""
-    from varprune.atomic import write_text
+    from varprune.core.atomic import write_text
 
     page = results_page(report_folder, title, notes)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

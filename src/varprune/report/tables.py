@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from varprune.layout import Model, RunFiles
-from varprune.methods import CONTROLS, LABELS
+from varprune.core.layout import Model, RunFiles
+from varprune.core.methods import CONTROLS, LABELS
 
 SEQUENCE_COLUMNS = ["method", "cycle", "layer", "block", "rate_planned", "rate_realised", "weight",
                     "channels_after", "heads_after"]

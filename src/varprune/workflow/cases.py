@@ -4,7 +4,7 @@ impossible split stops the run before any job (ConfigError naming the key). Torc
 from __future__ import annotations
 
 from varprune.data.splits import SplitError, make_splits
-from varprune.replicates import Replicate, replicates_of
+from varprune.study.replicates import Replicate, replicates_of
 from varprune.workflow.checks import IRCADB_PATIENTS, config_error
 
 

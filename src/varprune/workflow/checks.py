@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from varprune.methods import PRUNING_METHODS, unknown_methods
-from varprune.resources import unknown_rules
+from varprune.core.methods import PRUNING_METHODS, unknown_methods
+from varprune.workflow.resources import unknown_rules
 
 IRCADB_PATIENTS = 20
 
@@ -28,7 +28,7 @@ def config_error(key: str, problem: object) -> None:
 
 def dense_spec(cfg: dict):
     """The dense model's spec, with the checks every job applies (patch, head stages, sizes)."""
-    from varprune.spec import ModelSpec
+    from varprune.model.spec import ModelSpec
 
     try:
         return ModelSpec.from_config(cfg["model"], cfg["preprocess"]["input_size"])

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from varprune import layout
-from varprune.replicates import Replicate, replicate_of
+from varprune.core import layout
+from varprune.study.replicates import Replicate, replicate_of
 from varprune.workflow import params as policy
 
 # Keys of export that change an INT8 model or its verdict (the INT8 job's params).
@@ -174,7 +174,7 @@ class RuleInputs:
         return {layout.INT8_KEY: f"results/{self.replicate_runs(run)[0]}/{layout.INT8}"}
 
     def report_inputs(self, wildcards) -> dict[str, Any]:
-        """Every file the report reads (varprune.layout.report_files names them, and the report
+        """Every file the report reads (varprune.core.layout.report_files names them, and the report
         reads them by those names), and the first `report.cases` test cases' CT and liver mask."""
         runs = self.replicate_runs(wildcards.run)
         shown = self.split_of(runs[0])["test"][: self.config["report"]["cases"]]
@@ -187,7 +187,7 @@ class RuleInputs:
         }
 
     def guarded_report_inputs(self, wildcards) -> dict[str, Any]:
-        """Every file the guarded report reads (varprune.layout.guarded_report_files names them)."""
+        """Every file the guarded report reads (varprune.core.layout.guarded_report_files names them)."""
         runs = self.replicate_runs(wildcards.run)
         searches = {(index, method): self.guard_search(run, method).selected_reference()
                     for index, run in enumerate(runs) for method in self.methods}
@@ -195,7 +195,7 @@ class RuleInputs:
                                            self.config["export"]["formats"])
 
     def final_outputs(self) -> list[str]:
-        """What `rule all` builds (varprune.layout.final_outputs)."""
+        """What `rule all` builds (varprune.core.layout.final_outputs)."""
         run = self.config["run"]
         return layout.final_outputs(run, [f"results/{r}" for r in self.replicate_runs(run)],
                                     [replicate.splits for replicate in self.replicates],

@@ -1,6 +1,6 @@
 """What each rule asks the scheduler for (threads, memory, runtime, a GPU) in this workflow.
 
-The estimates are varprune.resources'; this adds what depends on how Snakemake runs: the GPUs a
+The estimates are varprune.workflow.resources'; this adds what depends on how Snakemake runs: the GPUs a
 profile offers and, for the jobs that time latency, the cores of a local run.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from varprune.resources import Cohort, cohort, rule_resources
 from varprune.workflow.checks import config_error
+from varprune.workflow.resources import Cohort, cohort, rule_resources
 
 
 @dataclass

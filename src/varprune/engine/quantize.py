@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from varprune.atomic import atomic_path
+from varprune.core.atomic import atomic_path
 from varprune.data.datasets import Volume, slice_items
-from varprune.deployed import (
+from varprune.model.deployed import (
     ExportedModel,
     metadata,
     onnx_session,
@@ -162,7 +162,7 @@ def guard(fp32: bytes, int8: bytes, spec, volumes: list[Volume], max_dice_drop: 
     """Validation Dice of the fp32 and the INT8 model, as the training loop measures it."""
     import torch
 
-    from varprune.train import validation_dice
+    from varprune.engine.train import validation_dice
 
     scores = []
     for data in (fp32, int8):
@@ -240,13 +240,13 @@ def int8_run(models: dict[str, tuple[str, str]], train_files, val_files, test_fi
              threads: int | None = None) -> dict[str, dict]:
     """The pipeline's INT8 folder of a run: for each deployed model {folder: (model.pt,
     model.onnx)}, the guard's decision (`guard.json`); for the accepted ones the INT8 model, its
-    test metrics and predictions (`varprune.evaluate`, as any model) and `cost.json`, the fp32
+    test metrics and predictions (`varprune.engine.evaluate`, as any model) and `cost.json`, the fp32
     and INT8 exports of every accepted model timed side by side in interleaved rounds. Written
     into a temporary folder renamed into place at the end: all of it or nothing."""
     import shutil
 
-    from varprune.atomic import write_json
-    from varprune.evaluate import evaluate_checkpoint
+    from varprune.core.atomic import write_json
+    from varprune.engine.evaluate import evaluate_checkpoint
 
     out_folder = Path(out_folder)
     staging = out_folder.with_name(f".{out_folder.name}.partial")
@@ -285,9 +285,9 @@ def _side_by_side(models: dict[str, tuple], cost: dict) -> dict[str, dict]:
     each MAC cheaper and removes none)."""
     import torch
 
-    from varprune.cost import macs_full
-    from varprune.latency import time_interleaved
-    from varprune.model import count_parameters, load_model
+    from varprune.engine.cost import macs_full
+    from varprune.engine.latency import time_interleaved
+    from varprune.model.network import count_parameters, load_model
 
     threads = cost["threads"]
     fns, sizes = {}, {}

@@ -2,7 +2,7 @@
 
 Plain dataclasses without torch, so that the workflow can check a config at parse time with the
 same rules a job applies (`ModelSpec.__post_init__`), and the budget arithmetic
-(`varprune.pruning.budget`) runs anywhere. `varprune.model` builds networks from them; every
+(`varprune.pruning.budget`) runs anywhere. `varprune.model.network` builds networks from them; every
 checkpoint carries its spec, so a pruned model rebuilds without the code that pruned it.
 """
 
@@ -19,7 +19,7 @@ UNETR_PATCH = 16  # fixed in MONAI's UNETR
 # is the output of a transposed convolution that a residual block (or a concatenation) reads,
 # `X.mid` the inside of a residual block (conv1 -> norm -> conv2), `X` a block's output (for the
 # encoders' chained blocks `enc2.0`, `enc2.1`, `enc3.0`: the transposed convolution's output,
-# which the identity residual carries through). `varprune.widths.unetr_couplings` says which
+# which the identity residual carries through). `varprune.model.widths.unetr_couplings` says which
 # slices each group owns.
 UNETR_GROUPS: tuple[tuple[str, int], ...] = (
     ("enc1.mid", 1), ("enc1", 1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from varprune.evaluate import dice
+from varprune.engine.evaluate import dice
 
 HU_EDGES = np.arange(-200, 401, 5)  # candidate window bounds
 

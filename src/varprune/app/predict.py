@@ -21,7 +21,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from varprune.atomic import atomic_path
+from varprune.core.atomic import atomic_path
+from varprune.core.precision import PrecisionError
 from varprune.data import plausibility
 from varprune.data.archive import (
     ArchiveError,
@@ -53,11 +54,10 @@ from varprune.data.preprocess import (
     preprocess_arrays,
     to_original_grid,
 )
-from varprune.deployed import ready
-from varprune.evaluate import keep_largest_component
-from varprune.inference import predict_volume
-from varprune.model import CheckpointError, ModelSpec
-from varprune.precision import PrecisionError
+from varprune.engine.evaluate import keep_largest_component
+from varprune.model.deployed import ready
+from varprune.model.inference import predict_volume
+from varprune.model.network import CheckpointError, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def preprocess_spec(provenance: dict, model_path: str | os.PathLike) -> Preproce
 
 def segment(model, spec: ModelSpec, prep: PreprocessSpec, ct: sitk.Image, device: torch.device,
             batch_size: int = 16, largest_component: bool = True, precision: str = "fp32") -> sitk.Image:
-    """Liver mask of `ct` on its own grid; `precision`: a resolved one (`varprune.precision`)."""
+    """Liver mask of `ct` on its own grid; `precision`: a resolved one (`varprune.core.precision`)."""
     if ct.GetDimension() == 2:
         ct = sitk.JoinSeries(ct)
     empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)

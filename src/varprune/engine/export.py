@@ -5,7 +5,7 @@ ONNX, torch.jit.load for TorchScript) must give the PyTorch output within 1e-4 (
 largest output magnitude when above 1) on random inputs of the model's shape, at batch 1 and at
 a larger batch (the batch axis is dynamic), else the file is not kept. A pruned model exports
 with its per-layer widths, so its file is smaller. Every export carries the model spec and the
-checkpoint's provenance (`varprune.deployed`), so `varprune predict` runs it like the checkpoint.
+checkpoint's provenance (`varprune.model.deployed`), so `varprune predict` runs it like the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varprune.atomic import atomic_path
-from varprune.deployed import METADATA_KEY, metadata, with_onnx_metadata
-from varprune.model import ModelSpec, count_parameters, load_model
+from varprune.core.atomic import atomic_path
+from varprune.model.deployed import METADATA_KEY, metadata, with_onnx_metadata
+from varprune.model.network import ModelSpec, count_parameters, load_model
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathL
 
 def describe(model_path: str | os.PathLike, with_macs: bool = True) -> str:
     """What `varprune inspect` prints: spec per layer, size, MACs (both counters), provenance."""
-    from varprune.cost import macs_full, macs_thop
-    from varprune.model import describe_arch, transformer_parameters
+    from varprune.engine.cost import macs_full, macs_thop
+    from varprune.model.network import describe_arch, transformer_parameters
     from varprune.pruning.groups import transformer_macs
 
     model, spec, provenance = load_model(model_path)

@@ -1,11 +1,11 @@
 """What the run's models are compared with, and how: the summary table, the paired
 comparisons (comparison.csv) and the transformer headroom.
 
-Every pruned model is read against the controls (varprune.controls): `dense_long` (the dense
+Every pruned model is read against the controls (varprune.engine.controls): `dense_long` (the dense
 model with the same extra fine-tuning) for "how much accuracy was lost", `random` (same
 budget, uninformed allocation) for "did the allocation matter", and `transformer_off` for
 "could the transformer matter at all on this data". Differences are paired over test cases
-(and replicates), with intervals and tests from varprune.stats.
+(and replicates), with intervals and tests from varprune.study.stats.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import math
 import numpy as np
 import pandas as pd
 
-from varprune.layout import Model, RunFiles, run_models
-from varprune.methods import PRUNING_METHODS
-from varprune.methods import comparison_pairs as method_pairs
-from varprune.replicates import pairing_label
-from varprune.stats import PairedComparison, comparison_rows, paired_comparison
+from varprune.core.layout import Model, RunFiles, run_models
+from varprune.core.methods import PRUNING_METHODS
+from varprune.core.methods import comparison_pairs as method_pairs
+from varprune.study.replicates import pairing_label
+from varprune.study.stats import PairedComparison, comparison_rows, paired_comparison
 
 METRICS = ["dice", "voe", "rvd", "assd_mm", "msd_mm", "hd95_mm"]
 COMPARED_METRICS = ["dice", "hd95_mm"]
 # Below this headroom (dense_long − transformer_off, in Dice) no ranking of transformer pruning
 # methods means anything on this data.
 HEADROOM_WARNING = 0.02
-# The latency job's columns (varprune.latency) that summary.csv carries, per model.
+# The latency job's columns (varprune.engine.latency) that summary.csv carries, per model.
 LATENCY_COLUMNS = ["latency_ms", "latency_spread_ms", "latency_encoder_ms", "latency_embedding_ms",
                    "latency_transformer_ms", "latency_decoder_ms", "latency_onnx_ms",
                    "latency_onnx_spread_ms"]
@@ -146,7 +146,7 @@ def int8_table(files: RunFiles, table: pd.DataFrame) -> pd.DataFrame:
 def metrics_long(files: RunFiles, methods: list[str], targets: list[float]) -> pd.DataFrame:
     """Per-case metrics of every model of every replicate in long form (method, budget,
     replicate, case, metrics); the references carry no budget (compared at every budget).
-    `replicate` is the pairing label of the replicate (varprune.replicates): with folds its seed, so
+    `replicate` is the pairing label of the replicate (varprune.study.replicates): with folds its seed, so
     that a patient tested in one fold pairs its seeds and the folds add patients; else its index."""
     frames = []
     for index in range(files.replicates):

@@ -59,7 +59,7 @@ def load_teacher(spec: DistillSpec, parent: str | os.PathLike,
     """The teacher of a fine-tuning that starts from checkpoint `parent`: None when distillation
     is off; the dense checkpoint `dense` for teacher dense (the parent itself when it is the
     dense model and no other is given); the parent as it was before the surgery for teacher parent."""
-    from varprune.model import load_model
+    from varprune.model.network import load_model
 
     if not spec.on:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from varprune.spec import LEGACY_SPEC, UNETR_GROUPS
+from varprune.model.spec import LEGACY_SPEC, UNETR_GROUPS
 
 
 def img_size(model: Mapping) -> tuple[int, ...]:

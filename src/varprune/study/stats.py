@@ -55,7 +55,7 @@ class _Metric:
     direction: int  # +1 higher is better, -1 lower is better, 0 no direction
 
 
-# Reporting conventions per metric (names as in varprune.evaluate.METRIC_COLUMNS).
+# Reporting conventions per metric (names as in varprune.engine.evaluate.METRIC_COLUMNS).
 METRICS: dict[str, _Metric] = {
     "dice": _Metric(100.0, "points", +1),
     "voe": _Metric(100.0, "points", -1),

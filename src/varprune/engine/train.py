@@ -5,7 +5,7 @@
 - Optionally an exponential moving average of the weights (`ema`, torch's AveragedModel),
   validated and saved instead of the raw weights: a steadier reference.
 - CUDA when present, else the CPU with a fixed thread count; `precision` (fp32, bf16, fp16 or
-  auto: `varprune.precision`) sets autocast for training and validation alike.
+  auto: `varprune.core.precision`) sets autocast for training and validation alike.
 - Seeded per epoch (data order and augmentations), so two runs of one config agree and a
   resumed run equals an uninterrupted one.
 - Resume: after every epoch the full state (weights, optimiser, schedule, history) goes to
@@ -39,12 +39,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from varprune.atomic import atomic_path, write_csv
+from varprune.core.atomic import atomic_path, write_csv
+from varprune.core.precision import autocast, from_legacy, needs_scaler, resolve
 from varprune.data.datasets import AugmentSpec, Volume, reseed, training_dataset
-from varprune.distill import DistillSpec, distillation_loss
-from varprune.inference import pick_device, predict_volume
-from varprune.model import ModelSpec, save_checkpoint
-from varprune.precision import autocast, from_legacy, needs_scaler, resolve
+from varprune.engine.distill import DistillSpec, distillation_loss
+from varprune.model.inference import pick_device, predict_volume
+from varprune.model.network import ModelSpec, save_checkpoint
 
 if TYPE_CHECKING:
     from monai.data import Dataset
@@ -435,7 +435,7 @@ def train_dense(splits_json: str | os.PathLike, preprocessed: SplitFiles, model_
                 threads: int | None = None, keep_state: bool = False) -> TrainResult:
     """Train the dense segmenter of a run from its config slices (the `train` rule); its resume
     state is deleted once the outputs are written unless `keep_state`."""
-    from varprune.model import build_model
+    from varprune.model.network import build_model
 
     settings = TrainSettings.from_config(train_cfg)
     spec = ModelSpec.from_config(model_cfg, preprocess_cfg["input_size"])

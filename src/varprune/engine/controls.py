@@ -24,12 +24,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from varprune.atomic import atomic_path
-from varprune.distill import load_teacher
-from varprune.methods import CONTROLS as METHOD_CONTROLS
-from varprune.model import load_model
+from varprune.core.atomic import atomic_path
+from varprune.core.methods import CONTROLS as METHOD_CONTROLS
+from varprune.engine.distill import load_teacher
+from varprune.engine.train import LOG_COLUMNS, SplitFiles, TrainSettings, discard_state, load_split, train
+from varprune.model.network import load_model
 from varprune.pruning.surgery import remove_transformer_blocks
-from varprune.train import LOG_COLUMNS, SplitFiles, TrainSettings, discard_state, load_split, train
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def fine_tune_rounds(kind: str, model: torch.nn.Module, spec, parent: str | os.P
         pd.concat(logs, ignore_index=True)[LOG_COLUMNS].to_csv(tmp, index=False)
 
 
-CONTROLS = tuple(METHOD_CONTROLS)  # one registry: varprune.methods
+CONTROLS = tuple(METHOD_CONTROLS)  # one registry: varprune.core.methods
 
 
 def train_control(kind: str, parent: str | os.PathLike, splits_json: str | os.PathLike,

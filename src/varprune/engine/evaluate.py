@@ -37,11 +37,11 @@ from monai.metrics import (
 )
 from monai.transforms import KeepLargestConnectedComponent
 
-from varprune.atomic import atomic_path, write_csv
+from varprune.core.atomic import atomic_path, write_csv
 from varprune.data.image_file import write_complete
 from varprune.data.preprocess import load_npz, read_image, to_original_grid
-from varprune.deployed import ready
-from varprune.inference import predict_volume
+from varprune.model.deployed import ready
+from varprune.model.inference import predict_volume
 
 log = logging.getLogger(__name__)
 

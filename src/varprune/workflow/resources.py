@@ -3,7 +3,7 @@
 A SLURM job that asks too little is killed at its time or memory limit; one that asks far too
 much waits in the queue. Fixed numbers fit one preset only (the paper's ViT-B at 224² for 100
 epochs needs hours where the default needs minutes), so each heavy job's request is estimated
-from what it computes: the model's MACs per input (closed form, `varprune.macs`), how many
+from what it computes: the model's MACs per input (closed form, `varprune.model.macs`), how many
 inputs it runs forward and backward (epochs or steps, batch, cases, slices), and a throughput.
 
     runtime [min] = overhead_min + safety * work / throughput / 60
@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from varprune import macs
-from varprune.spec import ModelSpec
+from varprune.model import macs
+from varprune.model.spec import ModelSpec
 
 # An upper bound of the slices of one case, when the config gives none.
 SLICES_PER_CASE = {"ircadb": 260, "nifti": 1000}

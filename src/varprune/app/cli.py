@@ -57,7 +57,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from varprune.predict import predict
+    from varprune.app.predict import predict
 
     result = predict(args.model, args.input, args.output, preview=args.preview, series=args.series,
                      device=args.device, threads=args.threads, batch_size=args.batch_size,
@@ -68,7 +68,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from varprune.export import ExportError, export_model
+    from varprune.engine.export import ExportError, export_model
 
     if args.quantize and args.format != "onnx":
         raise ExportError(f"--quantize {args.quantize}: INT8 models are ONNX; use --format onnx")
@@ -82,7 +82,7 @@ def _export(args: argparse.Namespace) -> None:
     print(f"{args.output}: {result['format']}, {result['bytes'] / 1e6:.1f} MB, "
           f"max difference to PyTorch {result['max_abs_difference']:.1e}")
     if args.quantize:
-        from varprune.quantize import int8_path, quantize_export
+        from varprune.engine.quantize import int8_path, quantize_export
 
         train, val = _split_volumes(args.model, args.data)
         out = int8_path(args.output)
@@ -93,7 +93,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _quantize_settings(args: argparse.Namespace):
-    from varprune.quantize import QuantizeSettings
+    from varprune.engine.quantize import QuantizeSettings
 
     ops = QuantizeSettings().ops if args.quantize_ops is None else tuple(args.quantize_ops)
     return QuantizeSettings(mode=args.quantize_mode, ops=ops, max_dice_drop=args.max_dice_drop,
@@ -105,8 +105,8 @@ def _split_volumes(model_path: str, data: str):
     from pathlib import Path
 
     from varprune.data.datasets import case_paths, load_volumes
-    from varprune.export import ExportError
-    from varprune.model import read_checkpoint
+    from varprune.engine.export import ExportError
+    from varprune.model.network import read_checkpoint
 
     split = read_checkpoint(model_path).get("provenance", {}).get("split") or {}
     if not split.get("train") or not split.get("val"):
@@ -120,7 +120,7 @@ def _split_volumes(model_path: str, data: str):
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from varprune.export import describe
+    from varprune.engine.export import describe
 
     print(describe(args.model, with_macs=not args.no_macs))
 
@@ -134,7 +134,7 @@ def _results_page(args: argparse.Namespace) -> None:
 
 
 def _config_docs(args: argparse.Namespace) -> None:
-    from varprune.configdocs import update_page
+    from varprune.app.configdocs import update_page
 
     changed = update_page(args.page, args.schema)
     print(f"{'rewrote' if changed else 'unchanged:'} {args.page}")
@@ -238,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; errors are printed as one line and give exit code 1."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from varprune.app.predict import InputError
     from varprune.data.archive import ArchiveError
     from varprune.data.download import DownloadError
     from varprune.data.preprocess import PreprocessError
-    from varprune.export import ExportError
-    from varprune.model import CheckpointError
-    from varprune.predict import InputError
-    from varprune.quantize import QuantizationRefused
+    from varprune.engine.export import ExportError
+    from varprune.engine.quantize import QuantizationRefused
+    from varprune.model.network import CheckpointError
 
     try:
         args.func(args)

@@ -25,8 +25,8 @@ from monai.networks.blocks.selfattention import SABlock
 from monai.networks.nets import UNETR, ViT
 from torch import nn
 
-from varprune.spec import LayerSpec, ModelSpec
-from varprune.widths import narrow_widths
+from varprune.model.spec import LayerSpec, ModelSpec
+from varprune.model.widths import narrow_widths
 
 
 class CheckpointError(Exception):
@@ -182,7 +182,7 @@ def describe_arch(spec: ModelSpec) -> str:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, provenance: dict) -> None:
     """Write spec, weights and provenance in one file, atomically."""
-    from varprune.atomic import atomic_path
+    from varprune.core.atomic import atomic_path
 
     payload = {
         "format": "varprune-checkpoint-1",

@@ -6,12 +6,12 @@ between methods at one budget. Here every model of a run is timed in the same ro
 (`time_interleaved`): each round times every model once, eager PyTorch and
 onnxruntime, so a slow spell of the machine hits every model alike. A model's latency is the
 median of its round medians, its spread the range of those medians; the report claims a latency
-difference only beyond that spread (`varprune.compare.beyond_spread`).
+difference only beyond that spread (`varprune.study.compare.beyond_spread`).
 
 Batch 1 on the CPU at `cost.threads`. Eager: the whole model, its encoder (patch embedding and
 transformer layers) and the patch embedding alone, from which `latency_parts` gives the time of
 embedding, transformer and decoder. onnxruntime: the whole model, exported in memory the way
-`varprune.export` writes it.
+`varprune.engine.export` writes it.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from varprune.atomic import write_text
-from varprune.deployed import onnx_session
-from varprune.export import onnx_bytes
-from varprune.model import load_model
+from varprune.core.atomic import write_text
+from varprune.engine.export import onnx_bytes
+from varprune.model.deployed import onnx_session
+from varprune.model.network import load_model
 
 log = logging.getLogger(__name__)
 

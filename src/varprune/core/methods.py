@@ -98,7 +98,7 @@ PLUGIN_GROUP = "varprune.methods"
 
 def load_plugins() -> list[str]:
     """Register the methods installed packages declare under the entry-point group
-    `varprune.methods`; returns the names registered now (one already registered is skipped).
+    `varprune.core.methods`; returns the names registered now (one already registered is skipped).
     A plugin that cannot be loaded, or names something that is not a Method, stops with an
     error naming the entry point."""
     added = []
@@ -111,7 +111,7 @@ def load_plugins() -> list[str]:
         for method in loaded if isinstance(loaded, list | tuple) else [loaded]:
             if not isinstance(method, Method):
                 raise TypeError(f"pruning-method plugin {entry.name!r} ({entry.value}) names a "
-                                f"{type(method).__name__}, not a varprune.methods.Method")
+                                f"{type(method).__name__}, not a varprune.core.methods.Method")
             if PRUNING_METHODS.get(method.name) is not method:
                 register(method)
                 added.append(method.name)

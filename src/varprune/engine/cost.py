@@ -10,7 +10,7 @@ Which counter counts what:
   convolution at the ATen level, attention included; it reports FLOPs (2 per MAC) and we
   divide by 2. It does not count elementwise work (softmax, norms, activations), and on CPU
   it counts `scaled_dot_product_attention` as 0 (MONAI's SABlock does not use that path by default).
-- Latency is not here: a run's latency job (varprune.latency) times every model of the run side
+- Latency is not here: a run's latency job (varprune.engine.latency) times every model of the run side
   by side; `cost.json` keeps only what is deterministic.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from varprune.model import ModelSpec, count_parameters, transformer_parameters
+from varprune.model.network import ModelSpec, count_parameters, transformer_parameters
 from varprune.pruning.groups import transformer_macs
 
 
@@ -46,7 +46,7 @@ def macs_full(module: nn.Module, x: torch.Tensor) -> int:
 def measure_cost(model: nn.Module, spec: ModelSpec) -> dict:
     """The `cost.json` record of a model: what is deterministic (parameters, MACs). Latency
     depends on what else the machine does; the run's latency job times every model side by
-    side (varprune.latency)."""
+    side (varprune.engine.latency)."""
     model = model.eval().cpu()
     x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
     return {
@@ -67,8 +67,8 @@ def write_cost(model_path: str, out_json: str) -> dict:
     """Measure a checkpoint and write its `cost.json` atomically."""
     import logging
 
-    from varprune.atomic import write_json
-    from varprune.model import load_model
+    from varprune.core.atomic import write_json
+    from varprune.model.network import load_model
 
     model, spec, _ = load_model(model_path)
     record = measure_cost(model, spec)

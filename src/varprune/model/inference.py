@@ -8,8 +8,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm import tqdm
 
-from varprune.model import ModelSpec
-from varprune.precision import autocast
+from varprune.core.precision import autocast
+from varprune.model.network import ModelSpec
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -25,7 +25,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 def predict_volume(model: nn.Module, image: np.ndarray, spec: ModelSpec, device: torch.device,
                    batch_size: int = 16, progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Foreground probability (S, H, W) of a volume (S, H, W) on the model grid; `precision`: a
-    resolved one (`varprune.precision.resolve`), fp32 unless asked."""
+    resolved one (`varprune.core.precision.resolve`), fp32 unless asked."""
     model.eval()
     volume = torch.as_tensor(image, dtype=torch.float32)
     if spec.spatial_dims == 2:

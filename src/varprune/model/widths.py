@@ -15,14 +15,14 @@ outside the transformer blocks' MSA and FFN (those are in `varprune.pruning.grou
   stream is the same inside the ViT, read by four transposed convolutions instead of the head
   (`unetr_embedding_couplings`; its `proj_feat` reshape takes the new width too).
 - a channel of one of UNETR's convolutional groups (`unetr_couplings`, the groups of
-  `varprune.spec.UNETR_GROUPS`): the producing convolution's output channel (a transposed
+  `varprune.model.spec.UNETR_GROUPS`): the producing convolution's output channel (a transposed
   convolution's weight is (in, out, ...)), the non-affine InstanceNorm's size, an identity
   residual's both ends, and every reader's input column; a skip concatenated after the
   upsampled channels is read at an offset equal to the upsampled width, which is why groups
   are narrowed one after the other (`narrow_widths`).
 
 `narrow` keeps given channels of every coupled parameter and updates the modules' sizes.
-`varprune.model.build_model` narrows a freshly built dense model to a pruned spec's widths, the
+`varprune.model.network.build_model` narrows a freshly built dense model to a pruned spec's widths, the
 surgery narrows a trained model keeping the chosen channels: one code path for both, so a pruned
 checkpoint always rebuilds.
 """
@@ -187,7 +187,7 @@ def _transposed_out(conv: str) -> list[Coupling]:
 
 
 def unetr_couplings(widths: dict[str, int], group: str) -> tuple[Coupling, ...]:
-    """The parameters channel c of a UNETR decoder group (`varprune.spec.UNETR_GROUPS`) spans, given
+    """The parameters channel c of a UNETR decoder group (`varprune.model.spec.UNETR_GROUPS`) spans, given
     every group's current width (a skip's columns in a concatenated input start after the
     upsampled channels: their offset is the `decX.up` width)."""
     decoders = {"dec5": "decoder5", "dec4": "decoder4", "dec3": "decoder3", "dec2": "decoder2"}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from varprune.methods import CONTROLS, PRUNING_METHODS
+from varprune.core.methods import CONTROLS, PRUNING_METHODS
 
 # File kind -> file name inside a model's folder.
 FILE_NAMES = {
@@ -30,7 +30,7 @@ FILE_NAMES = {
     "oneshot": "oneshot.json",
 }
 ONESHOT_TABLE = "oneshot.csv"  # per run (replicate), next to the model folders
-LATENCY_TABLE = "latency.csv"  # per run (replicate): every model timed side by side (varprune.latency)
+LATENCY_TABLE = "latency.csv"  # per run (replicate): every model timed side by side (varprune.engine.latency)
 REFERENCES = ("dense", *CONTROLS)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from varprune.atomic import write_text
+from varprune.core.atomic import write_text
 
 BEGIN = "<!-- generated from config/schema.yaml by `varprune config-docs`: do not edit below -->"
 END = "<!-- end of the generated reference -->"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varprune.model import CheckpointError, ModelSpec, check_spec_bounds, load_model
+from varprune.model.network import CheckpointError, ModelSpec, check_spec_bounds, load_model
 
 METADATA_KEY = "varprune"
 METADATA_FORMAT = "varprune-export-1"
@@ -163,8 +163,8 @@ def ready(path: str | os.PathLike, device: str = "auto", precision: str = "auto"
     precision. Checkpoints go to `device` with autocast at `precision`; exports run in
     onnxruntime or TorchScript on the CPU (ONNX on CUDA when `device` is cuda and onnxruntime
     has the provider) at the precision they were written in."""
-    from varprune.inference import pick_device
-    from varprune.precision import PrecisionError, resolve
+    from varprune.core.precision import PrecisionError, resolve
+    from varprune.model.inference import pick_device
 
     runtime = runtime_of(path)
     if runtime == "pytorch":

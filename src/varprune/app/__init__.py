@@ -1,0 +1,1 @@
+"""The `varprune` command: prediction, the configuration reference, deployment commands."""

@@ -1,0 +1,1 @@
+"""The study: replicates, paired statistics and the comparison of methods."""
