@@ -130,6 +130,15 @@ def test_extra_test_cases_leave_train_and_validation_unchanged(cfg):
     assert after["test_extra"] == more[14:] and "test_extra" not in before
 
 
+def test_extra_test_cases_past_99_patients_are_the_highest_numbers():
+    """ircad100 sorts between ircad10 and ircad11 as text: the added cases are chosen by number."""
+    cfg = {"mode": "ratios", "ratios": [6, 4, 10], "seed": 0}
+    before = make_splits([f"ircad{p:02d}" for p in range(1, 21)], cfg)
+    after = make_splits([f"ircad{p:02d}" for p in range(1, 161)], {**cfg, "test_extra": 140})
+    assert after["train"] == before["train"] and after["val"] == before["val"]
+    assert sorted(after["test_extra"]) == sorted(f"ircad{p:02d}" for p in range(21, 161))
+
+
 def test_test_extra_must_leave_cases_to_split():
     with pytest.raises(SplitError, match="split.test_extra must be at least 0 and leave cases to split"):
         make_splits(["a", "b", "c", "d"], {"test_extra": 4})

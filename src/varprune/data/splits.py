@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -45,12 +46,19 @@ def _kfold_split(cases: list[str], folds: int, fold: int, seed: int, val_ratio: 
     return rest[n_val:], rest[:n_val], test
 
 
+def natural_key(case: str) -> list:
+    """Sort key in which the numbers of a case id compare as numbers: ircad99 < ircad100."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", case)]
+
+
 def make_splits(cases: list[str], cfg: dict) -> dict:
     """Build the train/val/test lists from the `split` config slice; refuse impossible splits.
 
-    `split.test_extra: N` makes the last N cases (sorted) test-only and splits the others as if
-    they were not there: a study adds test cases (a smaller minimum detectable difference)
-    while train and validation, so the dense model and every cycle, stay the same."""
+    `split.test_extra: N` makes the last N cases (in natural order: ircad100 after ircad99)
+    test-only and splits the others as if they were not there: a study adds test cases (a
+    smaller minimum detectable difference) while train and validation, so the dense model and
+    every cycle, stay the same. (Sorted as text, ircad100 to ircad109 fell between ircad10 and
+    ircad11, so past 99 patients the added cases changed the training set.)"""
     mode = cfg.get("mode", "ratios")
     seed = int(cfg.get("seed", 0))
     all_cases = sorted(cases)
@@ -58,7 +66,8 @@ def make_splits(cases: list[str], cfg: dict) -> dict:
     if extra < 0 or extra >= len(all_cases):
         raise SplitError(f"split.test_extra must be at least 0 and leave cases to split: {extra} of "
                          f"{len(all_cases)} cases")
-    cases, extra_cases = all_cases[:len(all_cases) - extra], all_cases[len(all_cases) - extra:]
+    extra_cases = sorted(sorted(all_cases, key=natural_key)[len(all_cases) - extra:]) if extra else []
+    cases = [case for case in all_cases if case not in set(extra_cases)]
     if mode == "ratios":
         train, val, test = _ratio_split(cases, list(cfg.get("ratios", [0.6, 0.2, 0.2])), seed)
     elif mode == "explicit":
