@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from varprune.app.cli import build_parser
+from varprune.app.configdocs import load_schema
 from varprune.data.datasets import AugmentSpec
 from varprune.data.preprocess import PreprocessSpec
 from varprune.data.synthetic import SyntheticSpec
@@ -22,7 +23,7 @@ from varprune.workflow.resources import Calibration
 from .workflow_helpers import REPO
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+SCHEMA = load_schema(REPO / "config" / "schema.yaml")  # train and finetune's $defs merged in
 
 
 def _plain(value):
@@ -84,3 +85,23 @@ def test_a_checkpoint_spec_written_before_a_key_existed_reads_it_as_it_was_writt
     old = ModelSpec.from_dict({"hidden": 384, "ffn": 1536, "heads": 6, "layers": []})
     assert old.arch == LEGACY_SPEC["arch"] == "unetr" and old.patch == 16
     assert ModelSpec.from_dict(ModelSpec().to_dict()) == ModelSpec()
+
+
+def test_train_and_finetune_share_one_definition_and_each_gets_its_defaults():
+    """$defs/optimisation holds the keys both sections share; Snakemake's validator fills them
+    through the reference, and an unknown key is still refused."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    raw = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    shared = raw["$defs"]["optimisation"]["properties"]
+    assert {"batch_size", "warmup", "augment"} <= set(shared)
+    assert not set(shared) & set(raw["properties"]["train"]["properties"])
+    config = {"train": {"epochs": 3}, "finetune": {}}
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    for section in ("train", "finetune"):
+        assert config[section]["batch_size"] == CONFIG[section]["batch_size"]
+        assert config[section]["augment"] == CONFIG[section]["augment"]
+    assert (config["train"]["epochs"], config["finetune"]["epochs"]) == (3, CONFIG["finetune"]["epochs"])
+    with pytest.raises(WorkflowError):
+        validate({"finetune": {"batch_sise": 4}}, str(REPO / "config" / "schema.yaml"))

@@ -66,8 +66,33 @@ def reference_table(schema: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _resolved(node, root: dict):
+    """`node` with the properties of the `$defs` its `allOf` refers to merged in after its own,
+    at every level (train and finetune share `$defs/optimisation`)."""
+    if not isinstance(node, dict):
+        return node
+    shared = {}
+    for part in node.get("allOf", []):
+        ref = part.get("$ref", "")
+        if not ref.startswith("#/$defs/"):
+            raise ValueError(f"config schema: only allOf references to #/$defs/ are read, not {ref!r}")
+        shared.update(root["$defs"][ref.removeprefix("#/$defs/")].get("properties", {}))
+    out = {key: value for key, value in node.items() if key != "allOf"}
+    if "properties" in node or shared:
+        merged = {**node.get("properties", {}), **shared}
+        out["properties"] = {key: _resolved(value, root) for key, value in merged.items()}
+    return out
+
+
+def resolved_schema(schema: dict) -> dict:
+    """The schema with every section's keys in its own `properties` (the `$defs` blocks it refers
+    to merged in): what the docs and the tests of defaults walk."""
+    return _resolved({key: value for key, value in schema.items() if key != "$defs"}, schema)
+
+
 def load_schema(path: str | os.PathLike) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    """config/schema.yaml, resolved (resolved_schema)."""
+    return resolved_schema(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 
 
 def render_page(page_text: str, schema: dict, page_name: str = "the page") -> str:
