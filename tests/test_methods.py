@@ -26,27 +26,12 @@ from varprune.pruning.sequence import (
     counts_for_rates,
     plan_counts,
     removed_macs,
-    solve_level,
 )
 from varprune.study.compare import comparison_pairs
 
 from .method_plugin import write_plugin
 from .test_sequence import SPEC, layers_total, random_scores
-
-
-def uniform_random_counts(spec, scores, budget, settings, seed=0):
-    """Toy method: per-layer rates drawn uniformly (no spread parameter), scaled to the budget."""
-    n = len(spec.layers)
-    draws = np.random.default_rng(seed).uniform(0.0, 1.0, (2, n))
-
-    def rates_at(t):
-        return tuple(np.clip(t * 2 * d, settings.rate_min, settings.rate_max) for d in draws)
-
-    t, counts = solve_level(spec, budget, rates_at, settings, "uniform_random")
-    msa, ffn = rates_at(t)
-    flat = {b: np.full(n, np.nan) for b in BLOCKS}
-    return counts, Sequence({b: np.ones(n) for b in BLOCKS}, flat, {b: np.zeros(n, int) for b in BLOCKS},
-                            {"msa": msa, "ffn": ffn})
+from .toy_methods import uniform_random_counts
 
 
 @pytest.fixture

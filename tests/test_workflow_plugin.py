@@ -1,4 +1,4 @@
-"""A pruning method from another package (entry-point group `varprune.core.methods`), named with an
+"""A pruning method from another package (entry-point group `varprune.methods`), named with an
 underscore, runs through the workflow: its cycles are pruned, evaluated, costed and exported,
 and nothing the other methods made reruns."""
 
