@@ -43,6 +43,7 @@ from varprune.data.dicom import (
     check_series,
     orthogonal,
     read_header,
+    read_slices,
 )
 from varprune.data.image_file import ImageFileError, read_image, write_complete
 from varprune.data.itkerror import itk_reason
@@ -137,10 +138,8 @@ def read_dicom_folder(folder: Path, series: str | None = None, assume_hu: bool =
     except DicomTagError as err:
         raise InputError(str(err)) from err
     names = [names[i] for i in check.order]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(p) for p in names])
     try:
-        ct = reader.Execute()
+        ct = read_slices(names)
     except RuntimeError as err:
         raise InputError(f"{shown_as}: cannot read the series ({itk_reason(err)})") from err
     try:

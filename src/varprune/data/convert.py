@@ -28,7 +28,15 @@ from varprune.data.archive import (
     safe_extract,
     series_folders,
 )
-from varprune.data.dicom import DicomTagError, SeriesCheck, check_hu, check_series, orthogonal, read_header
+from varprune.data.dicom import (
+    DicomTagError,
+    SeriesCheck,
+    check_hu,
+    check_series,
+    orthogonal,
+    read_header,
+    read_slices,
+)
 from varprune.data.image_file import write_complete
 from varprune.data.itkerror import itk_reason
 
@@ -74,11 +82,8 @@ def ct_headers(files: list[Path], case: str, label: str) -> list:
 
 def read_series(files: list[Path], case: str, label: str) -> sitk.Image:
     """Read checked slices in the given order into one volume (SimpleITK applies slope and intercept)."""
-    reader = sitk.ImageSeriesReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileNames([str(p) for p in files])
     try:
-        return reader.Execute()
+        return read_slices(files)
     except RuntimeError as err:  # ITK's message names the temporary folder: keep the reason only
         reason = itk_reason(err).replace(str(files[0].parent), label)
         raise ArchiveError(f"{case}: cannot read the series {label}: {reason}") from err

@@ -120,6 +120,16 @@ class Stack:
         return float(np.degrees(np.arctan2(np.linalg.norm(self.shear), self.gap)))
 
 
+def read_slices(files: Sequence[str | Path]) -> sitk.Image:
+    """Read checked slices, in the given order, into one volume (GDCM; SimpleITK applies the
+    rescale slope and intercept). The one series reader of the archive and of `predict`; ITK's
+    RuntimeError passes through for the caller to name its file."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(p) for p in files])
+    return reader.Execute()
+
+
 def check_series(headers: Sequence[Header]) -> SeriesCheck:
     """Refuse a series whose modality, pixel spacing, rescale or slice positions cannot be trusted."""
     if not headers:
