@@ -48,6 +48,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 from deploy import median_ms  # benchmarks/deploy.py, next to this file
@@ -57,6 +58,7 @@ from varprune.engine.cost import macs_full
 from varprune.engine.export import max_difference, onnx_bytes, runner
 from varprune.engine.latency import latency_parts
 from varprune.model.network import load_model
+from varprune.study.stats import equivalence_margins, outcome, paired_comparison
 from varprune.workflow.configfiles import merged_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,6 +284,32 @@ def print_goals(rows: dict[str, dict], methods: list[str], cycles: int) -> None:
               f"Dice vs dense_long {dice:+.2f} points ({mark(dice >= GOAL_DICE)})")
 
 
+def per_case_dice(folder: Path) -> pd.Series:
+    """Test Dice per case (metrics.csv), indexed by case."""
+    return pd.read_csv(folder / "metrics.csv", dtype={"case": str}).set_index("case")["dice"]
+
+
+def print_paired(folders: dict[str, Path], methods: list[str], cycles: int) -> None:
+    """Paired statistics of the test Dice at every cycle (varprune.study.stats, the report's):
+    each method against dense_long, and the methods against each other at the last cycle;
+    outcome within the report's equivalence margin (half a Dice point), MDE at 80 % power."""
+    margin = equivalence_margins()["dice"]
+    pairs = [(f"{m}/cycle{k}", "dense_long") for k in range(1, cycles + 1) for m in methods]
+    last = [f"{m}/cycle{cycles}" for m in methods]
+    pairs += [(a, b) for i, a in enumerate(last) for b in last[i + 1:]]
+    print(f"\nPaired test Dice (points; two-level bootstrap 95 % CI, sign-flip p, TOST p against "
+          f"±{100 * margin:.1f} points, MDE at 80 % power):")
+    body = []
+    for a, b in pairs:
+        both = pd.concat([per_case_dice(folders[a]).rename("a"), per_case_dice(folders[b]).rename("b")],
+                         axis=1, join="inner")
+        c = paired_comparison(both["a"].to_numpy(), both["b"].to_numpy(), margin=margin)
+        body.append([f"{a} − {b}", str(c.n_cases), f"{100 * c.mean_diff:+.2f}",
+                     f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]", f"{c.p_value:.3g}",
+                     f"{c.p_equivalence:.3g}", f"{100 * c.mde:.2f}", outcome(c)])
+    markdown(["pair", "cases", "Δ Dice", "95 % CI", "p", "p equivalence", "MDE", "outcome"], body)
+
+
 def run_settings(root: Path, config: dict, scope: str | None, distill: bool,
                  msa_unit: str | None = None) -> tuple[str, dict | None]:
     """The run name and the override config (None: the default config as it is)."""
@@ -321,6 +349,8 @@ def main_table(root: Path, scope: str | None, distill: bool, threads: int, runs:
     print(f"\n## run '{run}', targets {config['pruning']['cycle_targets']}{settings}")
     print_tables(rows, threads, runs, rounds)
     print_goals(rows, config["pruning"]["methods"], len(config["pruning"]["cycle_targets"]))
+    print_paired({name: root / "results" / run / name for name in names}, config["pruning"]["methods"],
+                 len(config["pruning"]["cycle_targets"]))
 
 
 def sweep(root: Path, no_run: bool) -> None:

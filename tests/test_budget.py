@@ -25,8 +25,9 @@ DEFAULT = ModelSpec.from_config(CONFIG["model"], CONFIG["preprocess"]["input_siz
 
 
 @pytest.mark.parametrize("settings", [SequenceSettings(), SequenceSettings(min_head_dim=8, min_ffn=32),
-                                      SequenceSettings(rate_max=0.5), SequenceSettings(msa_unit="head")],
-                         ids=["default", "old-floors", "rate-0.5", "heads"])
+                                      SequenceSettings(rate_max=0.5), SequenceSettings(msa_unit="head"),
+                                      SequenceSettings(round_to=8)],
+                         ids=["default", "old-floors", "rate-0.5", "heads", "round-8"])
 @pytest.mark.parametrize("solver", [fixed_counts, variable_counts, random_counts])
 def test_the_reach_is_what_the_solvers_can_remove_cycle_after_cycle(settings, solver):
     """At each cycle's reach the solver meets the budget; a little past it, it refuses. (Global

@@ -84,6 +84,11 @@ def latency_parts(whole: float, encoder: float, embedding: float) -> dict[str, f
 def timers(checkpoint: str | os.PathLike, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, object]:
     """part -> a function running it once at batch 1: whole, encoder and embedding (eager), onnx."""
     model, spec, _ = load_model(checkpoint)
+    return model_timers(model, spec, runtimes)
+
+
+def model_timers(model: torch.nn.Module, spec, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, object]:
+    """`timers` for a model in memory (benchmarks time copies they pruned themselves)."""
     model = model.eval().cpu()
     x = torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
     fns: dict[str, object] = {}

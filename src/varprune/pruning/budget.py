@@ -9,6 +9,7 @@ check accepts is one the solver can meet, and the other way round.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -41,8 +42,11 @@ class SequenceSettings:
     min_embed: int = 8
     min_group_share: float = 0.005
     outer_width: str = "shared"
+    round_to: int = 1
 
     def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise ValueError(f"pruning.round_to must be 1 or more, got {self.round_to}")
         if self.scope not in SCOPES:
             raise ValueError(f"pruning.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.outer_width not in OUTER_WIDTHS:
@@ -109,7 +113,7 @@ def outer_sizes(spec: ModelSpec, blocks) -> dict[str, int]:
 def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarray,
                      settings: SequenceSettings, outer_rates: dict | None = None) -> Counts:
     """Channels each layer (and, with `outer_rates`, each head stage and the embedding width)
-    loses at the given rates, within the minimum widths."""
+    loses at the given rates, within the minimum widths and kept at multiples of `round_to`."""
     counts = Counts()
     for layer, r_msa, r_ffn in zip(spec.layers, msa_rates, ffn_rates, strict=True):
         c = LayerCounts()
@@ -129,6 +133,52 @@ def counts_for_rates(spec: ModelSpec, msa_rates: np.ndarray, ffn_rates: np.ndarr
     if "embed" in rates:
         counts.outer.embed = max(0, min(int(round(float(rates["embed"][0]) * spec.width)),
                                         spec.width - settings.min_embed))
+    return round_counts(spec, counts, settings)
+
+
+def rounded_removal(width: int, count: int, floor: int, step: int) -> int:
+    """`count` moved so that the width kept is a multiple of `step` (or the whole `width`): the
+    allowed width nearest to `width - count`, the wider one on a tie, never below `floor`.
+    Monotone in `count`, so a solver that searches over counts still finds the smallest that
+    meets its budget."""
+    if step <= 1 or count <= 0:
+        return count
+    kept = width - count
+    below = kept // step * step
+    candidates = [width] + [m for m in (below, below + step) if max(floor, step) <= m < width]
+    if below < max(floor, step):  # nothing allowed below: the smallest allowed multiple
+        lowest = -(-max(floor, step) // step) * step
+        if lowest < width:
+            candidates.append(lowest)
+    return width - min(candidates, key=lambda m: (abs(m - kept), -m))
+
+
+def msa_step(layer: LayerSpec, settings: SequenceSettings) -> int:
+    """The step of the MSA unit that keeps the inner width (heads x head dim) a multiple of
+    `round_to`: head dims in steps of round_to / gcd(heads, round_to), or heads in steps of
+    round_to / gcd(head dim, round_to)."""
+    other = layer.heads if settings.msa_unit == "dim" else layer.head_dim
+    return settings.round_to // math.gcd(other, settings.round_to)
+
+
+def round_counts(spec: ModelSpec, counts: Counts, settings: SequenceSettings) -> Counts:
+    """`counts` with every width left a multiple of `pruning.round_to` (`rounded_removal`): the
+    FFN width, the MSA inner width, each decoder group, the embedding width. Narrow layers whose
+    width is no multiple of the vector length fall back to slower kernels (docs/scopes.md)."""
+    if settings.round_to <= 1:
+        return counts
+    step = settings.round_to
+    for layer, c in zip(spec.layers, counts, strict=True):
+        if settings.msa_unit == "head":
+            c.heads = rounded_removal(layer.heads, c.heads, settings.min_heads, msa_step(layer, settings))
+        else:
+            c.dims = rounded_removal(layer.head_dim, c.dims, settings.min_head_dim, msa_step(layer, settings))
+        c.ffn = rounded_removal(layer.ffn, c.ffn, settings.min_ffn, step)
+    outer = counts.outer
+    outer.head = [rounded_removal(w, c, settings.min_head_channels, step)
+                  for c, w in zip(outer.head, spec.stages, strict=False)]
+    if outer.embed:
+        outer.embed = rounded_removal(spec.width, outer.embed, settings.min_embed, step)
     return counts
 
 

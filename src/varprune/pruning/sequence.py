@@ -52,6 +52,7 @@ from varprune.pruning.budget import (  # noqa: F401  (re-exported: the solvers' 
     outer_of,
     outer_sizes,
     removed_macs,
+    round_counts,
     spec_macs,
     whole_groups,
     widths_after,
@@ -240,7 +241,8 @@ def _uninformed_sequence(significance: dict, sizes: dict[str, int], rates: dict)
 def global_counts(spec: ModelSpec, scores: Scores, budget: int, settings: SequenceSettings,
                   seed: int = 0) -> tuple[list[LayerCounts], Sequence]:
     """One ranking of layer-normalised group scores across the model; lowest go first, until
-    the exact MAC count meets the budget (`seed`: unused)."""
+    the exact MAC count meets the budget (`seed`: unused). With `round_to`, each group's count
+    is rounded as the rate solvers round theirs (monotone, so the search still holds)."""
     n = len(spec.layers)
     units = _global_units(spec, scores, settings)
     units.sort(key=lambda u: u[0])
@@ -255,7 +257,7 @@ def global_counts(spec: ModelSpec, scores: Scores, budget: int, settings: Sequen
                 counts.outer.embed += 1
             else:
                 setattr(counts[i], kind, getattr(counts[i], kind) + 1)
-        return counts
+        return round_counts(spec, counts, settings)
 
     low, high = 0, len(units)  # the smallest prefix that meets the budget (removal grows with k)
     if removed_macs(spec, prefix(high)) < budget:

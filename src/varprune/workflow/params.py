@@ -38,7 +38,8 @@ def seeded_slice(section: dict, seed: int | None) -> dict:
     config's). Left out: keep_state (what stays on disk); distillation while it is off (weight
     0); with the transformer scope, the output refit and the outer-width rule (nothing outside
     the transformer is pruned); with the transformer and embedding scopes, the share below which
-    a decoder group stays whole (no decoder group is pruned)."""
+    a decoder group stays whole (no decoder group is pruned); `round_to` 1 (no rounding: adding
+    the key reruns nothing)."""
     value = {k: v for k, v in canonical(section).items() if k != "keep_state"}
     if "distill" in value and not value["distill"]["weight"]:
         del value["distill"]
@@ -47,6 +48,8 @@ def seeded_slice(section: dict, seed: int | None) -> dict:
         value.pop("outer_width", None)
     if value.get("scope") in ("transformer", "embedding"):
         value.pop("min_group_share", None)
+    if value.get("round_to") == 1:
+        value.pop("round_to")
     return value if seed is None else canonical({**value, "seed": seed})
 
 
