@@ -13,6 +13,7 @@ from varprune.model.network import build_model
 from varprune.pruning.budget import SequenceSettings, reachable_per_cycle, rounded_removal
 from varprune.pruning.cycle import CycleSettings, prune_model
 from varprune.pruning.significance import make_criterion
+from varprune.report.page import scope_phrase
 from varprune.workflow.params import seeded_slice
 
 
@@ -87,3 +88,9 @@ def test_round_to_one_is_not_a_job_param_and_other_values_are():
 def test_round_to_below_one_is_refused():
     with pytest.raises(ValueError, match="round_to"):
         SequenceSettings(round_to=0)
+
+
+def test_the_report_says_when_widths_are_rounded():
+    assert "multiple of 8" in scope_phrase({"scope": "all", "round_to": 8})
+    assert "multiple of 8" in scope_phrase({"scope": "transformer", "round_to": 8})
+    assert "round_to" not in scope_phrase({"scope": "all", "round_to": 1})

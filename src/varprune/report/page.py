@@ -85,11 +85,13 @@ OUTER_WIDTH_PHRASES = {  # pruning.outer_width, where the scope reaches beyond t
 
 
 def scope_phrase(pruning: dict) -> str:
-    """What the run pruned, and how the widths outside the transformer were chosen."""
+    """What the run pruned, how the widths outside the transformer were chosen, and their rounding."""
     scope = pruning.get("scope", "transformer")
+    step = pruning.get("round_to", 1)
+    rounding = (f"; every kept width is a multiple of {step} or whole (pruning.round_to)" if step > 1 else "")
     if scope == "transformer":
-        return SCOPE_PHRASES[scope]
-    return SCOPE_PHRASES[scope] + OUTER_WIDTH_PHRASES[pruning.get("outer_width", "shared")]
+        return SCOPE_PHRASES[scope] + rounding
+    return SCOPE_PHRASES[scope] + OUTER_WIDTH_PHRASES[pruning.get("outer_width", "shared")] + rounding
 
 
 def arch_phrase(model: dict) -> str:
