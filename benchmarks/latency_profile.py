@@ -74,20 +74,25 @@ def pruned_copies(model: nn.Module, spec: ModelSpec, method: str, targets: list[
     return copies
 
 
+def profiled_events(model: nn.Module, spec: ModelSpec, runs: int, warmup: int = 5):
+    """`torch.profiler`'s per-operator averages over `runs` batch-1 eager calls, after a warm-up."""
+    x = torch.randn(spec.input_shape(1))
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    return prof.key_averages()
+
+
 def profile_model(model: nn.Module, spec: ModelSpec, threads: int,
                   runs: int) -> tuple[dict[str, float], float, int]:
     """Self CPU ms per call by kind, the total, and the model's MACs."""
     model = model.eval()
     torch.set_num_threads(threads)
-    x = torch.randn(spec.input_shape(1))
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(runs):
-                model(x)
     per_kind: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
+    for event in profiled_events(model, spec, runs):
         per_kind[kind_of(event.key)] += event.self_cpu_time_total / 1000 / runs
     return dict(per_kind), sum(per_kind.values()), macs_full(model, torch.zeros(spec.input_shape(1)))
 

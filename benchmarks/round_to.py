@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 from compression import load_config  # benchmarks/compression.py, next to this file
-from latency_profile import pruned_copies  # benchmarks/latency_profile.py
-from torch.profiler import ProfilerActivity, profile
+from latency_profile import profiled_events, pruned_copies  # benchmarks/latency_profile.py
 
 from varprune.engine.cost import macs_full
 from varprune.engine.latency import model_timers, time_interleaved
@@ -41,15 +40,8 @@ CONV_WRAPPERS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution", "c
 
 def conv_kernels(model: torch.nn.Module, spec: ModelSpec, runs: int = 5) -> dict[str, tuple[float, float]]:
     """kernel -> (calls, self CPU ms) per eager call, for every convolution kernel that ran."""
-    x = torch.randn(spec.input_shape(1))
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(runs):
-                model(x)
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for event in prof.key_averages():
+    for event in profiled_events(model, spec, runs):
         name = event.key.split("::")[-1]
         if "conv" in name and name not in CONV_WRAPPERS:
             kernels[name][0] += event.count / runs
