@@ -64,16 +64,20 @@ def test_predict_gives_a_mask_on_the_input_grid_matching_evaluate(tiny, tmp_path
 
 
 @pytest.mark.workflow  # uses the tiny pipeline's model and data
-@pytest.mark.parametrize(("arch", "scope"), [("setr", "transformer"), ("setr", "all"), ("unetr", "all")])
+@pytest.mark.parametrize(("arch", "scope"), [("setr", "transformer"), ("setr", "all"), ("unetr", "decoder"),
+                                           ("unetr", "embedding"), ("unetr", "all")])
 def test_predict_runs_a_pruned_model_onto_the_input_grid(tiny, tmp_path, arch, scope):
-    """A pruned SETR or UNETR with the tiny run's preprocessing (scope all: also a narrower
-    residual stream and decoder channels): predict needs nothing but the checkpoint."""
+    """A pruned SETR or UNETR with the tiny run's preprocessing (scope decoder: narrower decoder
+    channels, embedding: a narrower residual stream, all: both): predict needs nothing but the
+    checkpoint."""
     from varprune.model.network import read_checkpoint
 
     torch.manual_seed(0)
     spec = pruned_spec(arch)
-    if scope == "all":
-        spec = spec.with_widths(spec.hidden - 5, [w - 1 for w in spec.dense_stages])
+    if scope != "transformer":
+        embed = spec.hidden - 5 if scope in ("embedding", "all") else spec.hidden
+        stages = [w - 1 for w in spec.dense_stages] if scope in ("decoder", "all") else spec.dense_stages
+        spec = spec.with_widths(embed, stages)
     model_path = tmp_path / f"{arch}.pt"
     save_checkpoint(model_path, build_model(spec), spec, read_checkpoint(tiny["model"])["provenance"])
     out = tmp_path / "mask.nii.gz"
